@@ -1,0 +1,26 @@
+"""mpc: a multi-party computation runtime for privacy-preserving machine learning.
+
+User-facing names come from mpc.api (the lazy SecretTensor API, InMemoryCluster) and
+mpc.launcher (LocalCluster); see README.md for the architecture.
+"""
+
+_EXPORTS = {
+    "LocalCluster": "mpc.launcher",
+    "InMemoryCluster": "mpc.api",
+    "SecretTensor": "mpc.api",
+    "MPCError": "mpc.api",
+    "cat": "mpc.api",
+    "stack": "mpc.api",
+    "conv2d": "mpc.api",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    # Import lazily: `import mpc.ring` should not pull in gRPC for the lower layers.
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mpc' has no attribute {name!r}")

@@ -1,0 +1,334 @@
+"""The lazy secret tensor API and the clusters that run it.
+
+Operations on SecretTensor only build a graph (shapes are checked at once, before anything
+is sent); `reveal()` compiles what the requested outputs need into a plan and the parties
+execute it, so independent operations share rounds. Inputs and revealed results stay at
+the parties as shares, so a later reveal reuses them instead of recomputing.
+
+    with mpc.LocalCluster(n_parties=3) as cluster:      # dealer + 3 party processes, gRPC
+        x = cluster.share(torch.randn(4, 5), owner=0)
+        w = cluster.share(torch.randn(5, 2), owner=1)
+        y = (x @ w) * 2 + x.sum()
+        print(y.reveal())
+
+`InMemoryCluster` runs the same parties in this process over an in-memory transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from mpc import ring
+from mpc.compiler import CompileError, infer_shape
+from mpc.compiler.ops import encode_index
+from mpc.ir import TO_ALL, TO_CALLER, Node, Output, Plan, ancestors
+from mpc.net.memory import MemoryNetwork
+from mpc.runtime.session import JobOutcome, JobStats, PartySession
+
+Public = torch.Tensor | float | int
+
+
+class MPCError(RuntimeError):
+    """A job failed at one or more parties; the message says which and why."""
+
+
+@dataclass
+class _Pending:
+    owner: int
+    value: torch.Tensor
+
+
+@dataclass
+class _Graph:
+    """The client's side of a cluster session: every node built so far."""
+
+    n_parties: int
+    frac_bits: int
+    nodes: dict[int, Node] = field(default_factory=dict)
+    materialized: set[int] = field(default_factory=set)  # kept by the parties
+    pending_inputs: dict[int, _Pending] = field(default_factory=dict)
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def add(self, op: str, inputs: tuple[int, ...], attrs: dict) -> Node:
+        nid = next(self.ids)
+        probe = Node(nid, op, inputs, attrs)
+        shape = infer_shape(probe, [self.nodes[i].shape for i in inputs])
+        node = Node(nid, op, inputs, attrs, shape)
+        self.nodes[nid] = node
+        return node
+
+    def plan(self, outputs: list[Output]) -> tuple[Plan, dict[int, dict[int, torch.Tensor]]]:
+        order = ancestors([o.node for o in outputs], lambda i: self.nodes[i].inputs,
+                          lambda i: i in self.materialized)
+        nodes, inputs = [], {p: {} for p in range(self.n_parties)}
+        for nid in order:
+            node = self.nodes[nid]
+            if nid in self.materialized:
+                nodes.append(Node(nid, "stored", (), {}, node.shape))
+                continue
+            nodes.append(node)
+            if node.op == "input":
+                pending = self.pending_inputs[nid]
+                inputs[pending.owner][nid] = pending.value
+        keep = [n.id for n in nodes if n.op == "input"] + [o.node for o in outputs]
+        return Plan(nodes, outputs, sorted(set(keep)), self.frac_bits, self.n_parties), inputs
+
+    def kept(self, plan: Plan) -> None:
+        self.materialized.update(plan.keep)
+        for nid in plan.keep:
+            self.pending_inputs.pop(nid, None)
+
+
+class SecretTensor:
+    """A secret-shared tensor: a node in the cluster's graph. Ops follow torch semantics."""
+
+    __array_priority__ = 1000  # let our reflected operators win over numpy's
+
+    def __init__(self, cluster: "_Cluster", node: Node):
+        self._cluster = cluster
+        self._node = node
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self._node.shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self._node.shape)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"SecretTensor(shape={tuple(self.shape)}, node={self._node.id}, op={self._node.op})"
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def _new(self, op: str, inputs: tuple["SecretTensor", ...], **attrs) -> "SecretTensor":
+        for t in inputs:
+            if t._cluster is not self._cluster:
+                raise ValueError("secret tensors from different clusters cannot be combined")
+        node = self._cluster._graph.add(op, tuple(t._node.id for t in inputs), attrs)
+        return SecretTensor(self._cluster, node)
+
+    @staticmethod
+    def _public(value: Public) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=torch.float64) if not isinstance(value, torch.Tensor) else value.to(torch.float64)
+        ring.check_encodable(t, what="public operand")
+        return t
+
+    def __add__(self, other):
+        if isinstance(other, SecretTensor):
+            return self._new("add", (self, other))
+        return self._new("add_public", (self,), value=self._public(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, SecretTensor):
+            return self._new("sub", (self, other))
+        return self._new("add_public", (self,), value=-self._public(other))
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __neg__(self):
+        return self._new("neg", (self,))
+
+    def __mul__(self, other):
+        if isinstance(other, SecretTensor):
+            return self._new("mul", (self, other))
+        return self._new("mul_public", (self,), value=self._public(other))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        if isinstance(other, SecretTensor):
+            raise NotImplementedError("division by a secret tensor comes with the nonlinear functions")
+        divisor = self._public(other)
+        if divisor.numel() and bool((divisor == 0).any()):
+            raise ZeroDivisionError("division of a secret tensor by a public zero")
+        return self * (1.0 / divisor)
+
+    def __matmul__(self, other):
+        if isinstance(other, SecretTensor):
+            return self._new("matmul", (self, other))
+        return self._new("matmul_public", (self,), value=self._public(other), side="right")
+
+    def __rmatmul__(self, other):
+        return self._new("matmul_public", (self,), value=self._public(other), side="left")
+
+    def sum(self, dim=None, keepdim: bool = False):
+        return self._new("sum", (self,), dims=self._dims(dim), keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return self._new("mean", (self,), dims=self._dims(dim), keepdim=keepdim)
+
+    def _dims(self, dim) -> tuple[int, ...]:
+        if dim is None:
+            return ()
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        return tuple(d % self.dim() if self.dim() else d for d in dims)
+
+    def reshape(self, *shape):
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        return self._new("reshape", (self,), shape=tuple(int(s) for s in shape))
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        meta = torch.empty(self.shape, device="meta").flatten(start_dim, end_dim)
+        return self.reshape(meta.shape)
+
+    def unsqueeze(self, dim: int):
+        return self.reshape(torch.empty(self.shape, device="meta").unsqueeze(dim).shape)
+
+    def squeeze(self, dim: int | None = None):
+        meta = torch.empty(self.shape, device="meta")
+        return self.reshape((meta.squeeze() if dim is None else meta.squeeze(dim)).shape)
+
+    def transpose(self, dim0: int, dim1: int):
+        return self._new("transpose", (self,), dim0=dim0, dim1=dim1)
+
+    @property
+    def T(self):
+        return self.permute(*reversed(range(self.dim())))
+
+    def permute(self, *dims):
+        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return self._new("permute", (self,), dims=tuple(dims))
+
+    def expand(self, *shape):
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        return self._new("expand", (self,), shape=tuple(shape))
+
+    def __getitem__(self, key):
+        return self._new("getitem", (self,), index=encode_index(key))
+
+    def conv2d(self, weight, stride=1, padding=0, dilation=1, groups: int = 1):
+        return conv2d(self, weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    # -- revealing -----------------------------------------------------------------------------------
+
+    def reveal(self, to: int | str | None = None) -> torch.Tensor | None:
+        """The plaintext, to the caller (default), to party `to`, or to "all" parties."""
+        return self._cluster.reveal(self, to=to)[0]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv2d(x: SecretTensor, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> SecretTensor:
+    """torch.nn.functional.conv2d on a secret input with a secret (or public) kernel."""
+    attrs = dict(stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), groups=groups)
+    if not isinstance(weight, SecretTensor):
+        weight = x._cluster.public(weight)
+    out = x._new("conv2d", (x, weight), **attrs)
+    if bias is not None:
+        out = out + (bias.reshape(1, -1, 1, 1) if isinstance(bias, SecretTensor) else torch.as_tensor(bias).reshape(1, -1, 1, 1))
+    return out
+
+
+def cat(tensors, dim: int = 0) -> SecretTensor:
+    tensors = list(tensors)
+    return tensors[0]._new("cat", tuple(tensors), dim=dim)
+
+
+def stack(tensors, dim: int = 0) -> SecretTensor:
+    tensors = list(tensors)
+    return tensors[0]._new("stack", tuple(tensors), dim=dim)
+
+
+# -- clusters -----------------------------------------------------------------------------------------
+
+
+class _Cluster:
+    """What both clusters share: the graph, sharing, and turning outcomes into plaintexts."""
+
+    def __init__(self, n_parties: int, frac_bits: int):
+        if not 2 <= n_parties:
+            raise ValueError(f"a cluster needs at least 2 parties, got {n_parties}")
+        self.n_parties = n_parties
+        self.frac_bits = frac_bits
+        self._graph = _Graph(n_parties, frac_bits)
+        self.last_stats: list[JobStats] = []
+
+    def share(self, value: torch.Tensor, owner: int = 0) -> SecretTensor:
+        """Secret-share `value`, owned by party `owner`. Only that party ever receives it."""
+        if not 0 <= owner < self.n_parties:
+            raise ValueError(f"owner must be a party id in 0..{self.n_parties - 1}, got {owner}")
+        value = torch.as_tensor(value)
+        ring.check_encodable(value, self.frac_bits, what=f"input owned by party {owner}")
+        node = self._graph.add("input", (), {"owner": owner, "shape": tuple(value.shape)})
+        self._graph.pending_inputs[node.id] = _Pending(owner, value.detach().to(torch.float64).clone())
+        return SecretTensor(self, node)
+
+    def public(self, value: Public) -> SecretTensor:
+        """A public tensor as a (trivial) sharing: party 0 adds it to a zero share."""
+        value = torch.as_tensor(value, dtype=torch.float64)
+        zero = self._graph.add("input", (), {"owner": 0, "shape": tuple(value.shape)})
+        self._graph.pending_inputs[zero.id] = _Pending(0, torch.zeros_like(value))
+        return SecretTensor(self, zero) + value
+
+    def reveal(self, *tensors: SecretTensor, to: int | str | None = None) -> list[torch.Tensor | None]:
+        """Reveal several tensors in one job (their rounds are shared)."""
+        recipient = TO_CALLER if to is None else TO_ALL if to == "all" else int(to)
+        if recipient >= self.n_parties:
+            raise ValueError(f"cannot reveal to party {recipient} of {self.n_parties}")
+        outputs = [Output(t._node.id, recipient) for t in tensors]
+        plan, inputs = self._graph.plan(outputs)
+        outcomes = self._execute(plan, inputs)
+        self._graph.kept(plan)
+        self.last_stats = [o.stats for o in outcomes]
+        results = []
+        for t in tensors:
+            nid = t._node.id
+            if recipient == TO_CALLER:
+                total = sum(o.shares[nid] for o in outcomes)
+                results.append(ring.decode(total, self.frac_bits))
+            else:
+                holder = 0 if recipient == TO_ALL else recipient
+                results.append(outcomes[holder].plaintexts.get(nid))
+        return results
+
+    def _execute(self, plan: Plan, inputs) -> list[JobOutcome]:
+        raise NotImplementedError
+
+
+class InMemoryCluster(_Cluster):
+    """N parties in this process over the in-memory transport (for fast tests)."""
+
+    def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS):
+        super().__init__(n_parties, frac_bits)
+        net = MemoryNetwork(n_parties)
+        self.sessions = [PartySession(net.transport(p), net.dealer(p)) for p in range(n_parties)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _execute(self, plan, inputs):
+        async def go():
+            job = uuid.uuid4().hex
+            await asyncio.gather(*(s.submit(job, plan, inputs[p]) for p, s in enumerate(self.sessions)))
+            return await asyncio.gather(*(s.run(job) for s in self.sessions))
+
+        return asyncio.run(go())
+
+
+__all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "conv2d", "cat", "stack"]

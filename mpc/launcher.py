@@ -1,0 +1,246 @@
+"""LocalCluster: a dealer and N party processes on loopback, and the client that drives them.
+
+Start-up: the dealer and each party bind port 0 and print `LISTENING <port>`; the
+launcher then hands every party the cluster config on stdin and waits for `READY`. A
+process that fails or stays silent past `connect_timeout` is named in the error, with the
+tail of its stderr. On exit (or on error, or when the launching process dies) every
+process is stopped: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import grpc
+import torch
+
+from mpc import ring
+from mpc.api import MPCError, _Cluster
+from mpc.net import framing, serde
+from mpc.net.config import ClusterConfig
+from mpc.net.party_server import client_channel
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+
+
+class ClusterStartError(MPCError):
+    """A process of a local cluster failed to start or to connect."""
+
+
+class _Process:
+    def __init__(self, name: str, argv: list[str], env: dict):
+        self.name = name
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     env=env, text=True, bufsize=1)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def expect(self, prefix: str, deadline: float) -> str:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterStartError(f"{self.name} did not print {prefix} in time{self.stderr_tail()}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(timeout=5)
+                raise ClusterStartError(f"{self.name} exited with status {self.proc.returncode} "
+                                        f"before {prefix}{self.stderr_tail()}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def stderr_tail(self, n: int = 1500) -> str:
+        self.stderr.seek(0)
+        text = self.stderr.read().decode(errors="replace").strip()
+        return f"\n--- {self.name} stderr ---\n{text[-n:]}" if text else ""
+
+    def stop(self, grace: float) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        self.stderr.close()
+
+
+class LocalCluster(_Cluster):
+    """A dealer and `n_parties` party processes on 127.0.0.1, talking gRPC.
+
+    Use as a context manager; `addresses` lists where each process serves."""
+
+    def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS, *,
+                 connect_timeout: float = 30.0, round_timeout: float = 120.0, job_timeout: float = 900.0,
+                 torch_threads: int = 1, verbose: bool = False):
+        super().__init__(n_parties, frac_bits)
+        self.connect_timeout = connect_timeout
+        self.round_timeout = round_timeout
+        self.job_timeout = job_timeout
+        self.torch_threads = torch_threads
+        self.verbose = verbose
+        self.processes: list[_Process] = []
+        self.config: ClusterConfig | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stubs: list[pb_grpc.PartyStub] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+    def _spawn(self, name: str, module: str, *args: str) -> _Process:
+        env = dict(os.environ, MPC_TORCH_THREADS=str(self.torch_threads), MPC_PARENT_PID=str(os.getpid()),
+                   PYTHONUNBUFFERED="1")
+        argv = [sys.executable, "-m", module, *args] + (["--verbose"] if self.verbose else [])
+        proc = _Process(name, argv, env)
+        self.processes.append(proc)
+        return proc
+
+    def start(self) -> None:
+        try:
+            deadline = time.monotonic() + self.connect_timeout + 30  # + interpreter and torch start-up
+            dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
+                                 "--n-parties", str(self.n_parties))
+            parties = [self._spawn(f"party {p}", "parties.party", "--pid", str(p), "--listen", "127.0.0.1:0",
+                                   "--config", "-") for p in range(self.n_parties)]
+            dealer_port = dealer.expect("LISTENING", deadline)
+            ports = [proc.expect("LISTENING", deadline) for proc in parties]
+            self.config = ClusterConfig(self.n_parties, f"127.0.0.1:{dealer_port}",
+                                        {p: f"127.0.0.1:{port}" for p, port in enumerate(ports)}, self.frac_bits,
+                                        self.connect_timeout, self.round_timeout)
+            text = self.config.to_toml()
+            for proc in parties:
+                proc.proc.stdin.write(text)
+                proc.proc.stdin.close()
+            for proc in parties:
+                proc.expect("READY", deadline)
+            self._start_client()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_client(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True, name="mpc-client").start()
+
+        async def connect():
+            self._channels = [client_channel(self.config.parties[p]) for p in range(self.n_parties)]
+            self._stubs = [pb_grpc.PartyStub(ch) for ch in self._channels]
+
+        self._call(connect())
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after `grace` seconds)."""
+        if self._loop is not None:
+            async def close():
+                for ch in self._channels:
+                    await ch.close(grace=0.2)
+            try:
+                self._call(close(), timeout=5)
+            except Exception:
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        for proc in self.processes:
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            proc.stop(grace)
+        self.processes = []
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        if self.config is None:
+            return {}
+        return {"dealer": self.config.dealer, **{f"party {p}": a for p, a in self.config.parties.items()}}
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def _call(self, coro, timeout: float | None = None):
+        if self._loop is None:
+            raise MPCError("the cluster is not running (use it inside `with LocalCluster(...)`)")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _execute(self, plan, inputs):
+        return self._call(self._run_job(plan, inputs), timeout=self.job_timeout + 10)
+
+    async def _upload(self, p, job, inputs):
+        call = self._channels[p].stream_unary("/mpc.net.proto.Party/Upload", request_serializer=None,
+                                              response_deserializer=pb.ExchangeReply.FromString)
+        await call(_upload_frames(job, inputs), timeout=self.job_timeout)
+
+    async def _run_job(self, plan, inputs):
+        job = uuid.uuid4().hex
+
+        async def submit(p):
+            try:
+                if inputs[p]:
+                    await self._upload(p, job, inputs[p])
+                await self._stubs[p].Submit(serde.job_to_proto(job, plan, {}), timeout=self.job_timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise MPCError(exc.details() or f"party {p}: {exc.code().name}") from None
+
+        async def run(p):
+            assembly = serde.OutcomeAssembly()
+            try:
+                async for event in self._stubs[p].Run(pb.JobRef(job_id=job), timeout=self.job_timeout):
+                    kind = event.WhichOneof("event")
+                    if kind == "error":
+                        raise MPCError(event.error)
+                    if kind == "output":
+                        assembly.add_chunk(event.output)
+                    elif kind == "stats":
+                        return assembly.finish(event.stats)
+            except grpc.aio.AioRpcError as exc:
+                raise MPCError(f"party {p} at {self.config.parties[p]}: {exc.details() or exc.code().name}") from None
+            raise MPCError(f"party {p} ended job {job} without a result")
+
+        await _gather_or_raise([submit(p) for p in range(self.n_parties)])
+        return await _gather_or_raise([run(p) for p in range(self.n_parties)])
+
+
+async def _upload_frames(job, inputs):
+    for nid, value in inputs.items():
+        for frame in framing.encode_frames(value.to(torch.float64).contiguous().numpy(), tag=pb.FRAME_INPUT,
+                                           job=job, round=nid):
+            yield frame
+
+
+async def _gather_or_raise(coros):
+    """Run all; if any fail, raise one MPCError listing every failure."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        messages = sorted({str(e) for e in errors})
+        # a peer failure shows at several parties; name the root cause first
+        raise MPCError("; ".join(messages))
+    return results

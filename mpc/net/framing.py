@@ -1,0 +1,88 @@
+"""Raw frames: a small protobuf header and a payload, chunked, and their reassembly.
+
+Layout of one gRPC message: [u32 little-endian header length][FrameHeader][payload chunk].
+Payloads are split into chunks of at most `chunk_bytes` (1 MiB by default: the fastest
+size measured on grpc.aio here; the hard limit is MAX_CHUNK_BYTES). Received chunks are
+written into one preallocated buffer per message, with no join.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from mpc.net.proto import mpc_pb2 as pb
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 4 << 20
+# gRPC's message limit on both ends: one chunk plus room for the header.
+MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + (64 << 10)
+# Largest payload one frame sequence may announce (a receiver preallocates it).
+MAX_PAYLOAD_BYTES = 8 << 30
+
+_LEN = struct.Struct("<I")
+
+
+class FrameError(ValueError):
+    """A frame that cannot be parsed or does not fit what the receiver expects."""
+
+
+def encode_frames(payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
+    """Yield the messages that carry `payload` (bytes-like) with the given header fields."""
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk size must be in (0, {MAX_CHUNK_BYTES}], got {chunk_bytes}")
+    view = memoryview(payload).cast("B")
+    total = len(view)
+    n_chunks = max(1, -(-total // chunk_bytes))
+    for k in range(n_chunks):
+        piece = view[k * chunk_bytes:(k + 1) * chunk_bytes]
+        hdr = pb.FrameHeader(chunk=k, n_chunks=n_chunks, total_bytes=total, **header).SerializeToString()
+        msg = bytearray(_LEN.size + len(hdr) + len(piece))
+        _LEN.pack_into(msg, 0, len(hdr))
+        msg[_LEN.size:_LEN.size + len(hdr)] = hdr
+        msg[_LEN.size + len(hdr):] = piece
+        yield bytes(msg)
+
+
+def decode_frame(msg: bytes) -> tuple[pb.FrameHeader, memoryview]:
+    if len(msg) < _LEN.size:
+        raise FrameError(f"frame of {len(msg)} bytes is shorter than its length prefix")
+    (n,) = _LEN.unpack_from(msg, 0)
+    if n > len(msg) - _LEN.size:
+        raise FrameError(f"frame header length {n} exceeds the frame ({len(msg)} bytes)")
+    header = pb.FrameHeader()
+    try:
+        header.ParseFromString(msg[_LEN.size:_LEN.size + n])
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise FrameError(f"frame header does not parse: {exc}") from None
+    payload = memoryview(msg)[_LEN.size + n:]
+    if header.n_chunks == 0 or header.chunk >= header.n_chunks:
+        raise FrameError(f"chunk {header.chunk} of {header.n_chunks} is not a valid chunk index")
+    if header.total_bytes > MAX_PAYLOAD_BYTES:
+        raise FrameError(f"payload of {header.total_bytes} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}")
+    return header, payload
+
+
+class Reassembly:
+    """Collects the chunks of one payload into a preallocated buffer."""
+
+    def __init__(self, header: pb.FrameHeader):
+        self.buffer = bytearray(header.total_bytes)
+        self.n_chunks = header.n_chunks
+        self.chunk_bytes = None
+        self.seen: set[int] = set()
+
+    def add(self, header: pb.FrameHeader, payload: memoryview) -> bool:
+        """Store one chunk; True once every chunk has arrived."""
+        if header.n_chunks != self.n_chunks or header.total_bytes != len(self.buffer):
+            raise FrameError("chunk disagrees with the first chunk on the payload's size")
+        if header.chunk in self.seen:
+            raise FrameError(f"chunk {header.chunk} received twice")
+        if self.chunk_bytes is None and header.n_chunks > 1 and header.chunk < header.n_chunks - 1:
+            self.chunk_bytes = len(payload)
+        size = self.chunk_bytes or len(payload)
+        start = header.chunk * size if header.chunk < header.n_chunks - 1 else len(self.buffer) - len(payload)
+        if start < 0 or start + len(payload) > len(self.buffer):
+            raise FrameError(f"chunk {header.chunk} does not fit the {len(self.buffer)}-byte payload")
+        self.buffer[start:start + len(payload)] = payload
+        self.seen.add(header.chunk)
+        return len(self.seen) == self.n_chunks

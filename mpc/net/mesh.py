@@ -1,0 +1,233 @@
+"""The gRPC peer mesh: one outbound Exchange stream to every peer, frames in by the server.
+
+Each party opens a client stream to every peer and sends its frames there; frames from
+peers arrive through this party's server handler (`handle_exchange`). Every frame is
+labelled (job, round, sender) and matched to the receive waiting for that label, so
+order of arrival does not matter. The first frame on a stream says who sends it; for a
+pair (i < j), party i also sends the pair's PRG key in it. Frames with an unknown job
+or tag are answered with an error and dropped; the stream and other jobs go on.
+
+A peer whose stream breaks is marked dead, and every receive waiting on it fails at once
+with a PeerFailure that names it; a receive that waits longer than `round_timeout` fails
+the same way. Channel credentials are a parameter, so TLS plugs in without changes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+
+from mpc.net import framing
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.prg import new_seed
+from mpc.runtime.transport import PeerFailure, Transport
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_METHOD = "/mpc.net.proto.Party/Exchange"
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", framing.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", framing.MAX_MESSAGE_BYTES),
+    # Detect a peer that vanished without closing its connection.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class GrpcMesh(Transport):
+    def __init__(self, pid: int, n_parties: int, addresses: dict[int, str], *,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 chunk_bytes: int = framing.DEFAULT_CHUNK_BYTES, round_timeout: float = 120.0,
+                 known_job: Callable[[str], bool] = lambda job: True,
+                 on_dead: Callable[[str], None] = lambda reason: None):
+        super().__init__(pid, n_parties)
+        self.addresses = addresses
+        self.credentials = credentials
+        self.chunk_bytes = chunk_bytes
+        self.round_timeout = round_timeout
+        self.known_job = known_job
+        self.on_dead = on_dead
+        self._keys: dict[int, bytes] = {p: new_seed() for p in self.peers if self.pid < p}
+        self._key_ready: dict[int, asyncio.Event] = {}
+        self._queues: dict[int, asyncio.Queue] = {}
+        self._calls: dict[int, object] = {}
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._inbox: dict[tuple, asyncio.Future] = {}
+        self._partial: dict[tuple, framing.Reassembly] = {}
+        self._dead: dict[int, str] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.rejected_frames = 0
+
+    def describe(self, peer: int) -> str:
+        return f"party {peer} at {self.addresses.get(peer, '?')}"
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def connect(self, timeout: float) -> None:
+        """Open a stream to every peer and learn every pairwise key, or name who is missing."""
+        for p in self.peers:
+            self._key_ready.setdefault(p, asyncio.Event())
+            if p in self._keys:
+                self._key_ready[p].set()
+        await asyncio.gather(*(self._open(p, timeout) for p in self.peers))
+        missing = []
+        for p in self.peers:
+            try:
+                await asyncio.wait_for(self._key_ready[p].wait(), timeout)
+            except asyncio.TimeoutError:
+                missing.append(self.describe(p))
+        if missing:
+            raise PeerFailure(", ".join(missing), f"did not open its stream to party {self.pid} within {timeout:.0f} s")
+
+    async def _open(self, peer: int, timeout: float) -> None:
+        addr = self.addresses[peer]
+        channel = (grpc.aio.secure_channel(addr, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
+                   else grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS))
+        self._channels[peer] = channel
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise PeerFailure(self.describe(peer), f"unreachable: no connection within {timeout:.0f} s") from None
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[peer] = queue
+        hello = self._keys.get(peer, b"")
+        for frame in framing.encode_frames(hello, tag=pb.FRAME_HELLO, sender=self.pid):
+            queue.put_nowait(frame)
+
+        async def frames():
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+
+        call = channel.stream_stream(EXCHANGE_METHOD, request_serializer=None,
+                                     response_deserializer=pb.ExchangeReply.FromString)(frames())
+        self._calls[peer] = call
+        self._tasks.append(asyncio.create_task(self._watch_replies(peer, call)))
+
+    async def _watch_replies(self, peer: int, call) -> None:
+        try:
+            async for reply in call:
+                if not reply.ok:
+                    log.warning("party %d rejected a frame from party %d: %s", peer, self.pid, reply.error)
+        except grpc.aio.AioRpcError as exc:
+            self._mark_dead(peer, f"stream closed ({exc.code().name}: {exc.details()})")
+        except asyncio.CancelledError:
+            return
+        else:
+            self._mark_dead(peer, "closed its stream")
+
+    # -- inbound (called by the party's server) ---------------------------------------------------
+
+    async def handle_exchange(self, request_iterator, context):
+        sender = None
+        try:
+            async for msg in request_iterator:
+                try:
+                    header, payload = framing.decode_frame(msg)
+                    if sender is None:
+                        sender = self._accept_hello(header, payload)
+                        continue
+                    if header.sender != sender:
+                        raise framing.FrameError(f"frame claims sender {header.sender} on party {sender}'s stream")
+                    self._accept_frame(header, payload)
+                except framing.FrameError as exc:
+                    self.rejected_frames += 1
+                    log.warning("party %d rejected a frame: %s", self.pid, exc)
+                    yield pb.ExchangeReply(ok=False, error=str(exc))
+        finally:
+            if sender is not None:
+                self._mark_dead(sender, "connection lost")
+
+    def _accept_hello(self, header, payload) -> int:
+        if header.tag != pb.FRAME_HELLO:
+            raise framing.FrameError("the first frame of a stream must be HELLO")
+        sender = header.sender
+        if sender == self.pid or sender >= self.n_parties:
+            raise framing.FrameError(f"HELLO from {sender}, not a peer of party {self.pid}")
+        if sender < self.pid:
+            if len(payload) != 16:
+                raise framing.FrameError(f"HELLO from party {sender} carries {len(payload)} key bytes, not 16")
+            self._keys[sender] = bytes(payload)
+        self._dead.pop(sender, None)
+        self._key_ready.setdefault(sender, asyncio.Event()).set()
+        return sender
+
+    def _accept_frame(self, header, payload) -> None:
+        if header.tag != pb.FRAME_OPEN:
+            raise framing.FrameError(f"unknown frame tag {header.tag}")
+        if not self.known_job(header.job):
+            raise framing.FrameError(f"unknown job {header.job!r}")
+        key = (header.job, header.round, header.sender)
+        part = self._partial.get(key)
+        if part is None:
+            part = self._partial[key] = framing.Reassembly(header)
+        if part.add(header, payload):
+            del self._partial[key]
+            fut = self._future(key)
+            if fut.done():
+                raise framing.FrameError(f"second message for round {header.round} of job {header.job!r}")
+            fut.set_result(memoryview(part.buffer))
+
+    def _future(self, key) -> asyncio.Future:
+        fut = self._inbox.get(key)
+        if fut is None:
+            fut = self._inbox[key] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def _mark_dead(self, peer: int, why: str) -> None:
+        if peer in self._dead:
+            return
+        self._dead[peer] = why
+        err = PeerFailure(self.describe(peer), why)
+        for (job, rnd, sender), fut in self._inbox.items():
+            if sender == peer and not fut.done():
+                fut.set_exception(err)
+        self.on_dead(str(err))
+
+    # -- the Transport hooks ---------------------------------------------------------------------------
+
+    def pairwise_key(self, peer: int) -> bytes:
+        return self._keys[peer]
+
+    async def _exchange(self, job, round_no, outgoing, incoming):
+        for p, payload in outgoing.items():
+            if p in self._dead:
+                raise PeerFailure(self.describe(p), self._dead[p])
+            for frame in framing.encode_frames(payload, self.chunk_bytes, tag=pb.FRAME_OPEN, job=job,
+                                               round=round_no, sender=self.pid):
+                self._queues[p].put_nowait(frame)
+        received = {}
+        for p in incoming:
+            key = (job, round_no, p)
+            fut = self._future(key)
+            if p in self._dead and not fut.done():
+                raise PeerFailure(self.describe(p), self._dead[p])
+            try:
+                received[p] = await asyncio.wait_for(fut, self.round_timeout)
+            except asyncio.TimeoutError:
+                raise PeerFailure(self.describe(p), f"sent nothing for round {round_no} of job {job} "
+                                                    f"within {self.round_timeout:.0f} s") from None
+            finally:
+                self._inbox.pop(key, None)
+        return received
+
+    def _forget(self, job: str) -> None:
+        for table in (self._inbox, self._partial):
+            for key in [k for k in table if k[0] == job]:
+                table.pop(key)
+
+    async def close(self) -> None:
+        for q in self._queues.values():
+            q.put_nowait(None)
+        for t in self._tasks:
+            t.cancel()
+        for ch in self._channels.values():
+            await ch.close(grace=0.5)

@@ -1,0 +1,162 @@
+"""A party's gRPC server: the Party service over a PartySession, the mesh and the dealer link.
+
+Servicer methods stay thin: decode with serde, delegate to the session, map errors to
+gRPC status codes or error events. A party that loses a peer fails its running jobs with
+the peer's name and stops itself (`lost` is set), so no process waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from mpc.compiler import CompileError
+from mpc.net import framing, serde
+from mpc.net.config import ClusterConfig
+from mpc.net.dealer import GrpcDealerLink
+from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.runtime.session import JobError, PartySession
+from mpc.runtime.transport import PeerFailure, ProtocolViolation
+
+log = logging.getLogger(__name__)
+
+SERVICE = "mpc.net.proto.Party"
+SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
+                                    ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+
+
+class PartyServer:
+    def __init__(self, pid: int, server_credentials: grpc.ServerCredentials | None = None,
+                 channel_credentials: grpc.ChannelCredentials | None = None):
+        self.pid = pid
+        self.server_credentials = server_credentials
+        self.channel_credentials = channel_credentials
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server.add_generic_rpc_handlers((self._handler(),))
+        self.session: PartySession | None = None
+        self.mesh: GrpcMesh | None = None
+        self.dealer: GrpcDealerLink | None = None
+        self.config: ClusterConfig | None = None
+        self.ready = asyncio.Event()
+        self.lost = asyncio.Event()  # set when a peer is gone: the process should stop
+        self.lost_reason = ""
+        self._mesh_ready = asyncio.Event()
+        self._uploads: dict[str, dict[int, bytearray]] = {}
+
+    async def listen(self, address: str) -> int:
+        port = (self.server.add_secure_port(address, self.server_credentials) if self.server_credentials
+                else self.server.add_insecure_port(address))
+        if port == 0:
+            raise OSError(f"party {self.pid} cannot listen on {address}")
+        await self.server.start()
+        return port
+
+    async def join(self, config: ClusterConfig) -> None:
+        """Connect to the dealer and to every peer; raise PeerFailure naming whoever is missing."""
+        self.config = config
+        self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, credentials=self.channel_credentials,
+                             round_timeout=config.round_timeout, known_job=self._known_job,
+                             on_dead=self._lose)
+        self._mesh_ready.set()
+        self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.channel_credentials)
+        await asyncio.gather(self.dealer.connect(config.connect_timeout), self.mesh.connect(config.connect_timeout))
+        self.session = PartySession(self.mesh, self.dealer)
+        self.ready.set()
+
+    def _known_job(self, job: str) -> bool:
+        return self.session is not None and self.session.knows(job)
+
+    async def close(self) -> None:
+        if self.mesh:
+            await self.mesh.close()
+        if self.dealer:
+            await self.dealer.close()
+        await self.server.stop(grace=1.0)
+
+    # -- servicer methods ----------------------------------------------------------------------
+
+    async def exchange(self, request_iterator, context):
+        await self._mesh_ready.wait()
+        async for reply in self.mesh.handle_exchange(request_iterator, context):
+            yield reply
+
+    async def upload(self, request_iterator, context) -> pb.ExchangeReply:
+        """Receive plaintext inputs for a job that is about to be submitted."""
+        parts: dict[tuple, framing.Reassembly] = {}
+        try:
+            async for msg in request_iterator:
+                header, payload = framing.decode_frame(msg)
+                if header.tag != pb.FRAME_INPUT or not header.job:
+                    raise framing.FrameError(f"upload frames must be INPUT frames with a job id")
+                key = (header.job, header.round)
+                if sum(len(p.buffer) for p in parts.values()) + header.total_bytes > framing.MAX_PAYLOAD_BYTES:
+                    raise framing.FrameError("upload exceeds the payload limit")
+                part = parts.setdefault(key, framing.Reassembly(header))
+                if part.add(header, payload):
+                    self._uploads.setdefault(header.job, {})[header.round] = part.buffer
+        except framing.FrameError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        return pb.ExchangeReply(ok=True)
+
+    async def submit(self, request: pb.JobRequest, context) -> pb.SubmitReply:
+        if not self.ready.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
+        try:
+            job_id, plan, inputs = serde.job_from_proto(request)
+            uploads = self._uploads.pop(job_id, {})
+            inputs.update(serde.inputs_from_uploads(plan, uploads))
+            dry = await self.session.submit(job_id, plan, inputs)
+        except (serde.SerdeError, CompileError, JobError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        log.info("job %s submitted: %d correlations, %d rounds", job_id, len(dry.specs), dry.rounds)
+        return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
+
+    async def run(self, request: pb.JobRef, context):
+        if not self.ready.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
+        try:
+            outcome = await self.session.run(request.job_id)
+        except (JobError, CompileError, ProtocolViolation) as exc:
+            yield pb.JobEvent(error=f"party {self.pid}: {exc}")
+            return
+        except PeerFailure as exc:
+            yield pb.JobEvent(error=f"party {self.pid}: {exc}")
+            self._lose(str(exc))
+            return
+        for event in serde.outcome_to_events(outcome):
+            yield event
+
+    async def health(self, request, context) -> pb.HealthReply:
+        n = self.config.n_parties if self.config else 0
+        return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
+                              detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"))
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+
+    def _handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Exchange": grpc.stream_stream_rpc_method_handler(
+                self.exchange, request_deserializer=None, response_serializer=pb.ExchangeReply.SerializeToString),
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                self.upload, request_deserializer=None, response_serializer=pb.ExchangeReply.SerializeToString),
+            "Submit": grpc.unary_unary_rpc_method_handler(
+                self.submit, request_deserializer=pb.JobRequest.FromString,
+                response_serializer=pb.SubmitReply.SerializeToString),
+            "Run": grpc.unary_stream_rpc_method_handler(
+                self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+            "Health": grpc.unary_unary_rpc_method_handler(
+                self.health, request_deserializer=pb.HealthRequest.FromString,
+                response_serializer=pb.HealthReply.SerializeToString),
+        })
+
+
+def client_channel(address: str, credentials=None) -> grpc.aio.Channel:
+    """A channel to a party with the runtime's message limits."""
+    return (grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials
+            else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+

@@ -1,0 +1,254 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FrameTag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAME_UNSPECIFIED: _ClassVar[FrameTag]
+    FRAME_HELLO: _ClassVar[FrameTag]
+    FRAME_OPEN: _ClassVar[FrameTag]
+    FRAME_INPUT: _ClassVar[FrameTag]
+FRAME_UNSPECIFIED: FrameTag
+FRAME_HELLO: FrameTag
+FRAME_OPEN: FrameTag
+FRAME_INPUT: FrameTag
+
+class TensorProto(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class IntList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Attr(_message.Message):
+    __slots__ = ("i", "f", "s", "ints", "tensor", "b")
+    I_FIELD_NUMBER: _ClassVar[int]
+    F_FIELD_NUMBER: _ClassVar[int]
+    S_FIELD_NUMBER: _ClassVar[int]
+    INTS_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    i: int
+    f: float
+    s: str
+    ints: IntList
+    tensor: TensorProto
+    b: bool
+    def __init__(self, i: _Optional[int] = ..., f: _Optional[float] = ..., s: _Optional[str] = ..., ints: _Optional[_Union[IntList, _Mapping]] = ..., tensor: _Optional[_Union[TensorProto, _Mapping]] = ..., b: _Optional[bool] = ...) -> None: ...
+
+class NodeProto(_message.Message):
+    __slots__ = ("id", "op", "inputs", "attrs", "shape")
+    class AttrsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Attr
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Attr, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    op: str
+    inputs: _containers.RepeatedScalarFieldContainer[int]
+    attrs: _containers.MessageMap[str, Attr]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[int] = ..., op: _Optional[str] = ..., inputs: _Optional[_Iterable[int]] = ..., attrs: _Optional[_Mapping[str, Attr]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OutputProto(_message.Message):
+    __slots__ = ("node", "to")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    to: int
+    def __init__(self, node: _Optional[int] = ..., to: _Optional[int] = ...) -> None: ...
+
+class PlanProto(_message.Message):
+    __slots__ = ("nodes", "outputs", "keep", "frac_bits", "n_parties")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    FRAC_BITS_FIELD_NUMBER: _ClassVar[int]
+    N_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeProto]
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputProto]
+    keep: _containers.RepeatedScalarFieldContainer[int]
+    frac_bits: int
+    n_parties: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeProto, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputProto, _Mapping]]] = ..., keep: _Optional[_Iterable[int]] = ..., frac_bits: _Optional[int] = ..., n_parties: _Optional[int] = ...) -> None: ...
+
+class JobRequest(_message.Message):
+    __slots__ = ("job_id", "plan", "inputs")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: TensorProto
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[TensorProto, _Mapping]] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    plan: PlanProto
+    inputs: _containers.MessageMap[int, TensorProto]
+    def __init__(self, job_id: _Optional[str] = ..., plan: _Optional[_Union[PlanProto, _Mapping]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("n_correlations", "rounds")
+    N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    n_correlations: int
+    rounds: int
+    def __init__(self, n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatsProto(_message.Message):
+    __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations")
+    OFFLINE_S_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_S_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
+    DEALER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
+    offline_s: float
+    online_s: float
+    rounds: int
+    bytes_sent: int
+    messages_sent: int
+    dealer_bytes: int
+    n_correlations: int
+    def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("node", "plaintext", "dtype", "shape", "offset", "total_bytes", "data")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    plaintext: bool
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    total_bytes: int
+    data: bytes
+    def __init__(self, node: _Optional[int] = ..., plaintext: _Optional[bool] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("output", "stats", "error")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    output: TensorChunk
+    stats: JobStatsProto
+    error: str
+    def __init__(self, output: _Optional[_Union[TensorChunk, _Mapping]] = ..., stats: _Optional[_Union[JobStatsProto, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthReply(_message.Message):
+    __slots__ = ("pid", "n_parties", "ready", "detail")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    N_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    n_parties: int
+    ready: bool
+    detail: str
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class FrameHeader(_message.Message):
+    __slots__ = ("tag", "job", "round", "sender", "chunk", "n_chunks", "total_bytes")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    N_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tag: FrameTag
+    job: str
+    round: int
+    sender: int
+    chunk: int
+    n_chunks: int
+    total_bytes: int
+    def __init__(self, tag: _Optional[_Union[FrameTag, str]] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[int] = ..., chunk: _Optional[int] = ..., n_chunks: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    error: str
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DealerHello(_message.Message):
+    __slots__ = ("pid", "n_parties")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    N_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    n_parties: int
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ...) -> None: ...
+
+class DealerSeed(_message.Message):
+    __slots__ = ("seed",)
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    seed: bytes
+    def __init__(self, seed: _Optional[bytes] = ...) -> None: ...
+
+class CorrelationSpec(_message.Message):
+    __slots__ = ("kind", "shapes", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    shapes: _containers.RepeatedCompositeFieldContainer[IntList]
+    params: _containers.ScalarMap[str, int]
+    def __init__(self, kind: _Optional[str] = ..., shapes: _Optional[_Iterable[_Union[IntList, _Mapping]]] = ..., params: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class CorrelationRequest(_message.Message):
+    __slots__ = ("job_id", "pid", "specs")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    pid: int
+    specs: _containers.RepeatedCompositeFieldContainer[CorrelationSpec]
+    def __init__(self, job_id: _Optional[str] = ..., pid: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[CorrelationSpec, _Mapping]]] = ...) -> None: ...

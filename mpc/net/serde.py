@@ -1,0 +1,180 @@
+"""Every conversion between protobuf messages and runtime objects, as x_to_proto / x_from_proto.
+
+Servicers and clients call these and nothing else touches message fields. Decoding
+checks what it reads (dtype names, sizes, attribute kinds) and raises SerdeError, so a
+malformed message is refused with a reason instead of crashing a server.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpc.ir import Node, Output, Plan
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.protocols.base import Spec
+from mpc.runtime.session import JobOutcome, JobStats
+
+_DTYPES = {"int64": torch.int64, "float64": torch.float64, "float32": torch.float32,
+           "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
+           "bool": torch.bool}
+
+
+class SerdeError(ValueError):
+    """A message that does not decode to a valid object."""
+
+
+def tensor_to_proto(t: torch.Tensor) -> pb.TensorProto:
+    t = t.detach().cpu().contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise SerdeError(f"tensors of dtype {t.dtype} cannot be sent")
+    return pb.TensorProto(shape=list(t.shape), dtype=name, data=t.numpy().tobytes())
+
+
+def tensor_from_proto(msg: pb.TensorProto) -> torch.Tensor:
+    dtype = _DTYPES.get(msg.dtype)
+    if dtype is None:
+        raise SerdeError(f"unknown tensor dtype {msg.dtype!r}")
+    shape = tuple(msg.shape)
+    if any(s < 0 for s in shape):
+        raise SerdeError(f"negative dimension in tensor shape {shape}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(msg.data) != math.prod(shape) * itemsize:
+        raise SerdeError(f"tensor of shape {shape} and dtype {msg.dtype} needs {math.prod(shape) * itemsize} bytes, "
+                         f"got {len(msg.data)}")
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+def _attr_to_proto(value) -> pb.Attr:
+    if isinstance(value, bool):
+        return pb.Attr(b=value)
+    if isinstance(value, int):
+        return pb.Attr(i=value)
+    if isinstance(value, float):
+        return pb.Attr(f=value)
+    if isinstance(value, str):
+        return pb.Attr(s=value)
+    if isinstance(value, (tuple, list)):
+        return pb.Attr(ints=pb.IntList(values=[int(v) for v in value]))
+    if isinstance(value, torch.Tensor):
+        return pb.Attr(tensor=tensor_to_proto(value))
+    raise SerdeError(f"attribute value {value!r} of type {type(value).__name__} cannot be serialized")
+
+
+def _attr_from_proto(msg: pb.Attr):
+    kind = msg.WhichOneof("value")
+    if kind is None:
+        raise SerdeError("empty attribute")
+    if kind == "ints":
+        return tuple(msg.ints.values)
+    if kind == "tensor":
+        return tensor_from_proto(msg.tensor)
+    return getattr(msg, kind)
+
+
+def plan_to_proto(plan: Plan) -> pb.PlanProto:
+    return pb.PlanProto(
+        nodes=[pb.NodeProto(id=n.id, op=n.op, inputs=list(n.inputs), shape=list(n.shape),
+                            attrs={k: _attr_to_proto(v) for k, v in n.attrs.items()}) for n in plan.nodes],
+        outputs=[pb.OutputProto(node=o.node, to=o.to) for o in plan.outputs],
+        keep=list(plan.keep), frac_bits=plan.frac_bits, n_parties=plan.n_parties)
+
+
+def plan_from_proto(msg: pb.PlanProto) -> Plan:
+    if not 1 <= msg.frac_bits <= 30:
+        raise SerdeError(f"frac_bits must be between 1 and 30, got {msg.frac_bits}")
+    nodes = [Node(n.id, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()}, tuple(n.shape))
+             for n in msg.nodes]
+    return Plan(nodes, [Output(o.node, o.to) for o in msg.outputs], list(msg.keep), msg.frac_bits, msg.n_parties)
+
+
+def spec_to_proto(spec: Spec) -> pb.CorrelationSpec:
+    return pb.CorrelationSpec(kind=spec.kind, shapes=[pb.IntList(values=list(s)) for s in spec.shapes],
+                              params=dict(spec.params))
+
+
+def spec_from_proto(msg: pb.CorrelationSpec) -> Spec:
+    shapes = tuple(tuple(s.values) for s in msg.shapes)
+    if any(d < 0 for s in shapes for d in s):
+        raise SerdeError(f"negative dimension in correlation shapes {shapes}")
+    return Spec(msg.kind, shapes, tuple(sorted(msg.params.items())))
+
+
+def stats_to_proto(s: JobStats) -> pb.JobStatsProto:
+    return pb.JobStatsProto(offline_s=s.offline_s, online_s=s.online_s, rounds=s.rounds, bytes_sent=s.bytes_sent,
+                            messages_sent=s.messages_sent, dealer_bytes=s.dealer_bytes, n_correlations=s.n_correlations)
+
+
+def stats_from_proto(m: pb.JobStatsProto) -> JobStats:
+    return JobStats(m.offline_s, m.online_s, m.rounds, m.bytes_sent, m.messages_sent, m.dealer_bytes, m.n_correlations)
+
+
+def outcome_to_events(o: JobOutcome, chunk_bytes: int = 1 << 20):
+    """A job's outputs as TensorChunk events, then its stats."""
+    for plaintext, table in ((False, o.shares), (True, o.plaintexts)):
+        for nid, t in table.items():
+            t = t.detach().contiguous()
+            data = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
+            dtype = str(t.dtype).removeprefix("torch.")
+            for start in range(0, max(len(data), 1), chunk_bytes):
+                yield pb.JobEvent(output=pb.TensorChunk(node=nid, plaintext=plaintext, dtype=dtype, shape=list(t.shape),
+                                                        offset=start, total_bytes=len(data),
+                                                        data=bytes(data[start:start + chunk_bytes])))
+    yield pb.JobEvent(stats=stats_to_proto(o.stats))
+
+
+class OutcomeAssembly:
+    """Rebuilds a JobOutcome from the events of outcome_to_events."""
+
+    def __init__(self):
+        self._buffers: dict[tuple[bool, int], tuple[bytearray, str, tuple, list[int]]] = {}
+
+    def add_chunk(self, c: pb.TensorChunk) -> None:
+        key = (c.plaintext, c.node)
+        if key not in self._buffers:
+            if c.dtype not in _DTYPES:
+                raise SerdeError(f"unknown tensor dtype {c.dtype!r}")
+            self._buffers[key] = (bytearray(c.total_bytes), c.dtype, tuple(c.shape), [0])
+        buf, _, _, got = self._buffers[key]
+        if c.offset + len(c.data) > len(buf):
+            raise SerdeError(f"output chunk for node {c.node} overruns its {len(buf)} bytes")
+        buf[c.offset:c.offset + len(c.data)] = c.data
+        got[0] += len(c.data)
+
+    def finish(self, stats: pb.JobStatsProto) -> JobOutcome:
+        out = JobOutcome(stats=stats_from_proto(stats))
+        for (plaintext, nid), (buf, dtype, shape, got) in self._buffers.items():
+            if got[0] != len(buf):
+                raise SerdeError(f"output for node {nid} is incomplete: {got[0]} of {len(buf)} bytes")
+            t = torch.frombuffer(buf, dtype=_DTYPES[dtype]).reshape(shape) if buf else torch.empty(shape, dtype=_DTYPES[dtype])
+            (out.plaintexts if plaintext else out.shares)[nid] = t
+        return out
+
+
+def job_to_proto(job_id: str, plan: Plan, inputs: dict[int, torch.Tensor]) -> pb.JobRequest:
+    return pb.JobRequest(job_id=job_id, plan=plan_to_proto(plan), inputs={k: tensor_to_proto(v) for k, v in inputs.items()})
+
+
+def job_from_proto(m: pb.JobRequest) -> tuple[str, Plan, dict[int, torch.Tensor]]:
+    if not m.job_id:
+        raise SerdeError("job request without a job id")
+    return m.job_id, plan_from_proto(m.plan), {k: tensor_from_proto(v) for k, v in m.inputs.items()}
+
+
+def inputs_from_uploads(plan: Plan, uploads: dict[int, bytearray]) -> dict[int, torch.Tensor]:
+    """Uploaded float64 payloads as tensors shaped as the plan's input nodes."""
+    nodes = plan.node_map()
+    out = {}
+    for nid, buf in uploads.items():
+        node = nodes.get(nid)
+        if node is None or node.op != "input":
+            raise SerdeError(f"upload for node {nid}, which is not an input of the plan")
+        if len(buf) != math.prod(node.shape) * 8:
+            raise SerdeError(f"upload for input node {nid} has {len(buf)} bytes; shape {node.shape} needs "
+                             f"{math.prod(node.shape) * 8}")
+        out[nid] = torch.frombuffer(buf, dtype=torch.float64).reshape(node.shape) if buf else torch.empty(node.shape, dtype=torch.float64)
+    return out

@@ -1,0 +1,74 @@
+"""AES-128-CTR pseudorandom generator: the only source of randomness for anything secret.
+
+Keys are 128-bit; `derive_key` labels sub-streams (per job, per correlation, per pair of
+parties) with SHA-256 so that parties holding the same seed expand identical streams.
+`update_into` on a preallocated buffer runs at several GB/s here, faster than torch.randint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+KEY_BYTES = 16
+
+
+def new_seed() -> bytes:
+    """A fresh 128-bit seed from the operating system's CSPRNG."""
+    return os.urandom(KEY_BYTES)
+
+
+def derive_key(seed: bytes, *labels: str | int | bytes) -> bytes:
+    """A 128-bit key for the sub-stream named by `labels` (SHA-256 of seed and labels)."""
+    h = hashlib.sha256()
+    h.update(len(seed).to_bytes(2, "little") + seed)
+    for label in labels:
+        if isinstance(label, int):
+            label = b"i" + label.to_bytes(8, "little", signed=True)
+        elif isinstance(label, str):
+            label = b"s" + label.encode()
+        h.update(len(label).to_bytes(4, "little") + label)
+    return h.digest()[:KEY_BYTES]
+
+
+class PRG:
+    """A deterministic stream of uniform bytes: AES-128 in counter mode over zeros."""
+
+    def __init__(self, key: bytes):
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+    def _array(self, n_bytes: int) -> bytearray:
+        # update_into wants room for one block beyond the input
+        out = bytearray(n_bytes + 15)
+        n = self._enc.update_into(bytes(n_bytes), out) if n_bytes else 0
+        assert n == n_bytes
+        return out
+
+    def _tensor(self, shape, dtype: torch.dtype, np_dtype) -> torch.Tensor:
+        shape = tuple(int(s) for s in shape)
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        itemsize = np.dtype(np_dtype).itemsize
+        raw = self._array(count * itemsize)
+        arr = np.frombuffer(raw, dtype=np_dtype, count=count)
+        return torch.from_numpy(arr).view(shape) if count else torch.empty(shape, dtype=dtype)
+
+    def ring(self, shape) -> torch.Tensor:
+        """int64 tensor uniform over the whole ring Z_2^64."""
+        return self._tensor(shape, torch.int64, np.int64)
+
+    def words(self, shape, bits: int) -> torch.Tensor:
+        """int64 tensor uniform over [0, 2^bits), bits <= 32 (drawn 32 bits at a time)."""
+        if not 0 < bits <= 32:
+            raise ValueError(f"words() draws 1 to 32 bits, not {bits}")
+        w = self._tensor(shape, torch.int32, np.int32).to(torch.int64)
+        return w & ((1 << bits) - 1)
+
+    def short(self, shape) -> torch.Tensor:
+        """int16 tensor uniform over Z_2^16."""
+        return self._tensor(shape, torch.int16, np.int16)

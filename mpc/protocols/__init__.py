@@ -1,0 +1,1 @@
+"""Protocols: generators run by one party that yield what they need and return shares."""

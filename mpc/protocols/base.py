@@ -1,0 +1,73 @@
+"""What a protocol generator may yield, and the context it runs in.
+
+A protocol is a generator run by one party. It yields requests to the outside world and
+receives their answers; it returns this party's shares. It never touches a socket:
+
+- `Open(values)`: every party contributes its shares; all (or only `to`) get the sums.
+  The executor fuses every Open that is ready at the same time into one round.
+- `Randomness(spec)`: this party's part of a dealer correlation (see correlations.py).
+- `InputMask(owner, shape)`: zero-communication input sharing from pairwise PRG keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A correlation the dealer supplies: its kind, the tensor shapes, and scalar params."""
+
+    kind: str
+    shapes: tuple[tuple[int, ...], ...]
+    params: tuple[tuple[str, int], ...] = ()
+
+    def param(self, name: str) -> int:
+        return dict(self.params)[name]
+
+
+@dataclass
+class Open:
+    """Open the sum of every party's `values` to all parties, or to party `to` only."""
+
+    values: tuple[torch.Tensor, ...]
+    to: int | None = None
+
+
+@dataclass
+class Randomness:
+    spec: Spec
+
+
+@dataclass
+class InputMask:
+    """This party's share of a mask for an input owned by `owner`.
+
+    Each non-owner j gets PRG(k_{owner,j}) as its share; the owner gets the sum of all of
+    them, so that owner_share = encode(x) - mask gives a sharing of x with no message sent.
+    """
+
+    owner: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class PartyContext:
+    """Who is running the protocol, with the public parameters of the computation."""
+
+    pid: int
+    n_parties: int
+    frac_bits: int = 16
+    dry_run: bool = False
+    label: int = 0  # the plan node being executed; keys pairwise PRG streams
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def is_first(self) -> bool:
+        return self.pid == 0
+
+    def public(self, value: torch.Tensor) -> torch.Tensor:
+        """Additive shares of a public ring value: party 0 holds it, the others zero."""
+        return value if self.pid == 0 else torch.zeros_like(value)

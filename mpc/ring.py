@@ -1,0 +1,95 @@
+"""The ring Z_2^64 on torch.int64 and the fixed-point encoding that maps reals into it.
+
+Ring elements are int64 tensors; addition and multiplication wrap around modulo 2^64
+exactly as two's-complement int64 arithmetic does. Reals are encoded with `frac_bits`
+fractional bits (16 by default, as in CrypTen). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+RING_BITS = 64
+DTYPE = torch.int64
+DEFAULT_FRAC_BITS = 16
+
+
+class RangeError(ValueError):
+    """A plaintext cannot be encoded: NaN, infinity or outside the fixed-point range."""
+
+
+def max_abs_value(frac_bits: int = DEFAULT_FRAC_BITS) -> float:
+    """Largest magnitude any fixed-point value may reach, intermediates included.
+
+    Truncation after a product needs the double-scale product to satisfy
+    |x * 2^(2f)| < 2^(ring-2) (see protocols.arithmetic.truncate), so values and
+    products of values must stay below 2^(62 - 2f): 2^30 (about 1.07e9) at f = 16.
+    """
+    return float(2 ** (RING_BITS - 2 - 2 * frac_bits))
+
+
+def check_encodable(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS, what: str = "value") -> None:
+    """Raise RangeError if `x` holds NaN, infinities, or values outside the range."""
+    if not torch.is_floating_point(x) and x.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool):
+        raise RangeError(f"{what}: unsupported dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    xf = x.detach().to(torch.float64)
+    if torch.isnan(xf).any():
+        raise RangeError(f"{what} contains NaN at index {tuple(torch.nonzero(torch.isnan(xf))[0].tolist())}")
+    if torch.isinf(xf).any():
+        raise RangeError(f"{what} contains infinity at index {tuple(torch.nonzero(torch.isinf(xf))[0].tolist())}")
+    limit = max_abs_value(frac_bits)
+    worst = xf.abs().max().item()
+    if worst >= limit:
+        raise RangeError(
+            f"{what} has magnitude {worst:.6g}, outside the fixed-point range (-{limit:.6g}, {limit:.6g}) "
+            f"for {frac_bits} fractional bits"
+        )
+
+
+def encode(x: torch.Tensor | float, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
+    """Round x * 2^frac_bits to the nearest ring element (checked: see check_encodable)."""
+    x = torch.as_tensor(x)
+    check_encodable(x, frac_bits)
+    return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(DTYPE)
+
+
+def decode(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
+    """Interpret ring elements as signed fixed-point numbers, in float64."""
+    return x.to(torch.float64) / (1 << frac_bits)
+
+
+def is_integral(x: torch.Tensor) -> bool:
+    """True when every element is a (small) integer, so scaling needs no truncation."""
+    if not torch.is_floating_point(x):
+        return True
+    return bool(torch.all(x == torch.round(x))) and (x.numel() == 0 or x.abs().max().item() < 2**31)
+
+
+def logical_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """floor(x / 2^bits) with x read as an unsigned 64-bit integer."""
+    if bits == 0:
+        return x
+    return (x >> bits) & ((1 << (RING_BITS - bits)) - 1)
+
+
+def msb(x: torch.Tensor) -> torch.Tensor:
+    """Most significant bit of each element read as unsigned, as int64 0/1."""
+    return (x >> (RING_BITS - 1)) & 1
+
+
+# -- bilinear maps in the ring --------------------------------------------------------------
+# torch's CPU kernels for int64 matmul and conv2d accumulate in int64 and so wrap modulo
+# 2^64 exactly (tests/test_ring.py checks them against Python integers).
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b mod 2^64, with torch.matmul semantics (batching and broadcasting)."""
+    return torch.matmul(a, b)
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """conv2d(x, w) mod 2^64, without bias."""
+    return F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)

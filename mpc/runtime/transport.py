@@ -1,0 +1,95 @@
+"""The interfaces the executor needs from the network: a peer mesh and a dealer link.
+
+Implementations live in mpc.net (gRPC, and in-memory for tests); the runtime depends
+only on these. Rounds and bytes are counted here, where messages are actually sent, so
+that reported figures cannot drift from the traffic.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+class PeerFailure(RuntimeError):
+    """A peer (or the dealer) is unreachable, closed its connection, or stopped answering."""
+
+    def __init__(self, who: str, detail: str):
+        super().__init__(f"{who}: {detail}")
+        self.who = who
+
+
+class ProtocolViolation(RuntimeError):
+    """A peer sent something that does not fit the plan (wrong size, unknown round)."""
+
+
+@dataclass
+class Counters:
+    rounds: int = 0
+    bytes_sent: int = 0
+    messages_sent: int = 0
+
+
+class Transport(abc.ABC):
+    """Point-to-point links from this party to every peer, carrying one message per peer
+    per round. Public methods validate, then call the `_`-prefixed hooks."""
+
+    def __init__(self, pid: int, n_parties: int):
+        self.pid = pid
+        self.n_parties = n_parties
+        self._counters: dict[str, Counters] = {}
+
+    @property
+    def peers(self) -> list[int]:
+        return [p for p in range(self.n_parties) if p != self.pid]
+
+    def counters(self, job: str) -> Counters:
+        return self._counters.setdefault(job, Counters())
+
+    def forget(self, job: str) -> None:
+        self._counters.pop(job, None)
+        self._forget(job)
+
+    async def exchange(self, job: str, round_no: int, outgoing: dict[int, bytes | memoryview],
+                       incoming: set[int]) -> dict[int, memoryview]:
+        """Send outgoing[p] to each p and wait for one message from each p in incoming."""
+        for p in list(outgoing) + list(incoming):
+            if p == self.pid or not 0 <= p < self.n_parties:
+                raise ValueError(f"party {self.pid} cannot exchange with {p}")
+        c = self.counters(job)
+        c.rounds += 1
+        c.messages_sent += len(outgoing)
+        c.bytes_sent += sum(len(memoryview(v).cast("B")) for v in outgoing.values())
+        return await self._exchange(job, round_no, outgoing, incoming)
+
+    @abc.abstractmethod
+    async def _exchange(self, job, round_no, outgoing, incoming) -> dict[int, memoryview]: ...
+
+    @abc.abstractmethod
+    def pairwise_key(self, peer: int) -> bytes:
+        """A 128-bit key known to this party and `peer` only."""
+
+    def _forget(self, job: str) -> None:
+        """Drop buffered messages of a finished job."""
+
+
+class DealerLink(abc.ABC):
+    """This party's view of the dealer: a seed agreed at start-up, and (for party 0)
+    the corrections of a job's correlations."""
+
+    def __init__(self):
+        self.bytes_received = 0
+
+    @property
+    @abc.abstractmethod
+    def seed(self) -> bytes: ...
+
+    async def corrections(self, job: str, specs: list, nbytes: int) -> memoryview:
+        buf = await self._corrections(job, specs, nbytes)
+        if len(buf) != nbytes:
+            raise ProtocolViolation(f"dealer sent {len(buf)} correction bytes for job {job}, expected {nbytes}")
+        self.bytes_received += nbytes
+        return buf
+
+    @abc.abstractmethod
+    async def _corrections(self, job: str, specs: list, nbytes: int) -> memoryview: ...

@@ -1,0 +1,1 @@
+"""Process entry points: party, dealer. Thin: parse arguments, build objects from mpc, serve."""
