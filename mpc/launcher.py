@@ -207,7 +207,9 @@ class LocalCluster(_Cluster):
                     await self._upload(p, job, inputs[p])
                 await self._stubs[p].Submit(serde.job_to_proto(job, plan, {}), timeout=self.job_timeout)
             except grpc.aio.AioRpcError as exc:
-                raise MPCError(exc.details() or f"party {p}: {exc.code().name}") from None
+                detail = exc.details() or exc.code().name
+                raise MPCError(detail if detail.startswith(f"party {p}") else
+                               f"party {p} at {self.config.parties[p]}: {detail}") from None
 
         async def run(p):
             assembly = serde.OutcomeAssembly()

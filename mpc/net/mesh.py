@@ -63,6 +63,7 @@ class GrpcMesh(Transport):
         self._dead: dict[int, str] = {}
         self._tasks: list[asyncio.Task] = []
         self.rejected_frames = 0
+        self._inbound: set[int] = set()
 
     def describe(self, peer: int) -> str:
         return f"party {peer} at {self.addresses.get(peer, '?')}"
@@ -144,6 +145,7 @@ class GrpcMesh(Transport):
                     yield pb.ExchangeReply(ok=False, error=str(exc))
         finally:
             if sender is not None:
+                self._inbound.discard(sender)
                 self._mark_dead(sender, "connection lost")
 
     def _accept_hello(self, header, payload) -> int:
@@ -152,10 +154,13 @@ class GrpcMesh(Transport):
         sender = header.sender
         if sender == self.pid or sender >= self.n_parties:
             raise framing.FrameError(f"HELLO from {sender}, not a peer of party {self.pid}")
+        if sender in self._inbound:
+            raise framing.FrameError(f"party {sender} already has a stream open to party {self.pid}")
         if sender < self.pid:
             if len(payload) != 16:
                 raise framing.FrameError(f"HELLO from party {sender} carries {len(payload)} key bytes, not 16")
             self._keys[sender] = bytes(payload)
+        self._inbound.add(sender)
         self._dead.pop(sender, None)
         self._key_ready.setdefault(sender, asyncio.Event()).set()
         return sender

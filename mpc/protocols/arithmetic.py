@@ -106,6 +106,6 @@ def conv2d(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, stride, padding,
 def scale_public(ctx: PartyContext, x: torch.Tensor, factor: torch.Tensor, op=torch.mul):
     """op(x, public factor): exact for integer factors, else encoded and truncated."""
     if ring.is_integral(factor):
-        return op(x, factor.to(torch.int64))
-    z = op(x, ring.encode(factor, ctx.frac_bits))
+        return op(x, factor.to(device=x.device, dtype=torch.int64))
+    z = op(x, ring.encode(factor, ctx.frac_bits).to(x.device))
     return (yield from truncate(ctx, z))

@@ -1,0 +1,130 @@
+"""`mpc bench`: the workloads of BENCHMARKS.md, ours and CrypTen's, in one run.
+
+Our figures come from the parties' own counters (the transport counts rounds and bytes
+as it sends); each is the median over repetitions after a warm-up, start-up excluded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from mpc import reference
+from mpc.launcher import LocalCluster
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    op: str  # key of reference.OPS
+    shapes: tuple[tuple[int, ...], ...]
+    describe: str
+
+
+WORKLOADS = {w.name: w for w in [
+    Workload("mul_1m", "mul", ((1_000_000,), (1_000_000,)), "elementwise product, 10^6 elements"),
+    Workload("matmul_256", "matmul", ((256, 256), (256, 256)), "256x256 @ 256x256"),
+    Workload("conv_mnist", "conv2d", ((32, 1, 28, 28), (16, 1, 5, 5)), "conv2d 16 filters 5x5, batch 32 of 1x28x28"),
+]}
+
+
+def _inputs(w: Workload) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)  # public benchmark data, not secrets
+    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in w.shapes]
+
+
+def _plain(op: str, xs: list[torch.Tensor]) -> torch.Tensor:
+    a, b = xs
+    return {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: torch.nn.functional.conv2d(a, b)}[op]()
+
+
+def _secret(op: str, xs):
+    a, b = xs
+    return {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: a.conv2d(b)}[op]()
+
+
+def run_ours(cluster: LocalCluster, w: Workload, reps: int) -> dict:
+    xs = _inputs(w)
+    expected = _plain(w.op, xs)
+    samples = []
+    for rep in range(reps + 1):  # the first is a warm-up
+        shared = [cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(xs)]
+        value = _secret(w.op, shared).reveal()
+        stats = cluster.last_stats
+        if rep:
+            samples.append({
+                "online_s": max(s.online_s for s in stats),
+                "total_s": max(s.online_s + s.offline_s for s in stats),
+                "rounds": max(s.rounds for s in stats),
+                "bytes_per_party": max(s.bytes_sent for s in stats),
+                "dealer_bytes": sum(s.dealer_bytes for s in stats),
+                "max_abs_err": (value - expected).abs().max().item(),
+            })
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+def run_crypten(w: Workload, n_parties: int, reps: int, threads: int) -> dict:
+    xs = _inputs(w)
+    r = reference.run(w.op, xs, world_size=n_parties, reps=reps, threads=threads)
+    return {"crypten_s": r["seconds"], "crypten_rounds": r["rounds"], "crypten_bytes": r["bytes"],
+            "crypten_max_abs_err": (r["value"] - _plain(w.op, xs)).abs().max().item()}
+
+
+def machine_info(threads: int) -> dict:
+    import grpc
+
+    try:
+        crypten_version = reference.import_crypten().__version__
+    except Exception:  # reported, not required, when --no-crypten
+        crypten_version = None
+    return {"nproc": os.cpu_count(), "torch_threads_per_process": threads, "python": platform.python_version(),
+            "torch": torch.__version__, "grpcio": grpc.__version__, "crypten": crypten_version,
+            "platform": platform.platform()}
+
+
+def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
+        progress=print) -> dict:
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    results = []
+    with LocalCluster(n_parties=n_parties, torch_threads=threads) as cluster:
+        for name in names:
+            progress(f"running {name} ({WORKLOADS[name].describe}) on {n_parties} parties")
+            results.append({"name": name, "parties": n_parties, **run_ours(cluster, WORKLOADS[name], reps)})
+    if crypten:
+        for row in results:
+            progress(f"running {row['name']} in CrypTen")
+            row.update(run_crypten(WORKLOADS[row["name"]], n_parties, reps, threads))
+            row["ratio"] = row["online_s"] / row["crypten_s"]
+            row["ratio_total"] = row["total_s"] / row["crypten_s"]
+    return {"machine": machine_info(threads), "results": results}
+
+
+def format_table(report: dict) -> str:
+    cols = ["name", "online_s", "total_s", "rounds", "bytes_per_party", "dealer_bytes", "max_abs_err",
+            "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total"]
+    rows = report["results"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.4g}"
+        return str(v)
+
+    table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+__all__ = ["WORKLOADS", "run", "format_table", "write_json"]

@@ -1,0 +1,99 @@
+"""CrypTen 0.4.1 as the reference: the same operation on the same inputs, in N processes.
+
+CrypTen is installed with --no-deps (see scripts/install-crypten.sh) and needs a stand-in
+for `torch.onnx._internal.registration`, gone from current torch, before import. Its
+`run_multiprocess` starts one process per rank (default provider: party 0 makes the
+triples); rank 0 writes the result as .npy and JSON files, so nothing is pickled back.
+Values are read exactly (revealed ring element / scale), since CrypTen's get_plain_text
+decodes some negative values one unit low.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+import torch
+
+OPS = {
+    "add": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "matmul": lambda a, b: a.matmul(b),
+    "conv2d": lambda a, b: a.conv2d(b),
+    "conv2d_s2p1": lambda a, b: a.conv2d(b, stride=2, padding=1),
+    "linear": lambda x, w, b: x.matmul(w) + b,
+}
+
+
+def import_crypten():
+    """Import crypten on a current torch (see the module docstring)."""
+    name = "torch.onnx._internal.registration"
+    if name not in sys.modules:
+        shim = types.ModuleType(name)
+        shim.registry = None
+        sys.modules[name] = shim
+    import crypten
+
+    return crypten
+
+
+def _rank_main(op: str, paths: list[str], owners: list[int], reps: int, threads: int, out: str) -> None:
+    crypten = import_crypten()
+    import crypten.communicator as comm
+    from crypten.config import cfg
+
+    torch.set_num_threads(threads)
+    cfg.communicator.verbose = True
+    rank = comm.get().get_rank()
+    plain = [torch.from_numpy(np.load(p)) for p in paths]
+    fn = OPS[op]
+
+    def run_once():
+        xs = [crypten.cryptensor(t.float(), src=o) for t, o in zip(plain, owners)]
+        comm.get().reset_communication_stats()
+        comm.get().barrier() if hasattr(comm.get(), "barrier") else None
+        start = time.perf_counter()
+        y = fn(*xs)
+        seconds = time.perf_counter() - start
+        stats = comm.get().get_communication_stats()
+        return y, seconds, stats
+
+    run_once()  # warm-up
+    times, y, stats = [], None, None
+    for _ in range(reps):
+        y, seconds, stats = run_once()
+        times.append(seconds)
+    value = (y._tensor.reveal().double() / y._tensor.encoder.scale).numpy()
+    if rank == 0:
+        np.save(out + ".npy", value, allow_pickle=False)
+        with open(out + ".json", "w") as f:
+            json.dump({"seconds": statistics.median(times), "rounds": stats["rounds"], "bytes": stats["bytes"]}, f)
+
+
+def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *, world_size: int = 3,
+        reps: int = 3, threads: int = 1) -> dict:
+    """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes."""
+    if op not in OPS:
+        raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS)}")
+    crypten = import_crypten()
+    owners = owners or [i % world_size for i in range(len(tensors))]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, t in enumerate(tensors):
+            paths.append(os.path.join(tmp, f"in{i}.npy"))
+            np.save(paths[-1], t.detach().to(torch.float64).numpy(), allow_pickle=False)
+        out = os.path.join(tmp, "out")
+        launcher = crypten.mpc.context.run_multiprocess(world_size=world_size)(_rank_main)
+        launcher(op, paths, owners, reps, threads, out)
+        if not os.path.exists(out + ".json"):
+            raise RuntimeError(f"CrypTen run of {op} produced no result (a rank failed; see its output above)")
+        with open(out + ".json") as f:
+            result = json.load(f)
+        result["value"] = torch.from_numpy(np.load(out + ".npy", allow_pickle=False))
+    return result

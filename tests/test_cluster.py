@@ -1,0 +1,168 @@
+"""Real processes: a dealer and three parties over gRPC on loopback, shared by this module."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+import torch
+
+import mpc
+from mpc import reference
+from mpc.net import framing
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+from tests.conftest import ULP, assert_close
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with mpc.LocalCluster(n_parties=3, connect_timeout=20) as c:
+        yield c
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_readme_example(cluster):
+    x, w = rand(4, 5), rand(5, 2, seed=1)
+    y = (cluster.share(x, owner=0) @ cluster.share(w, owner=1)) * 2 + cluster.share(x, owner=0).sum()
+    assert_close(y.reveal(), (x @ w) * 2 + x.sum(), 40 * ULP)
+
+
+@pytest.mark.parametrize("op, shapes, tol", [
+    ("mul", [(1000,), (1000,)], 1e-4),
+    ("matmul", [(16, 32), (32, 8)], 1e-3),
+    ("conv2d", [(2, 3, 10, 10), (4, 3, 3, 3)], 1e-3),
+    ("conv2d_s2p1", [(2, 3, 10, 10), (4, 3, 3, 3)], 1e-3),
+])
+def test_against_crypten(cluster, crypten_available, op, shapes, tol):
+    xs = [rand(*s, seed=i) for i, s in enumerate(shapes)]
+    a, b = (cluster.share(x, owner=i) for i, x in enumerate(xs))
+    plain = {"mul": lambda: xs[0] * xs[1], "matmul": lambda: xs[0] @ xs[1],
+             "conv2d": lambda: torch.nn.functional.conv2d(*xs),
+             "conv2d_s2p1": lambda: torch.nn.functional.conv2d(*xs, stride=2, padding=1)}[op]()
+    ours = {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: mpc.conv2d(a, b),
+            "conv2d_s2p1": lambda: mpc.conv2d(a, b, stride=2, padding=1)}[op]().reveal()
+    theirs = reference.run(op, xs, world_size=3, reps=1)["value"]
+    assert_close(ours, plain, tol, "ours vs torch")
+    assert_close(theirs, plain, 4 * tol, "CrypTen vs torch")
+    assert_close(ours, theirs, 4 * tol, "ours vs CrypTen")
+
+
+def test_product_costs_are_counted_by_the_transport(cluster):
+    n = 10_000
+    (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)).reveal()
+    stats = cluster.last_stats
+    assert [s.rounds for s in stats] == [2, 2, 2]
+    assert max(s.bytes_sent for s in stats) == 48 * n
+    assert sum(s.dealer_bytes for s in stats) == 12 * n
+
+
+def _call(address, coro_fn):
+    async def go():
+        async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            return await coro_fn(ch)
+    return asyncio.run(go())
+
+
+def test_impostor_stream_is_rejected_and_serving_goes_on(cluster):
+    address = cluster.config.parties[1]
+
+    async def send(ch):
+        frames = [*framing.encode_frames(b"", tag=pb.FRAME_HELLO, sender=2),
+                  *framing.encode_frames(b"\0" * 16, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=2)]
+        call = ch.stream_stream("/mpc.net.proto.Party/Exchange", request_serializer=None,
+                                response_deserializer=pb.ExchangeReply.FromString)(iter(frames))
+        return [r async for r in call]
+
+    errors = [r.error for r in _call(address, send) if not r.ok]
+    assert any("party 2 already has a stream open to party 1" in e for e in errors), errors
+    assert_close((cluster.share(rand(3), 0) * 2).reveal(), rand(3) * 2, ULP)
+
+
+def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
+    address = cluster.config.parties[0]
+
+    async def submit(ch):
+        stub = pb_grpc.PartyStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Submit(pb.JobRequest(job_id="big", plan=pb.PlanProto(), inputs={
+                1: pb.TensorProto(shape=[1 << 20], dtype="float64", data=bytes(8 << 20))}))
+        health = await stub.Health(pb.HealthRequest())
+        return info.value.code(), health
+
+    code, health = _call(address, submit)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert health.ready and health.pid == 0
+
+
+def test_bad_plan_is_refused_with_the_node(cluster):
+    address = cluster.config.parties[2]
+
+    async def submit(ch):
+        plan = pb.PlanProto(nodes=[pb.NodeProto(id=1, op="teleport", shape=[2])], frac_bits=16, n_parties=3)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="bad", plan=plan))
+        return info.value
+
+    err = _call(address, submit)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown op 'teleport' at node 1" in err.details()
+
+
+@pytest.mark.parametrize("n_parties", [2, 5])
+def test_other_party_counts(n_parties):
+    x, y = rand(6, 4), rand(4, 3, seed=1)
+    with mpc.LocalCluster(n_parties=n_parties) as c:
+        got = (c.share(x, 0) @ c.share(y, n_parties - 1)).reveal()
+    assert_close(got, x @ y, 1e-3)
+
+
+def test_unreachable_party_is_named_within_bounded_time(tmp_path):
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('n_parties = 2\nconnect_timeout = 2.0\n[dealer]\naddress = "127.0.0.1:9"\n'
+                   '[[parties]]\npid = 0\naddress = "127.0.0.1:0"\n[[parties]]\npid = 1\naddress = "127.0.0.1:9"\n')
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "parties.party", "--pid", "0", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 20
+    assert "party 1 at 127.0.0.1:9" in proc.stderr or "dealer at 127.0.0.1:9" in proc.stderr, proc.stderr
+    assert "unreachable" in proc.stderr
+
+
+def test_lost_party_is_named_and_the_others_stop():
+    with mpc.LocalCluster(n_parties=3, round_timeout=10) as c:
+        x = c.share(rand(4), 0)
+        victim = c.processes[3]  # processes: dealer, party 0, party 1, party 2
+        victim.proc.kill()
+        victim.proc.wait()
+        with pytest.raises(mpc.MPCError, match="party 2"):
+            (x * x).reveal()
+        for proc in c.processes[1:3]:
+            assert proc.proc.wait(timeout=30) == 3  # survivors stop on their own
+            assert "party 2" in proc.stderr_tail()
+
+
+def test_launch_prints_addresses_and_stops_on_sigterm():
+    proc = subprocess.Popen([sys.executable, "-m", "mpc.cli", "launch", "--parties", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert lines[0].split()[0] == "dealer" and all("127.0.0.1:" in line for line in lines[:4]), lines
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        proc.kill()

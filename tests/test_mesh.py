@@ -1,0 +1,39 @@
+"""The mesh's frame checks, fed directly (no sockets): bad frames are answered, good ones delivered."""
+
+import asyncio
+
+from mpc.net import framing
+from mpc.net.mesh import GrpcMesh
+from mpc.net.proto import mpc_pb2 as pb
+
+
+def test_rejects_bad_frames_and_delivers_good_ones():
+    async def go():
+        mesh = GrpcMesh(1, 3, {0: "a", 2: "b"}, known_job=lambda job: job == "known")
+        key = bytes(range(16))
+        frames = [*framing.encode_frames(key, tag=pb.FRAME_HELLO, sender=0),
+                  *framing.encode_frames(b"\0" * 8, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=0),
+                  *framing.encode_frames(b"\0" * 8, tag=9, job="known", round=0, sender=0),
+                  *framing.encode_frames(b"\0" * 8, tag=pb.FRAME_OPEN, job="known", round=0, sender=2),
+                  b"\x01\x00",
+                  *framing.encode_frames(bytes(range(24)), chunk_bytes=10, tag=pb.FRAME_OPEN, job="known",
+                                         round=4, sender=0)]
+
+        async def stream():
+            for f in frames:
+                yield f
+
+        replies = [r async for r in mesh.handle_exchange(stream(), None)]
+        delivered = await asyncio.wait_for(mesh._future(("known", 4, 0)), 1)
+        return mesh, replies, delivered, key
+
+    mesh, replies, delivered, key = asyncio.run(go())
+    errors = [r.error for r in replies]
+    assert len(errors) == 4 and all(not r.ok for r in replies)
+    assert "unknown job 'no-such-job'" in errors[0]
+    assert "unknown frame tag 9" in errors[1]
+    assert "claims sender 2 on party 0's stream" in errors[2]
+    assert "shorter than its length prefix" in errors[3]
+    assert bytes(delivered) == bytes(range(24))  # three chunks reassembled
+    assert mesh.pairwise_key(0) == key
+    assert mesh.rejected_frames == 4
