@@ -36,11 +36,7 @@ def encode_frames(payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
     for k in range(n_chunks):
         piece = view[k * chunk_bytes:(k + 1) * chunk_bytes]
         hdr = pb.FrameHeader(chunk=k, n_chunks=n_chunks, total_bytes=total, **header).SerializeToString()
-        msg = bytearray(_LEN.size + len(hdr) + len(piece))
-        _LEN.pack_into(msg, 0, len(hdr))
-        msg[_LEN.size:_LEN.size + len(hdr)] = hdr
-        msg[_LEN.size + len(hdr):] = piece
-        yield bytes(msg)
+        yield b"".join((_LEN.pack(len(hdr)), hdr, piece))  # the payload's only copy
 
 
 def decode_frame(msg: bytes) -> tuple[pb.FrameHeader, memoryview]:

@@ -135,12 +135,12 @@ class Executor:
 # -- opening over a transport ---------------------------------------------------------------------
 
 
-def _flat(tensors: list[torch.Tensor]) -> bytes:
+def _flat(tensors: list[torch.Tensor]) -> memoryview:
+    """One contiguous buffer of the tensors, viewed without a copy where possible."""
     if not tensors:
-        return b""
-    if len(tensors) == 1:
-        return tensors[0].contiguous().numpy().tobytes()
-    return torch.cat([t.reshape(-1) for t in tensors]).numpy().tobytes()
+        return memoryview(b"")
+    flat = tensors[0].contiguous() if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
+    return memoryview(flat.numpy()).cast("B")
 
 
 def make_exchange(transport: Transport, job: str):
