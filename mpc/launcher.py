@@ -27,7 +27,7 @@ from mpc import ring
 from mpc.api import MPCError, _Cluster
 from mpc.net import framing, serde
 from mpc.net.config import ClusterConfig
-from mpc.net.party_server import client_channel
+from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ import logging
 import grpc
 
 from mpc.net import framing, serde
-from mpc.net.mesh import CHANNEL_OPTIONS
+from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
 from mpc.protocols import correlations
@@ -69,8 +69,7 @@ class GrpcDealerLink(DealerLink):
     def __init__(self, pid: int, n_parties: int, address: str, credentials=None):
         super().__init__()
         self.pid, self.n_parties, self.address = pid, n_parties, address
-        self._channel = (grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials
-                         else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        self._channel = client_channel(address, credentials)
         self._seed: bytes | None = None
 
     async def connect(self, timeout: float) -> None:

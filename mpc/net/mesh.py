@@ -40,6 +40,13 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def client_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel with the runtime's message limits and keepalive; TLS when given credentials."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
 class GrpcMesh(Transport):
     def __init__(self, pid: int, n_parties: int, addresses: dict[int, str], *,
                  credentials: grpc.ChannelCredentials | None = None,
@@ -88,8 +95,7 @@ class GrpcMesh(Transport):
 
     async def _open(self, peer: int, timeout: float) -> None:
         addr = self.addresses[peer]
-        channel = (grpc.aio.secure_channel(addr, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
-                   else grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS))
+        channel = client_channel(addr, self.credentials)
         self._channels[peer] = channel
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)

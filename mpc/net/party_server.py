@@ -154,9 +154,3 @@ class PartyServer:
                 response_serializer=pb.HealthReply.SerializeToString),
         })
 
-
-def client_channel(address: str, credentials=None) -> grpc.aio.Channel:
-    """A channel to a party with the runtime's message limits."""
-    return (grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials
-            else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
-
