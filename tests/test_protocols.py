@@ -9,8 +9,6 @@ import torch
 import mpc
 from mpc import ring
 from mpc.ir import Node, Output, Plan
-from mpc.net.memory import MemoryNetwork
-from mpc.runtime.session import PartySession
 from tests.conftest import ULP, assert_close
 from tests.test_prg import CHI2_CRIT, _chi_square_top_byte
 

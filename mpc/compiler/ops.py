@@ -147,7 +147,7 @@ def _conv_args(a):
 
 def _conv2d_shape(a, x, w):
     if x.dim() != 4 or w.dim() != 4:
-        raise ValueError(f"conv2d expects a 4-d input and a 4-d kernel")
+        raise ValueError("conv2d expects a 4-d input and a 4-d kernel")
     return ring.conv2d(x, w, *_conv_args(a))
 
 

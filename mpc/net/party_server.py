@@ -90,7 +90,7 @@ class PartyServer:
             async for msg in request_iterator:
                 header, payload = framing.decode_frame(msg)
                 if header.tag != pb.FRAME_INPUT or not header.job:
-                    raise framing.FrameError(f"upload frames must be INPUT frames with a job id")
+                    raise framing.FrameError("upload frames must be INPUT frames with a job id")
                 key = (header.job, header.round)
                 if sum(len(p.buffer) for p in parts.values()) + header.total_bytes > framing.MAX_PAYLOAD_BYTES:
                     raise framing.FrameError("upload exceeds the payload limit")
