@@ -37,3 +37,24 @@ def test_rejects_bad_frames_and_delivers_good_ones():
     assert bytes(delivered) == bytes(range(24))  # three chunks reassembled
     assert mesh.pairwise_key(0) == key
     assert mesh.rejected_frames == 4
+
+
+def test_abort_names_the_root_cause_to_waiting_receives():
+    async def go():
+        dead = []
+        mesh = GrpcMesh(1, 3, {0: "a", 2: "b"}, on_dead=dead.append)
+        waiting = mesh._future(("job", 0, 0))
+        frames = [*framing.encode_frames(bytes(16), tag=pb.FRAME_HELLO, sender=0),
+                  *framing.encode_frames(b"party 2 at b: connection lost", tag=pb.FRAME_ABORT, sender=0)]
+
+        async def stream():
+            for f in frames:
+                yield f
+
+        replies = [r async for r in mesh.handle_exchange(stream(), None)]
+        return replies, waiting, dead
+
+    replies, waiting, dead = asyncio.run(go())
+    assert replies == []  # an ABORT is not a bad frame
+    assert dead == ["party 0 at a: stopped: party 2 at b: connection lost"]  # not "connection lost" for 0
+    assert "party 2 at b" in str(waiting.exception())

@@ -7,6 +7,8 @@ order of arrival does not matter. The first frame on a stream says who sends it;
 pair (i < j), party i also sends the pair's PRG key in it. Frames with an unknown job
 or tag are answered with an error and dropped; the stream and other jobs go on.
 
+A party that stops sends ABORT with its reason first, so that its peers report the root
+cause (the party that died) rather than the party that stopped because of it.
 A peer whose stream breaks is marked dead, and every receive waiting on it fails at once
 with a PeerFailure that names it; a receive that waits longer than `round_timeout` fails
 the same way. Channel credentials are a parameter, so TLS plugs in without changes here.
@@ -144,6 +146,10 @@ class GrpcMesh(Transport):
                         continue
                     if header.sender != sender:
                         raise framing.FrameError(f"frame claims sender {header.sender} on party {sender}'s stream")
+                    if header.tag == pb.FRAME_ABORT:
+                        # The peer's own cause comes first, so every survivor names the root cause.
+                        self._mark_dead(sender, "stopped: " + bytes(payload[:1000]).decode("utf-8", "replace"))
+                        continue
                     self._accept_frame(header, payload)
                 except framing.FrameError as exc:
                     self.rejected_frames += 1
@@ -234,6 +240,13 @@ class GrpcMesh(Transport):
         for table in (self._inbox, self._partial):
             for key in [k for k in table if k[0] == job]:
                 table.pop(key)
+
+    def abort(self, reason: str) -> None:
+        """Tell every live peer that this party is stopping, and why (ahead of closing the streams)."""
+        for p, queue in self._queues.items():
+            if p not in self._dead:
+                for frame in framing.encode_frames(reason.encode(), tag=pb.FRAME_ABORT, sender=self.pid):
+                    queue.put_nowait(frame)
 
     async def close(self) -> None:
         for q in self._queues.values():

@@ -71,6 +71,8 @@ class PartyServer:
 
     async def close(self) -> None:
         if self.mesh:
+            if self.lost_reason:
+                self.mesh.abort(self.lost_reason)
             await self.mesh.close()
         if self.dealer:
             await self.dealer.close()
@@ -135,7 +137,8 @@ class PartyServer:
                               detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"))
 
     def _lose(self, reason: str) -> None:
-        self.lost_reason = reason
+        if not self.lost_reason:  # the first loss is the cause; later ones follow from it
+            self.lost_reason = reason
         self.lost.set()
 
     def _handler(self) -> grpc.GenericRpcHandler:

@@ -13,10 +13,12 @@ class FrameTag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FRAME_HELLO: _ClassVar[FrameTag]
     FRAME_OPEN: _ClassVar[FrameTag]
     FRAME_INPUT: _ClassVar[FrameTag]
+    FRAME_ABORT: _ClassVar[FrameTag]
 FRAME_UNSPECIFIED: FrameTag
 FRAME_HELLO: FrameTag
 FRAME_OPEN: FrameTag
 FRAME_INPUT: FrameTag
+FRAME_ABORT: FrameTag
 
 class TensorProto(_message.Message):
     __slots__ = ("shape", "dtype", "data")
