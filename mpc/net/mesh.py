@@ -215,11 +215,15 @@ class GrpcMesh(Transport):
         return self._keys[peer]
 
     async def _exchange(self, job, round_no, outgoing, incoming):
+        encoded: dict[int, list[bytes]] = {}  # frames name no receiver: one payload sent to all is encoded once
         for p, payload in outgoing.items():
             if p in self._dead:
                 raise PeerFailure(self.describe(p), self._dead[p])
-            for frame in framing.encode_frames(payload, self.chunk_bytes, tag=pb.FRAME_OPEN, job=job,
-                                               round=round_no, sender=self.pid):
+            frames = encoded.get(id(payload))
+            if frames is None:
+                frames = encoded[id(payload)] = list(framing.encode_frames(
+                    payload, self.chunk_bytes, tag=pb.FRAME_OPEN, job=job, round=round_no, sender=self.pid))
+            for frame in frames:
                 self._queues[p].put_nowait(frame)
         received = {}
         for p in incoming:

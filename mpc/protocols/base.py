@@ -3,7 +3,8 @@
 A protocol is a generator run by one party. It yields requests to the outside world and
 receives their answers; it returns this party's shares. It never touches a socket:
 
-- `Open(values)`: every party contributes its shares; all (or only `to`) get the sums.
+- `Open(values)`: every party contributes its shares; all (or only `to`) get the sums
+  (mod 2^64 for int64; `xor=True` combines boolean shares by XOR, in any integer dtype).
   The executor fuses every Open that is ready at the same time into one round.
 - `Randomness(spec)`: this party's part of a dealer correlation (see correlations.py).
 - `InputMask(owner, shape)`: zero-communication input sharing from pairwise PRG keys.
@@ -30,10 +31,15 @@ class Spec:
 
 @dataclass
 class Open:
-    """Open the sum of every party's `values` to all parties, or to party `to` only."""
+    """Open the sum of every party's `values` to all parties, or to party `to` only.
+
+    Additive shares are int64 (sums wrap mod 2^64). With `xor=True` the values are boolean
+    shares combined by XOR; they may be int8/16/32/64, so packed bits cost only their width.
+    """
 
     values: tuple[torch.Tensor, ...]
     to: int | None = None
+    xor: bool = False
 
 
 @dataclass

@@ -135,48 +135,72 @@ class Executor:
 # -- opening over a transport ---------------------------------------------------------------------
 
 
-def _flat(tensors: list[torch.Tensor]) -> memoryview:
-    """One contiguous buffer of the tensors, viewed without a copy where possible."""
-    if not tensors:
-        return memoryview(b"")
-    flat = tensors[0].contiguous() if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
-    return memoryview(flat.numpy()).cast("B")
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8}
+
+
+def _layout(values: list[tuple[torch.Tensor, bool]]) -> list[int]:
+    """Wire order of a round's values: widest dtype first, so every slice is aligned."""
+    return sorted(range(len(values)), key=lambda k: -values[k][0].element_size())
+
+
+def _payload(values: list[tuple[torch.Tensor, bool]]) -> memoryview | bytes:
+    """The bytes of `values` in wire order, with no copy when there is one value."""
+    order = _layout(values)
+    if len(order) == 1:
+        return memoryview(values[0][0].contiguous().numpy()).cast("B")
+    if all(values[k][0].dtype == torch.int64 for k in order):
+        return memoryview(torch.cat([values[k][0].reshape(-1) for k in order]).numpy()).cast("B")
+    return b"".join(memoryview(values[k][0].contiguous().numpy()).cast("B") for k in order)
 
 
 def make_exchange(transport: Transport, job: str):
-    """An `exchange` callback for Executor.run that opens values over `transport`."""
+    """An `exchange` callback for Executor.run that opens values over `transport`.
+
+    Peers' buffers are combined in place (the first peer's buffer becomes the result), so
+    a round costs one pass over each received byte beyond the network's own copies.
+    """
     pid = transport.pid
 
     async def exchange(round_no: int, opens: list[Open]):
-        outgoing_tensors: dict[int, list[torch.Tensor]] = {p: [] for p in transport.peers}
+        outgoing_values: dict[int, list] = {p: [] for p in transport.peers}
         for op in opens:
             for p in transport.peers:
                 if op.to is None or op.to == p:
-                    outgoing_tensors[p].extend(op.values)
-        receiving = [op for op in opens if op.to is None or op.to == pid]
-        incoming = {p for p in transport.peers} if receiving else set()
+                    outgoing_values[p].extend((v, op.xor) for v in op.values)
+        mine = [(v, op.xor) for op in opens if op.to is None or op.to == pid for v in op.values]
+        incoming = set(transport.peers) if mine else set()
         if all(op.to is None for op in opens):
-            payload = _flat(outgoing_tensors[transport.peers[0]]) if transport.peers else b""
+            payload = _payload(mine) if transport.peers else b""
             outgoing = {p: payload for p in transport.peers}
         else:
-            outgoing = {p: _flat(ts) for p, ts in outgoing_tensors.items() if ts}
+            outgoing = {p: _payload(vs) for p, vs in outgoing_values.items() if vs}
         received = await transport.exchange(job, round_no, outgoing, incoming)
-        expected = sum(v.numel() for op in receiving for v in op.values)
-        sums = [torch.cat([v.reshape(-1) for op in receiving for v in op.values])] if receiving else []
+
+        expected = sum(v.numel() * v.element_size() for v, _ in mine)
         for p in incoming:
-            buf = received[p]
-            if len(buf) != expected * 8:
-                raise ProtocolViolation(f"party {p} sent {len(buf)} bytes in round {round_no} of job {job}, "
-                                        f"expected {expected * 8}")
-            sums[0] += torch.from_numpy(np.frombuffer(buf, dtype=np.int64))
-        results, offset = [], 0
+            if len(received[p]) != expected:
+                raise ProtocolViolation(f"party {p} sent {len(received[p])} bytes in round {round_no} of job {job}, "
+                                        f"expected {expected}")
+        opened: dict[int, torch.Tensor] = {}
+        offset = 0
+        for k in _layout(mine):
+            value, xor = mine[k]
+            n, width = value.numel(), value.element_size()
+            dtype = _NUMPY_DTYPES[value.dtype]
+            views = [torch.from_numpy(np.frombuffer(received[p], dtype=dtype, count=n, offset=offset))
+                     for p in sorted(incoming)]
+            combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
+            acc = views[0]  # the received buffer is ours: accumulate into it
+            for other in views[1:]:
+                combine(acc, other)
+            combine(acc, value.reshape(-1))
+            opened[k] = acc.view(value.shape)
+            offset += n * width
+        results, k = [], 0
         for op in opens:
             if op.to is None or op.to == pid:
-                out = []
-                for v in op.values:
-                    out.append(sums[0][offset:offset + v.numel()].view(v.shape))
-                    offset += v.numel()
-                results.append(tuple(out))
+                results.append(tuple(opened[k + i] for i in range(len(op.values))))
+                k += len(op.values)
             else:
                 results.append(tuple(None for _ in op.values))
         return results

@@ -2,7 +2,7 @@
 
 A job runs in two phases. Offline: the dry run lists the correlations; party 0 fetches
 the dealer's corrections for all of them in one stream, every party expands its PRG
-parts. Online: the executor runs with every correlation already in memory, so it never
+parts, then all parties pass a ready barrier. Online: the executor runs with every correlation already in memory, so it never
 waits on the dealer. Values named in a plan's `keep` stay for later jobs.
 """
 
@@ -21,6 +21,10 @@ from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.transport import DealerLink, Transport
+
+
+# The round number of the barrier between the offline and online phases; plans never reach it.
+READY_ROUND = (1 << 32) - 1
 
 
 class JobError(RuntimeError):
@@ -125,6 +129,7 @@ class PartySession:
 
         t0 = time.perf_counter()
         pool = await self._offline(job, entry.dry)
+        await self._barrier(job)
         t1 = time.perf_counter()
         executor = Executor(plan, self.pid, store=self.store, inputs=entry.inputs)
         values, rounds = await executor.run(
@@ -156,6 +161,17 @@ class PartySession:
         for o, (value,) in zip([o for o in plan.outputs if o.to != TO_CALLER], results):
             if value is not None:
                 outcome.plaintexts[o.node] = ring.decode(value, plan.frac_bits)
+
+    async def _barrier(self, job: str) -> None:
+        """Wait until every party holds its correlations, so the online phase starts together.
+
+        Party 0 fetches the dealer's corrections while the others only expand seeds; without
+        this, the others' first online round would include that wait. One empty message to
+        each peer, counted as offline traffic (the job's counters restart after it).
+        """
+        peers = set(self.transport.peers)
+        await self.transport.exchange(job, READY_ROUND, {p: b"" for p in peers}, peers)
+        self.transport.reset_counters(job)
 
     async def _offline(self, job: str, dry: DryRun) -> dict:
         specs = [s for _, _, s in dry.specs]

@@ -46,6 +46,9 @@ class Transport(abc.ABC):
     def counters(self, job: str) -> Counters:
         return self._counters.setdefault(job, Counters())
 
+    def reset_counters(self, job: str) -> None:
+        self._counters[job] = Counters()
+
     def forget(self, job: str) -> None:
         self._counters.pop(job, None)
         self._forget(job)
