@@ -12,6 +12,8 @@ _EXPORTS = {
     "cat": "mpc.api",
     "stack": "mpc.api",
     "conv2d": "mpc.api",
+    "where": "mpc.api_functions",
+    "max_pool2d": "mpc.api_functions",
 }
 
 __all__ = list(_EXPORTS)

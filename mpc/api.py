@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import ring
+from mpc.api_functions import FunctionsMixin
 from mpc.compiler import CompileError, infer_shape
 from mpc.compiler.ops import encode_index
 from mpc.ir import TO_ALL, TO_CALLER, Node, Output, Plan, ancestors
@@ -84,7 +85,7 @@ class _Graph:
             self.pending_inputs.pop(nid, None)
 
 
-class SecretTensor:
+class SecretTensor(FunctionsMixin):
     """A secret-shared tensor: a node in the cluster's graph. Ops follow torch semantics."""
 
     __array_priority__ = 1000  # let our reflected operators win over numpy's
@@ -153,14 +154,6 @@ class SecretTensor:
         return self._new("mul_public", (self,), value=self._public(other))
 
     __rmul__ = __mul__
-
-    def __truediv__(self, other):
-        if isinstance(other, SecretTensor):
-            raise NotImplementedError("division by a secret tensor comes with the nonlinear functions")
-        divisor = self._public(other)
-        if divisor.numel() and bool((divisor == 0).any()):
-            raise ZeroDivisionError("division of a secret tensor by a public zero")
-        return self * (1.0 / divisor)
 
     def __matmul__(self, other):
         if isinstance(other, SecretTensor):

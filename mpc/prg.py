@@ -72,3 +72,7 @@ class PRG:
     def short(self, shape) -> torch.Tensor:
         """int16 tensor uniform over Z_2^16."""
         return self._tensor(shape, torch.int16, np.int16)
+
+    def bytes(self, n: int) -> torch.Tensor:
+        """uint8 tensor of n uniform bytes."""
+        return self._tensor((n,), torch.uint8, np.uint8)

@@ -204,3 +204,6 @@ def infer_shape(node: Node, input_shapes: list[tuple[int, ...]]) -> tuple[int, .
         shapes = " and ".join(str(tuple(s)) for s in input_shapes) or "no inputs"
         raise CompileError(f"{node.op} at node {node.id}: shapes {shapes} do not fit: {exc}") from None
     return tuple(out.shape)
+
+
+from mpc.compiler import nonlinear_ops  # noqa: E402,F401  (registers its ops into OPS)

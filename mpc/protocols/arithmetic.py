@@ -35,8 +35,10 @@ def reveal(ctx: PartyContext, x: torch.Tensor, to: int | None = None):
     return value
 
 
-def truncate(ctx: PartyContext, x: torch.Tensor):
+def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
     """Divide a shared value by 2^f with a dealer-supplied mask: one round, never a wrap.
+
+    `bits` shifts by another amount k in [1, 62] (f is the default); read f as k below.
 
     Requires |x| < 2^(l-2) for the ring size l = 64 (see ring.max_abs_value).
     The dealer provides shares of R (uniform), r = 2^f R + rho with rho = sum_i rho_i,
@@ -56,7 +58,9 @@ def truncate(ctx: PartyContext, x: torch.Tensor):
     with the wrap made exact by the public msb(c) as in Escudero et al., "Improved
     primitives for MPC over mixed arithmetic-binary circuits" (CRYPTO 2020).
     """
-    f, n = ctx.frac_bits, ctx.n_parties
+    f, n = (bits or ctx.frac_bits), ctx.n_parties
+    if not 0 < f <= 62:
+        raise ValueError(f"truncation by {f} bits is outside [1, 62]")
     r, big_r, t, m = yield Randomness(correlations.trunc_pair(x.shape, f, n))
     offset = 1 << (_RING_BITS - 2)
     (c,) = yield Open((x + ctx.public(torch.full_like(x, offset)) + r,))

@@ -77,3 +77,30 @@ class PartyContext:
     def public(self, value: torch.Tensor) -> torch.Tensor:
         """Additive shares of a public ring value: party 0 holds it, the others zero."""
         return value if self.pid == 0 else torch.zeros_like(value)
+
+
+def gather(*protocols):
+    """Run several protocol generators side by side; their Opens of a round go out together.
+
+    Returns the list of their results. Randomness and InputMask requests pass through
+    one at a time; Opens of the same step are yielded as one list (one round)."""
+    results = [None] * len(protocols)
+    replies: dict[int, object] = {k: None for k in range(len(protocols))}
+    while replies:
+        pending: dict[int, object] = {}
+        for k, reply in replies.items():
+            gen = protocols[k]
+            try:
+                request = gen.send(reply)
+                while not isinstance(request, (Open, list)):
+                    request = gen.send((yield request))
+                pending[k] = request
+            except StopIteration as stop:
+                results[k] = stop.value
+        if not pending:
+            break
+        flat = [op for req in pending.values() for op in (req if isinstance(req, list) else [req])]
+        answers = iter((yield flat))
+        replies = {k: ([next(answers) for _ in req] if isinstance(req, list) else next(answers))
+                   for k, req in pending.items()}
+    return results

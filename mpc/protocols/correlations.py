@@ -13,18 +13,25 @@ Kinds:
   mul     (a, b, c = a * b)           free a, b; dependent c          8 B/elem of c
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
-  trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (f <= 16)
+  trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
+  cmp     comparison material          see compare.py                  ~86 B/elem (lt), ~50 (eq),
+                                                                       + 8 B per payload element
+
+Each tensor of a correlation is a `Part`: int64 ring elements (summed), small words, or
+bits (uint8 0/1 combined by XOR, packed 8 to a byte on the wire and in the PRG stream).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mpc import ring
 from mpc.prg import PRG, derive_key
+from mpc.protocols import bits as bitops
 from mpc.protocols.base import Spec
 
 _RING_BITS = ring.RING_BITS
@@ -48,7 +55,72 @@ def conv2d_triple(shape_x, shape_w, stride, padding, dilation, groups) -> Spec:
 
 
 def trunc_pair(shape, frac_bits: int, n_parties: int) -> Spec:
+    """Truncation by `frac_bits` bits (any shift from 1 to 62, not only the encoding's f)."""
     return Spec("trunc", (tuple(shape),), (("f", frac_bits), ("n", n_parties)))
+
+
+def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
+    """For compare.py: mask r, chunk tables, tree masks and products, and the bit s that
+    turns the XOR-shared result into arithmetic shares and products with the payloads."""
+    return Spec("cmp", (tuple(shape), *(tuple(p) for p in payload_shapes)), (("eq", int(mode == "eq")),))
+
+
+# -- parts: the tensors a correlation consists of ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.int64
+    bits: bool = False  # 0/1 in uint8, XOR-combined, packed on the wire and in the PRG
+    nbits: int = 0  # for int64 parts: uniform in [0, 2^nbits) instead of the whole ring
+    xor_words: bool = False  # whole words combined by XOR (bit tables)
+
+    @property
+    def xor(self) -> bool:
+        return self.bits or self.xor_words
+
+    def nbytes(self) -> int:
+        if self.bits:
+            return bitops.packed_nbytes(self.shape)
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+    def draw(self, prg: PRG) -> torch.Tensor:
+        if self.bits:
+            return bitops.unpack(prg.bytes(self.nbytes()), self.shape)
+        if self.dtype == torch.int64:
+            v = prg.ring(self.shape)
+            return v if not self.nbits else (v & ((1 << self.nbits) - 1) if self.nbits < 64 else v)
+        if self.dtype == torch.int16:
+            return prg.short(self.shape)
+        if self.dtype == torch.int32:
+            return prg.words(self.shape, 32).to(torch.int32)
+        raise ValueError(f"cannot draw {self.dtype}")
+
+    def to_bytes(self, value: torch.Tensor) -> bytes:
+        if self.bits:
+            return bitops.pack(value).numpy().tobytes()
+        return value.to(self.dtype).contiguous().numpy().tobytes()
+
+    def from_bytes(self, buf) -> torch.Tensor:
+        if self.bits:
+            return bitops.unpack(torch.frombuffer(bytearray(buf), dtype=torch.uint8), self.shape)
+        if not math.prod(self.shape):
+            return torch.empty(self.shape, dtype=self.dtype)
+        return torch.frombuffer(bytearray(buf), dtype=self.dtype).view(self.shape)
+
+    def meta(self) -> torch.Tensor:
+        return torch.empty(self.shape, dtype=torch.uint8 if self.bits else self.dtype, device="meta")
+
+
+def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
+    out = values[0].clone()
+    for v in values[1:]:
+        if part.xor:
+            out ^= v
+        else:
+            out += v
+    return out
 
 
 # -- the algebra of each kind -------------------------------------------------------------------
@@ -67,8 +139,8 @@ def _bilinear(spec: Spec):
     raise ValueError(f"unknown correlation kind {kind!r}")
 
 
-def _word_dtype(frac_bits: int) -> torch.dtype:
-    return torch.int16 if frac_bits <= 16 else torch.int32
+def _word_dtype(bits: int) -> torch.dtype:
+    return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else torch.int64
 
 
 def _rho_bits(spec: Spec, pid: int) -> int:
@@ -78,67 +150,104 @@ def _rho_bits(spec: Spec, pid: int) -> int:
     return f + 1 if (pid == 0 and n % 2 == 0) else f
 
 
-def _free(spec: Spec, pid: int, prg: PRG) -> tuple[torch.Tensor, ...]:
+_CHUNKS = 16  # 4-bit chunks of the 64-bit mask r
+_GROUPS = 4  # the first tree level combines 4 groups of 4 chunks
+
+
+def _cmp_shapes(spec: Spec):
+    shape, *payloads = spec.shapes
+    mode = "eq" if spec.param("eq") else "lt"
+    return mode, shape, math.prod(shape), payloads
+
+
+def free_parts(spec: Spec, pid: int) -> list[Part]:
     if spec.kind == "trunc":
         (shape,) = spec.shapes
-        return prg.ring(shape), prg.words(shape, _rho_bits(spec, pid))
-    shape_a, shape_b = spec.shapes
-    return prg.ring(shape_a), prg.ring(shape_b)
+        return [Part(shape), Part(shape, nbits=_rho_bits(spec, pid))]
+    if spec.kind == "cmp":
+        mode, shape, n, payloads = _cmp_shapes(spec)
+        nv = bitops.n_vars(mode)
+        return [Part(shape), Part((n, _GROUPS, nv), bits=True), Part((n, nv), bits=True), Part((n,), bits=True),
+                *(Part(p) for p in payloads)]
+    return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
-def _dependent_meta(spec: Spec) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    """Shapes and wire dtypes of the dependent tensors."""
+def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "trunc":
         (shape,) = spec.shapes
         dt = _word_dtype(spec.param("f"))
-        return [(shape, dt), (shape, dt)]
+        return [Part(shape, dt), Part(shape, dt)]
+    if spec.kind == "cmp":
+        mode, shape, n, payloads = _cmp_shapes(spec)
+        tables = [Part((n, _CHUNKS), torch.int16, xor_words=True)] * (1 if mode == "eq" else 2)
+        extra = [] if mode == "eq" else [Part((n,), bits=True)]  # bit 62 of r
+        return [*tables, *extra,
+                Part((n, _GROUPS, len(bitops.mask_products(mode, False))), bits=True),
+                Part((n, len(bitops.mask_products(mode, True))), bits=True),
+                Part(shape), *(Part(p) for p in payloads)]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
-    return [(tuple(_bilinear(spec)(a, b).shape), torch.int64)]
+    return [Part(tuple(_bilinear(spec)(a, b).shape))]
 
 
-def _draw_dependent(spec: Spec, prg: PRG) -> list[torch.Tensor]:
-    out = []
-    for shape, dt in _dependent_meta(spec):
-        if dt == torch.int64:
-            out.append(prg.ring(shape))
-        elif dt == torch.int16:
-            out.append(prg.short(shape))
-        else:
-            out.append(prg.words(shape, 32).to(torch.int32))
-    return out
+def _table_words(mask: torch.Tensor) -> torch.Tensor:
+    """int16 words from int64 bit patterns below 2^16."""
+    return (((mask + 32768) & 0xFFFF) - 32768).to(torch.int16)
 
 
-def _targets(spec: Spec, free_sums: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """Values the dependent tensors must sum to, given the sums of the free tensors."""
+def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Values the dependent tensors must combine to, given the combined free tensors."""
     if spec.kind == "trunc":
         f = spec.param("f")
-        big_r, rho = free_sums  # rho is an exact small integer sum
+        big_r, rho = free  # rho is an exact small integer sum
         r = big_r * (1 << f) + rho
         q = rho >> f
         t = ring.logical_shift_right(big_r + q, _RING_BITS - f)  # T' mod 2^f
         m = ring.msb(r)
-        dt = _word_dtype(f)
-        return [t.to(dt), m.to(dt)]
-    return [_bilinear(spec)(*free_sums)]
+        return [t, m]
+    if spec.kind == "cmp":
+        mode, shape, n, payloads = _cmp_shapes(spec)
+        r, m1, m2, s, *alphas = free
+        flat = r.reshape(-1, 1)
+        chunks = (flat >> (4 * torch.arange(_CHUNKS))) & 15
+        if mode == "lt":
+            chunks[:, -1] &= 3  # compare bits 0..61 only; bit 62 is handled apart
+        out = []
+        if mode == "lt":
+            out.append(_table_words((1 << chunks) - 1))  # bit v set iff v < r_j
+        out.append(_table_words(1 << chunks))  # bit v set iff v == r_j
+        if mode == "lt":
+            out.append(((flat[:, 0] >> 62) & 1).to(torch.uint8))
+        out.append(bitops.and_all(m1, bitops.mask_products(mode, False)))
+        out.append(bitops.and_all(m2, bitops.mask_products(mode, True)))
+        s_ring = s.to(torch.int64).view(shape)
+        out.append(s_ring)
+        for alpha, p in zip(alphas, payloads):
+            out.append(alpha * (s_ring.view(shape + (1,) * (len(p) - len(shape)))))
+        return out
+    return [_bilinear(spec)(*free)]
 
 
 def correction_nbytes(spec: Spec) -> int:
-    return sum(math.prod(shape) * torch.empty((), dtype=dt).element_size() for shape, dt in _dependent_meta(spec))
+    return sum(p.nbytes() for p in dependent_parts(spec))
 
 
-def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[np.ndarray]:
+def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
     """The dealer's side: expand every party's stream and return party 0's corrections."""
-    frees = [_free(spec, pid, prg) for pid, prg in enumerate(prgs)]
-    sums = tuple(sum(parts) for parts in zip(*frees))
-    targets = _targets(spec, sums)
-    others = [_draw_dependent(spec, prg) for prg in prgs[1:]]
+    frees = [[part.draw(prg) for part in free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
+    combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
+    targets = _targets(spec, combined)
+    deps = dependent_parts(spec)
+    others = [[part.draw(prg) for part in deps] for prg in prgs[1:]]
     corrections = []
-    for k, target in enumerate(targets):
-        c = target.clone()
+    for k, (part, target) in enumerate(zip(deps, targets)):
+        c = target.to(torch.uint8 if part.bits else part.dtype).clone()
         for dep in others:
-            c -= dep[k]
-        corrections.append(c.contiguous().numpy())
+            if part.xor:
+                c ^= dep[k]
+            else:
+                c -= dep[k]
+        corrections.append(part.to_bytes(c))
     return corrections
 
 
@@ -147,30 +256,27 @@ def dealer_stream(seeds: list[bytes], job: str, specs: list[Spec]):
     Correlation k of a job is expanded from derive_key(seed_i, "corr", job, k)."""
     for k, spec in enumerate(specs):
         prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in seeds]
-        for arr in dealer_correction(spec, prgs):
-            yield arr.tobytes()
+        yield from dealer_correction(spec, prgs)
 
 
 def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = None) -> tuple[torch.Tensor, ...]:
     """This party's part of the correlation; party 0 passes the dealer's correction bytes."""
-    free = _free(spec, pid, prg)
+    free = [part.draw(prg) for part in free_parts(spec, pid)]
+    deps = dependent_parts(spec)
     if pid == 0:
         dependent, offset = [], 0
-        for shape, dt in _dependent_meta(spec):
-            n = math.prod(shape) * torch.empty((), dtype=dt).element_size()
-            chunk = correction[offset:offset + n]
-            dependent.append(torch.frombuffer(bytearray(chunk), dtype=dt).view(shape) if n else torch.empty(shape, dtype=dt))
+        for part in deps:
+            n = part.nbytes()
+            dependent.append(part.from_bytes(correction[offset:offset + n]))
             offset += n
     else:
-        dependent = _draw_dependent(spec, prg)
+        dependent = [part.draw(prg) for part in deps]
     return _assemble(spec, free, dependent)
 
 
 def meta_part(spec: Spec) -> tuple[torch.Tensor, ...]:
     """Placeholders with the right shapes, for the planning dry run."""
-    free = tuple(torch.empty(s, dtype=torch.int64, device="meta") for s in (spec.shapes * 2)[:2])
-    dependent = [torch.empty(s, dtype=dt, device="meta") for s, dt in _dependent_meta(spec)]
-    return _assemble(spec, free, dependent)
+    return _assemble(spec, [p.meta() for p in free_parts(spec, 0)], [p.meta() for p in dependent_parts(spec)])
 
 
 def _assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
@@ -179,4 +285,6 @@ def _assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
         big_r, rho = free
         t, m = (d.to(torch.int64) * (1 << (_RING_BITS - f)) for d in dependent)
         return big_r * (1 << f) + rho, big_r, t, m
+    if spec.kind == "cmp":
+        return (*free, *dependent)
     return (*free, dependent[0])

@@ -4,7 +4,8 @@ Each node's lowering is a protocol generator. The executor drives all of them un
 is blocked on an `Open`, sends every Open of that round to a peer as one message (round
 fusion), then resumes them with the opened values. Local work that becomes ready inside a
 round runs in the same round. `Randomness` requests are answered from correlations
-fetched in the offline phase; `InputMask` from pairwise PRG keys.
+fetched in the offline phase; `InputMask` from pairwise PRG keys. A protocol may yield a
+list of Opens (several sub-protocols advancing together) and gets a list of results.
 
 The same loop runs as a dry run on `meta` tensors to learn, before any data moves, which
 correlations the job needs (so the dealer can make them all ahead) and how many rounds
@@ -74,7 +75,7 @@ class Executor:
                     continue
                 try:
                     request = task.gen.send(reply)
-                    while not isinstance(request, Open):
+                    while not isinstance(request, (Open, list)):
                         if isinstance(request, Randomness):
                             reply = answer_randomness(task.node, task.seq, request.spec)
                             task.seq += 1
@@ -88,9 +89,11 @@ class Executor:
                     self._finish(task.node, stop.value, values, users, waiting, runnable, nodes, dry_run)
             if not blocked:
                 break
-            opened = await exchange(rounds, [req for _, req in blocked])
+            flat = [op for _, req in blocked for op in (req if isinstance(req, list) else [req])]
+            opened = iter(await exchange(rounds, flat))
             rounds += 1
-            runnable.extend(zip((t for t, _ in blocked), opened))
+            for task, req in blocked:  # a list of Opens (from protocols.base.gather) gets a list back
+                runnable.append((task, [next(opened) for _ in req] if isinstance(req, list) else next(opened)))
         return values, rounds
 
     def _start(self, nid, values, nodes, dry_run):
@@ -135,7 +138,7 @@ class Executor:
 # -- opening over a transport ---------------------------------------------------------------------
 
 
-_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8}
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8}
 
 
 def _layout(values: list[tuple[torch.Tensor, bool]]) -> list[int]:

@@ -1,0 +1,244 @@
+"""Smooth functions by iteration: exp, reciprocal, log, inv_sqrt, sqrt, sigmoid, tanh,
+softmax and log_softmax, from products, truncations and (for signs) one comparison.
+
+Two things make these cheaper and more accurate than CrypTen's versions of the same
+iterations (CrypTen: crypten/common/functions/approximations.py):
+  - a product costs 2 rounds here (Beaver, then truncation), against about 3 there;
+  - intermediate values live at a higher fixed-point scale where their range allows
+    (up to 2^-30 instead of 2^-16), and truncation takes any shift, so scaling by
+    powers of two and the final rescale fold into truncations that happen anyway.
+Valid input ranges are stated per function; outside them results are wrong, not
+errors (a secret value cannot be checked without a comparison). Rounds are for f = 16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpc.protocols import correlations
+from mpc.protocols.arithmetic import _beaver, truncate
+from mpc.protocols.base import PartyContext, gather
+from mpc.protocols.compare import compare
+from mpc.protocols.nonlinear import max_
+
+_HIGH = 30  # the highest internal scale: a product of two such values stays below 2^62
+_RECIP_SCALE = 24  # scale of Newton iterates for 1/x; y * e < 2^14 keeps products in range
+EXP_MAX = 20.0  # e^20 < 2^30, the largest encodable value
+EXP_MIN = -256.0
+
+
+def _const(ctx: PartyContext, like: torch.Tensor, value: float, scale: int) -> torch.Tensor:
+    return ctx.public(torch.full_like(like, round(value * (1 << scale))))
+
+
+def _rescale(ctx: PartyContext, x: torch.Tensor, src: int, dst: int):
+    """Move x from scale 2^src to 2^dst: exact shift up, truncation (1 round) down."""
+    if dst >= src:
+        return x * (1 << (dst - src))
+    return (yield from truncate(ctx, x, src - dst))
+
+
+def _mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, shift: int):
+    """x * y, then a truncation by `shift` bits (none when 0): 2 rounds (1 without)."""
+    z = yield from _beaver(ctx, correlations.mul_triple(x.shape, y.shape), torch.mul, x, y)
+    if shift:
+        z = yield from truncate(ctx, z, shift)
+    return z
+
+
+def _scale_public(ctx: PartyContext, x: torch.Tensor, factor: float, src: int, dst: int):
+    """factor * x from scale src to dst, in one truncation."""
+    bits = src + 16 - dst
+    return (yield from truncate(ctx, x * round(factor * (1 << 16)), bits)) if bits else x * round(factor * (1 << 16))
+
+
+def exp_scales(iters: int, x_max: float, frac_bits: int) -> list[int]:
+    """Scale of the value entering each squaring step, and the output scale last.
+
+    Step j squares v_j = e^{x / 2^(iters-j)}; the square of a value below 2^m at scale s
+    stays below 2^62 when 2s + 2m <= 61, so early steps (values near 1) keep 30
+    fractional bits and later ones fewer: their rounding errors are squared fewer times."""
+    scales = []
+    for j in range(iters):
+        log2_v = max(x_max, 0.0) * 2.0 ** (j - iters) * math.log2(math.e)
+        scales.append(min(_HIGH, int((61 - 2 * log2_v) // 2)))
+    return scales + [frac_bits]
+
+
+def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_MAX):
+    """e^x = p(x / 2^n)^(2^n), p(y) = 1 + y + y^2 / 2, n = 8 squarings.
+
+    Valid for x in [-256, 20] (x_max lowers the top of the range for more precision);
+    relative error below (x/256)^3 / 6 * 256 + 2^-14 (about 1e-4 at x = 4, where
+    CrypTen's (1 + x/256)^256 is off by 3%); for x < -256, p(y) stops falling and the
+    result is wrong. Rounds 2 + 2n = 18 (CrypTen: 27).
+      1. y = x / 2^n by a shift, and x^2 by a Beaver product (round 1);
+      2. y^2 / 2 = x^2 / 2^(2n+1) by one truncation to the first step's scale (round 2);
+      3. n squarings, each truncated to the next step's scale (exp_scales).
+    """
+    f = ctx.frac_bits
+    scales = exp_scales(iters, x_max, f)
+    s0 = scales[0]
+    y_shift = s0 - f - iters
+    if y_shift >= 0:
+        x2 = yield from _beaver(ctx, correlations.mul_triple(x.shape, x.shape), torch.mul, x, x)
+        y = x * (1 << y_shift)
+    else:
+        y, x2 = yield from gather(truncate(ctx, x, -y_shift),
+                                  _beaver(ctx, correlations.mul_triple(x.shape, x.shape), torch.mul, x, x))
+    half_y2 = yield from _rescale(ctx, x2, 2 * f + 2 * iters + 1, s0)
+    v = _const(ctx, x, 1.0, s0) + y + half_y2
+    for j in range(iters):
+        v = yield from _mul(ctx, v, v, 2 * scales[j] - scales[j + 1])
+    return v
+
+
+def _newton_reciprocal(ctx: PartyContext, d: torch.Tensor, y: torch.Tensor, iters: int, out_scale: int):
+    """Newton's y <- y (2 - d y) = y + y e, e = 1 - d y, from y (at _RECIP_SCALE) near 1/d.
+    d is at scale f. The relative error squares each iteration. 4 rounds an iteration."""
+    f, s = ctx.frac_bits, _RECIP_SCALE
+    for k in range(iters):
+        dy = yield from _mul(ctx, d, y, f)  # scale s
+        e = _const(ctx, d, 1.0, s) - dy
+        ye = yield from _beaver(ctx, correlations.mul_triple(y.shape, e.shape), torch.mul, y, e)  # scale 2s
+        last = k == iters - 1
+        y = yield from truncate(ctx, y * (1 << s) + ye, 2 * s - (out_scale if last else s))
+    return y
+
+
+def reciprocal_positive(ctx: PartyContext, x: torch.Tensor, out_scale: int | None = None):
+    """1/x for x in [0.01, 256]: Newton from y0 = 3 e^(0.5 - x) + 0.003 (CrypTen's guess),
+    10 iterations at scale 2^-24. Error about 2 units in the last place over
+    [0.5, 10]. Rounds 18 + 40 = 58 (CrypTen's reciprocal: 104)."""
+    f, s = ctx.frac_bits, _RECIP_SCALE
+    t = yield from exp(ctx, _const(ctx, x, 0.5, f) - x, x_max=0.5)
+    y0 = t * 3 * (1 << (s - f)) + _const(ctx, x, 0.003, s)
+    return (yield from _newton_reciprocal(ctx, x, y0, 10, out_scale or f))
+
+
+def reciprocal(ctx: PartyContext, x: torch.Tensor):
+    """1/x for |x| in [0.01, 256], either sign: |x| and the sign bit b from one comparison,
+    then 1/|x| and (2b - 1) / |x| = 2 b q - q (one product of a bit). Rounds 4 + 58 + 1 = 63."""
+    b, (bx,) = yield from compare(ctx, x, "ge", (x,))
+    q = yield from reciprocal_positive(ctx, 2 * bx - x)
+    bq = yield from _beaver(ctx, correlations.mul_triple(b.shape, q.shape), torch.mul, b, q)
+    return 2 * bq - q
+
+
+def div(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor):
+    """x / y = x * (1 / y); the range of reciprocal applies to y. Rounds 65."""
+    q = yield from reciprocal(ctx, y)
+    return (yield from _mul(ctx, x, q, ctx.frac_bits))
+
+
+def sigmoid(ctx: PartyContext, x: torch.Tensor):
+    """1 / (1 + e^-x) for any x in the encoding range.
+
+      1. one comparison of (x, x - 16, -16 - x) against 0, with payloads, gives
+         b = [x >= 0] and a = |clamp(x, -16, 16)| (sigmoid(16) is within 2^-23 of 1);
+      2. t = e^-a in (0, 1] (exp at scale 2^-30 throughout, as the values stay below 1);
+      3. q = 1 / (1 + t), 1 + t in [1, 2]: Newton from the minimax line 24/17 - 8/17 (1 + t)
+         (relative error 1/17, then 3 iterations: below 2^-24);
+      4. sigmoid(x) = q for x >= 0 and 1 - q below: (1 - b) + 2 b q - q.
+    Rounds 4 + 18 + 1 + 12 + 1 = 36 (CrypTen: 59)."""
+    f, s = ctx.frac_bits, _RECIP_SCALE
+    sixteen = _const(ctx, x, 16.0, f)
+    z = torch.stack([x, x - sixteen, -sixteen - x])
+    w = torch.stack([x, sixteen - x, -sixteen - x])
+    b, (bw,) = yield from compare(ctx, z, "ge", (w,))
+    clamped = x + bw[1] + bw[2]
+    a = 2 * (bw[0] + bw[1]) - clamped  # b x + [x >= 16](16 - x) = b * clamped
+    t = yield from exp(ctx, -a, x_max=0.0)
+    d = _const(ctx, x, 1.0, f) + t
+    y0 = _const(ctx, x, 24 / 17, s) - (yield from _scale_public(ctx, d, 8 / 17, f, s))
+    q = yield from _newton_reciprocal(ctx, d, y0, 3, f)
+    bq = yield from _beaver(ctx, correlations.mul_triple(b[0].shape, q.shape), torch.mul, b[0], q)
+    return ctx.public(torch.full_like(x, 1 << f)) - b[0] * (1 << f) + 2 * bq - q
+
+
+def tanh(ctx: PartyContext, x: torch.Tensor):
+    """tanh(x) = 2 sigmoid(2x) - 1. Rounds 36 (CrypTen: 59)."""
+    s = yield from sigmoid(ctx, 2 * x)
+    return 2 * s - _const(ctx, x, 1.0, ctx.frac_bits)
+
+
+def log(ctx: PartyContext, x: torch.Tensor):
+    """Natural log for x in [0.05, 100]: CrypTen's scheme with this runtime's exp.
+
+      y0 = x / 120 - 20 e^(-2x - 1) + 3; then twice h = 1 - x e^(-y), y <- y - sum_{k<=8} h^k / k
+      (a Householder step of order 8). Powers h^2..h^8 take 3 products in depth; the
+      weighted sum is one truncation. Rounds 18 + 2 * 27 = 72 (CrypTen: 109)."""
+    f = ctx.frac_bits
+    x120, t = yield from gather(_scale_public(ctx, x, 1 / 120, f, f),
+                                exp(ctx, -2 * x - _const(ctx, x, 1.0, f), x_max=0.0))
+    y = x120 - 20 * t + _const(ctx, x, 3.0, f)
+    for _ in range(2):
+        e = yield from exp(ctx, -y)
+        xe = yield from _mul(ctx, x, e, f)
+        h = _const(ctx, x, 1.0, f) - xe
+        h2 = yield from _mul(ctx, h, h, f)
+        h3, h4 = yield from gather(_mul(ctx, h2, h, f), _mul(ctx, h2, h2, f))
+        h5, h6, h7, h8 = yield from gather(*(_mul(ctx, h4, p, f) for p in (h, h2, h3, h4)))
+        series = sum(p * round((1 << f) / k) for k, p in enumerate((h, h2, h3, h4, h5, h6, h7, h8), start=1))
+        y = y - (yield from truncate(ctx, series, f))
+    return y
+
+
+def inv_sqrt(ctx: PartyContext, x: torch.Tensor):
+    """1 / sqrt(x) for x in [0.1, 100]: CrypTen's start y0 = 2.2 e^-(x/2 + 0.2) + 0.2 - x/1024,
+    then 4 Newton steps y <- y (3 - x y^2) / 2 (the halving folds into a truncation);
+    CrypTen stops at 3, which leaves 0.3% relative error at x = 10.
+    Rounds 1 + 18 + 1 + 4 * 6 = 44 (CrypTen: 66)."""
+    f = ctx.frac_bits
+    half, tiny = yield from gather(truncate(ctx, x, 1), truncate(ctx, x, 10))
+    t = yield from exp(ctx, -half - _const(ctx, x, 0.2, f), x_max=0.0)
+    y = (yield from _scale_public(ctx, t, 2.2, f, f)) + _const(ctx, x, 0.2, f) - tiny
+    for _ in range(4):
+        y2 = yield from _mul(ctx, y, y, f)
+        xy2 = yield from _mul(ctx, x, y2, f)
+        y = yield from _mul(ctx, y, _const(ctx, x, 3.0, f) - xy2, f + 1)
+    return y
+
+
+def sqrt(ctx: PartyContext, x: torch.Tensor):
+    """sqrt(x) = x / sqrt(x) for x in [0.1, 100]. Rounds 46 (CrypTen: 69)."""
+    r = yield from inv_sqrt(ctx, x)
+    return (yield from _mul(ctx, x, r, ctx.frac_bits))
+
+
+def _softmax_parts(ctx: PartyContext, x: torch.Tensor, dim: int):
+    m, _ = yield from max_(ctx, x, dim, True, False)
+    z = x - m  # <= 0, and 0 at the maximum, so the sum below is in [1, n]
+    e = yield from exp(ctx, z, x_max=0.0)
+    return z, e, e.sum(dim=dim, keepdim=True)
+
+
+def softmax(ctx: PartyContext, x: torch.Tensor, dim: int):
+    """e^(x - max) / sum e^(x - max) over `dim`. Valid while max - min <= 256 along dim.
+
+    The sum s lies in [1, n], so Newton for 1/s starts from the public 2 / (n + 1)
+    (relative error at most (n-1)/(n+1)) and needs no exp of its own.
+    Rounds 4 ceil(log2 n) + 18 + 4 k + 2 with k = ceil(log2(26 ln 2 / -ln((n-1)/(n+1))))
+    Newton steps: 64 for n = 10 (CrypTen: 216)."""
+    n = x.shape[dim]
+    z, e, s = yield from _softmax_parts(ctx, x, dim)
+    q = yield from _newton_reciprocal(ctx, s, _const(ctx, s, 2 / (n + 1), _RECIP_SCALE),
+                                      _newton_steps(n), _RECIP_SCALE)
+    return (yield from _mul(ctx, e, q.expand(e.shape), _RECIP_SCALE))
+
+
+def _newton_steps(n: int) -> int:
+    if n <= 1:
+        return 1
+    ratio = (n - 1) / (n + 1)
+    return max(1, math.ceil(math.log2(26 * math.log(2) / -math.log(ratio))))
+
+
+def log_softmax(ctx: PartyContext, x: torch.Tensor, dim: int):
+    """(x - max) - log(sum e^(x - max)); the sum is in [1, n], inside log's range for
+    n <= 100. Rounds 4 ceil(log2 n) + 18 + 72 (106 for n = 10; CrypTen: 235)."""
+    z, _, s = yield from _softmax_parts(ctx, x, dim)
+    return z - (yield from log(ctx, s))
+

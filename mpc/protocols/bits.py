@@ -1,0 +1,112 @@
+"""Boolean shares of bits: packing, and one level of a carry tree from masked openings.
+
+Bits are uint8 tensors of 0/1, shared by XOR. On the wire they are packed 8 to a byte.
+
+A level evaluates XOR-polynomials (XORs of monomials) of XOR-shared bits v_1..v_K in
+one round, from masks m_k and the dealer's XOR-shares of the mask products
+M_T = AND_{k in T} m_k (|T| >= 2); the masks themselves (|T| = 1) are free PRG bits:
+  1. open e_k = v_k XOR m_k (one round, one bit per variable);
+  2. AND_{k in S} v_k = XOR_{T subset S} (AND_{k in S\\T} e_k) * M_T, with M_{} = 1 added
+     by party 0 only: linear in the shares of M_T because every e_k is public.
+This is the one-round multi-input AND of "Multi-input AND gates from correlated
+randomness" (as in Ishai et al., TCC 2013, one-time truth tables, and ABY2.0, USENIX
+Security 2021), which lets a 4-ary carry tree over 16 leaves finish in two rounds.
+
+The carry tree decides [c < r] for a public c and a secret r split into 4-bit chunks:
+leaf j holds g_j = [c_j < r_j] and p_j = [c_j == r_j]; four siblings (3 the most
+significant) combine to
+  G = g3 ^ p3 g2 ^ p3 p2 g1 ^ p3 p2 p1 g0,   P = p3 p2 p1 p0.
+In "eq" mode only P is computed (all chunks equal).
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+# Variable order within a group: g0..g3 then p0..p3 ("lt" mode), or p0..p3 ("eq" mode).
+_LT_MONOMIALS = {"G": ((3,), (7, 2), (7, 6, 1), (7, 6, 5, 0)), "P": ((7, 6, 5, 4),)}
+_EQ_MONOMIALS = {"P": ((0, 1, 2, 3),)}
+
+
+@lru_cache(maxsize=None)
+def level_polys(mode: str, last: bool) -> tuple[tuple[str, tuple], ...]:
+    """The polynomials one tree level computes: (name, monomials) pairs.
+
+    The last level of an "lt" tree needs only G."""
+    if mode == "eq":
+        return (("P", _EQ_MONOMIALS["P"]),)
+    polys = (("G", _LT_MONOMIALS["G"]),) if last else (("G", _LT_MONOMIALS["G"]), ("P", _LT_MONOMIALS["P"]))
+    return polys
+
+
+def n_vars(mode: str) -> int:
+    return 4 if mode == "eq" else 8
+
+
+@lru_cache(maxsize=None)
+def mask_products(mode: str, last: bool) -> tuple[tuple[int, ...], ...]:
+    """Every mask product M_T with |T| >= 2 that a level needs, in a fixed order."""
+    needed = set()
+    for _, monomials in level_polys(mode, last):
+        for mono in monomials:
+            for size in range(2, len(mono) + 1):
+                needed.update(tuple(sorted(t)) for t in itertools.combinations(mono, size))
+    return tuple(sorted(needed, key=lambda t: (len(t), t)))
+
+
+def and_all(bits: torch.Tensor, subsets) -> torch.Tensor:
+    """AND over each subset of the last axis: shape (..., len(subsets)). Dealer side."""
+    cols = [bits[..., list(t)].prod(dim=-1) for t in subsets]
+    if not cols:
+        return torch.empty(bits.shape[:-1] + (0,), dtype=torch.uint8)
+    return torch.stack(cols, dim=-1).to(torch.uint8)
+
+
+def eval_level(mode: str, last: bool, e: torch.Tensor, masks: torch.Tensor, products: torch.Tensor,
+               first: bool) -> dict[str, torch.Tensor]:
+    """This party's XOR-shares of the level's polynomials, given the opened e = v ^ m.
+
+    e, masks: (..., n_vars) uint8; products: (..., len(mask_products)) uint8 shares."""
+    index = {t: k for k, t in enumerate(mask_products(mode, last))}
+    out = {}
+    for name, monomials in level_polys(mode, last):
+        acc = torch.zeros(e.shape[:-1], dtype=torch.uint8, device=e.device)
+        for mono in monomials:
+            for size in range(len(mono) + 1):
+                for t in itertools.combinations(mono, size):
+                    rest = [k for k in mono if k not in t]
+                    coef = e[..., rest].prod(dim=-1, dtype=torch.uint8) if rest else None
+                    if size == 0:
+                        if not first:
+                            continue
+                        share = coef
+                    elif size == 1:
+                        share = masks[..., t[0]]
+                    else:
+                        share = products[..., index[tuple(sorted(t))]]
+                    acc ^= share if coef is None else (coef & share)
+        out[name] = acc
+    return out
+
+
+def pack(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 uint8 bits, any shape, into bytes (little-endian bit order)."""
+    if bits.device.type == "meta":
+        return torch.empty(packed_nbytes(bits.shape), dtype=torch.uint8, device="meta")
+    return torch.from_numpy(np.packbits(bits.reshape(-1).numpy(), bitorder="little"))
+
+
+def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
+    count = int(np.prod(shape, dtype=np.int64))
+    if packed.device.type == "meta":
+        return torch.empty(tuple(shape), dtype=torch.uint8, device="meta")
+    flat = np.unpackbits(packed.numpy().view(np.uint8), count=count, bitorder="little")
+    return torch.from_numpy(flat).view(tuple(shape))
+
+
+def packed_nbytes(shape) -> int:
+    return (int(np.prod(shape, dtype=np.int64)) + 7) // 8
