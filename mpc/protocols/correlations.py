@@ -103,10 +103,10 @@ class Part:
         return value.to(self.dtype).contiguous().numpy().tobytes()
 
     def from_bytes(self, buf) -> torch.Tensor:
+        if not math.prod(self.shape):
+            return torch.empty(self.shape, dtype=torch.uint8 if self.bits else self.dtype)
         if self.bits:
             return bitops.unpack(torch.frombuffer(bytearray(buf), dtype=torch.uint8), self.shape)
-        if not math.prod(self.shape):
-            return torch.empty(self.shape, dtype=self.dtype)
         return torch.frombuffer(bytearray(buf), dtype=self.dtype).view(self.shape)
 
     def meta(self) -> torch.Tensor:

@@ -150,10 +150,10 @@ def _payload(values: list[tuple[torch.Tensor, bool]]) -> memoryview | bytes:
     """The bytes of `values` in wire order, with no copy when there is one value."""
     order = _layout(values)
     if len(order) == 1:
-        return memoryview(values[0][0].contiguous().numpy()).cast("B")
+        return memoryview(values[0][0].reshape(-1).numpy()).cast("B")
     if all(values[k][0].dtype == torch.int64 for k in order):
         return memoryview(torch.cat([values[k][0].reshape(-1) for k in order]).numpy()).cast("B")
-    return b"".join(memoryview(values[k][0].contiguous().numpy()).cast("B") for k in order)
+    return b"".join(memoryview(values[k][0].reshape(-1).numpy()).cast("B") for k in order)
 
 
 def make_exchange(transport: Transport, job: str):
