@@ -57,6 +57,26 @@ def test_against_crypten(cluster, crypten_available, op, shapes, tol):
     assert_close(ours, theirs, 4 * tol, "ours vs CrypTen")
 
 
+@pytest.mark.parametrize("name, shape, tol", [
+    ("relu", (2000,), ULP),
+    ("sigmoid", (2000,), 1e-4),
+    ("softmax", (100, 10), 2e-4),
+    ("max", (100, 10), ULP),
+])
+def test_nonlinear_over_grpc_against_crypten(cluster, crypten_available, name, shape, tol):
+    x = rand(*shape) * 2
+    secret = cluster.share(x, owner=1)
+    ours = {"relu": secret.relu, "sigmoid": secret.sigmoid, "softmax": lambda: secret.softmax(-1),
+            "max": lambda: secret.max(-1)}[name]().reveal()
+    plain = {"relu": torch.relu, "sigmoid": torch.sigmoid, "softmax": lambda t: torch.softmax(t, -1),
+             "max": lambda t: t.amax(-1)}[name](x)
+    theirs = reference.run(name, [x], owners=[1], world_size=3, reps=1)
+    assert_close(ours, plain, tol, "ours vs torch")
+    their_err = (theirs["value"] - plain).abs().max().item()
+    assert (ours - plain).abs().max().item() <= their_err + ULP, "less accurate than CrypTen"
+    assert max(s.rounds for s in cluster.last_stats) < theirs["rounds"]
+
+
 def test_product_costs_are_counted_by_the_transport(cluster):
     n = 10_000
     (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)).reveal()
