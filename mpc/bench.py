@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -18,43 +19,68 @@ from mpc import reference
 from mpc.launcher import LocalCluster
 
 
+def _normal(std):
+    return lambda gen, shape: torch.randn(shape, generator=gen, dtype=torch.float64) * std
+
+
+def _uniform(lo, hi):
+    return lambda gen, shape: torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
-    op: str  # key of reference.OPS
+    op: str  # key of reference.OPS (CrypTen's side)
     shapes: tuple[tuple[int, ...], ...]
     describe: str
+    plain: Callable  # float64 torch tensors -> tensor
+    secret: Callable  # SecretTensors -> SecretTensor
+    draw: Callable = _normal(1.0)  # (generator, shape) -> inputs
+    scaling: bool = False  # only with --scaling
 
+
+def _unary(name, op, n, draw, describe, plain, secret, scaling=False):
+    return Workload(name, op, ((n,) if isinstance(n, int) else n,), describe, plain, secret, draw, scaling)
+
+
+_RELU = dict(plain=lambda x: torch.relu(x), secret=lambda x: x.relu())
+_MUL = dict(plain=lambda a, b: a * b, secret=lambda a, b: a * b)
 
 WORKLOADS = {w.name: w for w in [
-    Workload("mul_1m", "mul", ((1_000_000,), (1_000_000,)), "elementwise product, 10^6 elements"),
-    Workload("matmul_256", "matmul", ((256, 256), (256, 256)), "256x256 @ 256x256"),
-    Workload("conv_mnist", "conv2d", ((32, 1, 28, 28), (16, 1, 5, 5)), "conv2d 16 filters 5x5, batch 32 of 1x28x28"),
+    Workload("mul_1m", "mul", ((1_000_000,), (1_000_000,)), "elementwise product, 10^6 elements", **_MUL),
+    Workload("matmul_256", "matmul", ((256, 256), (256, 256)), "256x256 @ 256x256",
+             lambda a, b: a @ b, lambda a, b: a @ b),
+    Workload("conv_mnist", "conv2d", ((32, 1, 28, 28), (16, 1, 5, 5)), "conv2d 16 filters 5x5, batch 32 of 1x28x28",
+             lambda a, b: torch.nn.functional.conv2d(a, b), lambda a, b: a.conv2d(b)),
+    _unary("relu_100k", "relu", 100_000, _normal(2.0), "ReLU, 10^5 elements, N(0, 4)", **_RELU),
+    _unary("exp_100k", "exp", 100_000, _uniform(-4, 4), "exp, 10^5 elements, U(-4, 4)", torch.exp, lambda x: x.exp()),
+    _unary("sigmoid_100k", "sigmoid", 100_000, _normal(2.0), "sigmoid, 10^5 elements, N(0, 4)",
+           torch.sigmoid, lambda x: x.sigmoid()),
+    _unary("reciprocal_100k", "reciprocal", 100_000, _uniform(0.5, 10), "1/x, 10^5 elements, U(0.5, 10)",
+           torch.reciprocal, lambda x: x.reciprocal()),
+    _unary("log_100k", "log", 100_000, _uniform(0.5, 10), "natural log, 10^5 elements, U(0.5, 10)",
+           torch.log, lambda x: x.log()),
+    _unary("softmax_1k", "softmax", (1000, 10), _normal(2.0), "softmax over rows, 1000x10, N(0, 4)",
+           lambda x: torch.softmax(x, -1), lambda x: x.softmax(-1)),
+    *(_unary(f"relu_{label}", "relu", n, _normal(2.0), f"ReLU scaling, {n} elements", scaling=True, **_RELU)
+      for label, n in [("1k", 1_000), ("10k", 10_000), ("1m", 1_000_000)]),
+    *(Workload(f"mul_{label}", "mul", ((n,), (n,)), f"product scaling, {n} elements", scaling=True, **_MUL)
+      for label, n in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)]),
 ]}
 
 
 def _inputs(w: Workload) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)  # public benchmark data, not secrets
-    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in w.shapes]
-
-
-def _plain(op: str, xs: list[torch.Tensor]) -> torch.Tensor:
-    a, b = xs
-    return {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: torch.nn.functional.conv2d(a, b)}[op]()
-
-
-def _secret(op: str, xs):
-    a, b = xs
-    return {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: a.conv2d(b)}[op]()
+    return [w.draw(gen, s) for s in w.shapes]
 
 
 def run_ours(cluster: LocalCluster, w: Workload, reps: int) -> dict:
     xs = _inputs(w)
-    expected = _plain(w.op, xs)
+    expected = w.plain(*xs)
     samples = []
     for rep in range(reps + 1):  # the first is a warm-up
         shared = [cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(xs)]
-        value = _secret(w.op, shared).reveal()
+        value = w.secret(*shared).reveal()
         stats = cluster.last_stats
         if rep:
             samples.append({
@@ -72,7 +98,7 @@ def run_crypten(w: Workload, n_parties: int, reps: int, threads: int) -> dict:
     xs = _inputs(w)
     r = reference.run(w.op, xs, world_size=n_parties, reps=reps, threads=threads)
     return {"crypten_s": r["seconds"], "crypten_rounds": r["rounds"], "crypten_bytes": r["bytes"],
-            "crypten_max_abs_err": (r["value"] - _plain(w.op, xs)).abs().max().item()}
+            "crypten_max_abs_err": (r["value"] - w.plain(*xs)).abs().max().item()}
 
 
 def machine_info(threads: int) -> dict:

@@ -30,7 +30,8 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
-    names = args.only.split(",") if args.only else list(bench.WORKLOADS)
+    names = args.only.split(",") if args.only else [n for n, w in bench.WORKLOADS.items()
+                                                      if args.scaling or not w.scaling]
     try:
         report = bench.run(names, n_parties=args.parties, reps=args.reps, crypten=not args.no_crypten,
                            threads=args.threads, progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -63,6 +64,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("bench", help="run the benchmark workloads beside CrypTen")
     p.add_argument("--only", help="comma-separated workload names")
     p.add_argument("--no-crypten", action="store_true", help="skip the CrypTen reference")
+    p.add_argument("--scaling", action="store_true", help="also the scaling runs (relu, mul at 10^3..10^6)")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")

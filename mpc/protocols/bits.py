@@ -1,6 +1,7 @@
 """Boolean shares of bits: packing, and one level of a carry tree from masked openings.
 
-Bits are uint8 tensors of 0/1, shared by XOR. On the wire they are packed 8 to a byte.
+Bits are shared by XOR and kept packed, 8 to a byte, as planes: one row of bytes per
+variable, so that a level is a few dozen bytewise ANDs and XORs of whole rows.
 
 A level evaluates XOR-polynomials (XORs of monomials) of XOR-shared bits v_1..v_K in
 one round, from masks m_k and the dealer's XOR-shares of the mask products
@@ -58,54 +59,66 @@ def mask_products(mode: str, last: bool) -> tuple[tuple[int, ...], ...]:
     return tuple(sorted(needed, key=lambda t: (len(t), t)))
 
 
-def and_all(bits: torch.Tensor, subsets) -> torch.Tensor:
-    """AND over each subset of the last axis: shape (..., len(subsets)). Dealer side."""
-    cols = [bits[..., list(t)].prod(dim=-1) for t in subsets]
-    if not cols:
-        return torch.empty(bits.shape[:-1] + (0,), dtype=torch.uint8)
-    return torch.stack(cols, dim=-1).to(torch.uint8)
+def and_rows(planes: torch.Tensor, subsets) -> torch.Tensor:
+    """AND over each subset of rows of packed bit planes: (len(subsets), nbytes). Dealer side."""
+    out = torch.empty((len(subsets), planes.shape[1]), dtype=torch.uint8)
+    for k, t in enumerate(subsets):
+        acc = planes[t[0]].clone()
+        for row in t[1:]:
+            acc &= planes[row]
+        out[k] = acc
+    return out
 
 
 def eval_level(mode: str, last: bool, e: torch.Tensor, masks: torch.Tensor, products: torch.Tensor,
                first: bool) -> dict[str, torch.Tensor]:
     """This party's XOR-shares of the level's polynomials, given the opened e = v ^ m.
 
-    e, masks: (..., n_vars) uint8; products: (..., len(mask_products)) uint8 shares."""
+    Bits are packed planes, one row per variable: e, masks (n_vars, nbytes); products
+    (len(mask_products), nbytes). Every step is a bytewise AND or XOR of whole planes."""
     index = {t: k for k, t in enumerate(mask_products(mode, last))}
     out = {}
     for name, monomials in level_polys(mode, last):
-        acc = torch.zeros(e.shape[:-1], dtype=torch.uint8, device=e.device)
+        acc = torch.zeros(e.shape[1:], dtype=torch.uint8, device=e.device)
         for mono in monomials:
             for size in range(len(mono) + 1):
                 for t in itertools.combinations(mono, size):
-                    rest = [k for k in mono if k not in t]
-                    coef = e[..., rest].prod(dim=-1, dtype=torch.uint8) if rest else None
+                    coef = None
+                    for k in mono:
+                        if k not in t:
+                            coef = e[k].clone() if coef is None else coef.bitwise_and_(e[k])
                     if size == 0:
-                        if not first:
-                            continue
-                        share = coef
-                    elif size == 1:
-                        share = masks[..., t[0]]
-                    else:
-                        share = products[..., index[tuple(sorted(t))]]
+                        if first:  # the public constant term belongs to party 0
+                            acc ^= coef
+                        continue
+                    share = masks[t[0]] if size == 1 else products[index[tuple(sorted(t))]]
                     acc ^= share if coef is None else (coef & share)
         out[name] = acc
     return out
 
 
+def pack_rows(bits: torch.Tensor) -> torch.Tensor:
+    """(rows, m) 0/1 uint8 into packed planes (rows, ceil(m/8)), little-endian bit order."""
+    if bits.device.type == "meta":
+        return torch.empty((bits.shape[0], (bits.shape[1] + 7) // 8), dtype=torch.uint8, device="meta")
+    return torch.from_numpy(np.packbits(bits.contiguous().numpy(), axis=1, bitorder="little"))
+
+
+def unpack_rows(planes: torch.Tensor, m: int) -> torch.Tensor:
+    """Packed planes (rows, nbytes) back to (rows, m) 0/1 uint8."""
+    if planes.device.type == "meta":
+        return torch.empty((planes.shape[0], m), dtype=torch.uint8, device="meta")
+    return torch.from_numpy(np.unpackbits(planes.contiguous().numpy(), axis=1, count=m, bitorder="little"))
+
+
 def pack(bits: torch.Tensor) -> torch.Tensor:
     """0/1 uint8 bits, any shape, into bytes (little-endian bit order)."""
-    if bits.device.type == "meta":
-        return torch.empty(packed_nbytes(bits.shape), dtype=torch.uint8, device="meta")
-    return torch.from_numpy(np.packbits(bits.reshape(-1).numpy(), bitorder="little"))
+    return pack_rows(bits.reshape(1, -1))[0]
 
 
 def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
     count = int(np.prod(shape, dtype=np.int64))
-    if packed.device.type == "meta":
-        return torch.empty(tuple(shape), dtype=torch.uint8, device="meta")
-    flat = np.unpackbits(packed.numpy().view(np.uint8), count=count, bitorder="little")
-    return torch.from_numpy(flat).view(tuple(shape))
+    return unpack_rows(packed.reshape(1, -1), count)[0].view(tuple(shape))
 
 
 def packed_nbytes(shape) -> int:

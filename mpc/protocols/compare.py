@@ -63,38 +63,34 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     # Round 1: the masked value, and the payloads' Beaver-style openings.
     shift = ctx.public(torch.full_like(z, _OFFSET)) if lt_mode == "lt" else torch.zeros_like(z)
     c, *ds = yield Open((z + shift + r, *(w - a for w, a in zip(payloads, alphas))))
-    # Leaves from the tables (local).
+    # Leaves from the tables (local), laid out as planes: row = variable, column = (element, group).
     flat_c = c.reshape(-1, 1)
     chunks = (flat_c >> (4 * torch.arange(_CHUNKS, device=c.device))) & 15
     if lt_mode == "lt":
         chunks[:, -1] &= 3
-    p_leaf = ((eq_table.to(torch.int64) >> chunks) & 1).to(torch.uint8)  # (n, 16)
-    if lt_mode == "lt":
-        g_leaf = ((lt_table.to(torch.int64) >> chunks) & 1).to(torch.uint8)
-        v1 = torch.cat([g_leaf.view(n, _GROUPS, 4), p_leaf.view(n, _GROUPS, 4)], dim=-1)
-    else:
-        v1 = p_leaf.view(n, _GROUPS, 4)
+    leaves = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
+    v1 = torch.cat([((t.to(torch.int64) >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
+                    for t in leaves]).reshape(bitops.n_vars(lt_mode), n * _GROUPS)  # (n_vars, n * groups): g0..g3 then p0..p3
 
     # Round 2: first tree level, 4 groups of 4 chunks.
-    e1 = yield from _open_bits(v1 ^ m1)
+    e1 = yield from _open_planes(bitops.pack_rows(v1) ^ m1)
     level1 = bitops.eval_level(lt_mode, False, e1, m1, prod1, ctx.is_first)
-    if lt_mode == "lt":
-        v2 = torch.cat([level1["G"], level1["P"]], dim=-1)  # (n, 8)
-    else:
-        v2 = level1["P"]  # (n, 4)
+    outs = ["P"] if lt_mode == "eq" else ["G", "P"]
+    v2 = torch.cat([bitops.unpack_rows(level1[k].unsqueeze(0), n * _GROUPS).view(n, _GROUPS).t() for k in outs])
 
     # Round 3: the root.
-    e2 = yield from _open_bits(v2 ^ m2)
+    e2 = yield from _open_planes(bitops.pack_rows(v2) ^ m2)
     root = bitops.eval_level(lt_mode, True, e2, m2, prod2, ctx.is_first)
     if lt_mode == "lt":
-        b_xor = root["G"] ^ r62
+        b_xor = root["G"] ^ r62[0]
         if ctx.is_first:
-            b_xor = b_xor ^ ((flat_c[:, 0] >> 62) & 1).to(torch.uint8)
+            b_xor = b_xor ^ bitops.pack_rows(((flat_c[:, 0] >> 62) & 1).to(torch.uint8).view(1, n))[0]
     else:
         b_xor = root["P"]
 
     # Round 4: to additive shares, and the payload products.
-    e = (yield from _open_bits(b_xor ^ s_bits)).to(torch.int64).view(shape)
+    e_plane = yield from _open_planes((b_xor ^ s_bits[0]).unsqueeze(0))
+    e = bitops.unpack_rows(e_plane, n)[0].to(torch.int64).view(shape)
     sign = 1 - 2 * e
     b = sign * s_arith + ctx.public(e)
     products = []
@@ -105,10 +101,10 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     return b, tuple(products)
 
 
-def _open_bits(bits: torch.Tensor):
-    """Open XOR-shared bits, packed 8 to a byte; one round."""
-    (packed,) = yield Open((bitops.pack(bits),), xor=True)
-    return bitops.unpack(packed, bits.shape)
+def _open_planes(planes: torch.Tensor):
+    """Open XOR-shared packed bit planes; one round."""
+    (opened,) = yield Open((planes,), xor=True)
+    return opened
 
 
 def ge_zero(ctx: PartyContext, z: torch.Tensor):

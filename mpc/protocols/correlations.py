@@ -70,9 +70,12 @@ def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
 
 @dataclass(frozen=True)
 class Part:
+    """One tensor of a correlation. With `bits`, shape is (rows, m) bits held as packed
+    planes: uint8 (rows, ceil(m / 8)), XOR-combined, drawn and sent as they are."""
+
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.int64
-    bits: bool = False  # 0/1 in uint8, XOR-combined, packed on the wire and in the PRG
+    bits: bool = False
     nbits: int = 0  # for int64 parts: uniform in [0, 2^nbits) instead of the whole ring
     xor_words: bool = False  # whole words combined by XOR (bit tables)
 
@@ -80,17 +83,23 @@ class Part:
     def xor(self) -> bool:
         return self.bits or self.xor_words
 
-    def nbytes(self) -> int:
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
         if self.bits:
-            return bitops.packed_nbytes(self.shape)
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+            rows, m = self.shape
+            return (rows, (m + 7) // 8)
+        return self.shape
+
+    def nbytes(self) -> int:
+        itemsize = 1 if self.bits else torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.stored_shape) * itemsize
 
     def draw(self, prg: PRG) -> torch.Tensor:
         if self.bits:
-            return bitops.unpack(prg.bytes(self.nbytes()), self.shape)
+            return prg.bytes(self.nbytes()).view(self.stored_shape)
         if self.dtype == torch.int64:
             v = prg.ring(self.shape)
-            return v if not self.nbits else (v & ((1 << self.nbits) - 1) if self.nbits < 64 else v)
+            return v & ((1 << self.nbits) - 1) if 0 < self.nbits < 64 else v
         if self.dtype == torch.int16:
             return prg.short(self.shape)
         if self.dtype == torch.int32:
@@ -98,19 +107,16 @@ class Part:
         raise ValueError(f"cannot draw {self.dtype}")
 
     def to_bytes(self, value: torch.Tensor) -> bytes:
-        if self.bits:
-            return bitops.pack(value).numpy().tobytes()
-        return value.to(self.dtype).contiguous().numpy().tobytes()
+        return value.to(torch.uint8 if self.bits else self.dtype).contiguous().numpy().tobytes()
 
     def from_bytes(self, buf) -> torch.Tensor:
-        if not math.prod(self.shape):
-            return torch.empty(self.shape, dtype=torch.uint8 if self.bits else self.dtype)
-        if self.bits:
-            return bitops.unpack(torch.frombuffer(bytearray(buf), dtype=torch.uint8), self.shape)
-        return torch.frombuffer(bytearray(buf), dtype=self.dtype).view(self.shape)
+        dtype = torch.uint8 if self.bits else self.dtype
+        if not self.nbytes():
+            return torch.empty(self.stored_shape, dtype=dtype)
+        return torch.frombuffer(bytearray(buf), dtype=dtype).view(self.stored_shape)
 
     def meta(self) -> torch.Tensor:
-        return torch.empty(self.shape, dtype=torch.uint8 if self.bits else self.dtype, device="meta")
+        return torch.empty(self.stored_shape, dtype=torch.uint8 if self.bits else self.dtype, device="meta")
 
 
 def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
@@ -167,7 +173,7 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
         nv = bitops.n_vars(mode)
-        return [Part(shape), Part((n, _GROUPS, nv), bits=True), Part((n, nv), bits=True), Part((n,), bits=True),
+        return [Part(shape), Part((nv, n * _GROUPS), bits=True), Part((nv, n), bits=True), Part((1, n), bits=True),
                 *(Part(p) for p in payloads)]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
@@ -180,10 +186,10 @@ def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
         tables = [Part((n, _CHUNKS), torch.int16, xor_words=True)] * (1 if mode == "eq" else 2)
-        extra = [] if mode == "eq" else [Part((n,), bits=True)]  # bit 62 of r
+        extra = [] if mode == "eq" else [Part((1, n), bits=True)]  # bit 62 of r
         return [*tables, *extra,
-                Part((n, _GROUPS, len(bitops.mask_products(mode, False))), bits=True),
-                Part((n, len(bitops.mask_products(mode, True))), bits=True),
+                Part((len(bitops.mask_products(mode, False)), n * _GROUPS), bits=True),
+                Part((len(bitops.mask_products(mode, True)), n), bits=True),
                 Part(shape), *(Part(p) for p in payloads)]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
@@ -217,10 +223,10 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
             out.append(_table_words((1 << chunks) - 1))  # bit v set iff v < r_j
         out.append(_table_words(1 << chunks))  # bit v set iff v == r_j
         if mode == "lt":
-            out.append(((flat[:, 0] >> 62) & 1).to(torch.uint8))
-        out.append(bitops.and_all(m1, bitops.mask_products(mode, False)))
-        out.append(bitops.and_all(m2, bitops.mask_products(mode, True)))
-        s_ring = s.to(torch.int64).view(shape)
+            out.append(bitops.pack_rows(((flat[:, 0] >> 62) & 1).to(torch.uint8).view(1, n)))
+        out.append(bitops.and_rows(m1, bitops.mask_products(mode, False)))
+        out.append(bitops.and_rows(m2, bitops.mask_products(mode, True)))
+        s_ring = bitops.unpack_rows(s, n)[0].to(torch.int64).view(shape)
         out.append(s_ring)
         for alpha, p in zip(alphas, payloads):
             out.append(alpha * (s_ring.view(shape + (1,) * (len(p) - len(shape)))))
