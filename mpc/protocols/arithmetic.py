@@ -84,6 +84,18 @@ def _beaver(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor):
     return c + op(e, b) + op(x, d)
 
 
+def square(ctx: PartyContext, x: torch.Tensor):
+    """[x^2] from a square pair (a, a^2): one opening instead of a triple's two.
+
+    1. open e = x - a (one round);
+    2. z_i = (a^2)_i + 2 e a_i, and party 0 adds e^2: the sum is (e + a)^2 = x^2.
+    Not truncated (the caller truncates, by whatever shift it needs)."""
+    a, a2 = yield Randomness(correlations.square_pair(x.shape))
+    (e,) = yield Open((x - a,))
+    z = a2 + 2 * e * a
+    return z + e * e if ctx.is_first else z
+
+
 def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, scaled: bool = True):
     """Elementwise x * y with torch broadcasting; truncated when both are fixed-point."""
     z = yield from _beaver(ctx, correlations.mul_triple(x.shape, y.shape), torch.mul, x, y)

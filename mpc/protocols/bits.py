@@ -123,3 +123,13 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
 
 def packed_nbytes(shape) -> int:
     return (int(np.prod(shape, dtype=np.int64)) + 7) // 8
+
+
+def nibbles(x: torch.Tensor, top_bits: int = 4) -> torch.Tensor:
+    """The 16 4-bit chunks of each int64 (least significant first) as uint8 (n, 16),
+    read from the little-endian bytes; the top chunk keeps only its low `top_bits` bits."""
+    raw = x.reshape(-1).contiguous().view(torch.uint8).view(-1, 8)
+    out = torch.stack([raw & 15, raw >> 4], dim=-1).view(-1, 16)
+    if top_bits < 4:
+        out[:, -1] &= (1 << top_bits) - 1
+    return out

@@ -65,12 +65,10 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     c, *ds = yield Open((z + shift + r, *(w - a for w, a in zip(payloads, alphas))))
     # Leaves from the tables (local), laid out as planes: row = variable, column = (element, group).
     flat_c = c.reshape(-1, 1)
-    chunks = (flat_c >> (4 * torch.arange(_CHUNKS, device=c.device))) & 15
-    if lt_mode == "lt":
-        chunks[:, -1] &= 3
+    chunks = bitops.nibbles(c, top_bits=2 if lt_mode == "lt" else 4).to(torch.int16)
     leaves = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
-    v1 = torch.cat([((t.to(torch.int64) >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
-                    for t in leaves]).reshape(bitops.n_vars(lt_mode), n * _GROUPS)  # (n_vars, n * groups): g0..g3 then p0..p3
+    v1 = torch.cat([((t >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
+                    for t in leaves]).reshape(bitops.n_vars(lt_mode), n * _GROUPS)  # g0..g3 then p0..p3
 
     # Round 2: first tree level, 4 groups of 4 chunks.
     e1 = yield from _open_planes(bitops.pack_rows(v1) ^ m1)

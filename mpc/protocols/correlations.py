@@ -11,6 +11,7 @@ shared over Z_2^16 (or Z_2^32 when f > 16) and cost party 0 two (four) bytes an 
 
 Kinds:
   mul     (a, b, c = a * b)           free a, b; dependent c          8 B/elem of c
+  square  (a, c = a * a)              free a; dependent c             8 B/elem
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
@@ -38,6 +39,10 @@ _RING_BITS = ring.RING_BITS
 
 
 # -- spec constructors --------------------------------------------------------------------------
+
+
+def square_pair(shape) -> Spec:
+    return Spec("square", (tuple(shape),))
 
 
 def mul_triple(shape_a, shape_b) -> Spec:
@@ -175,6 +180,8 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
         nv = bitops.n_vars(mode)
         return [Part(shape), Part((nv, n * _GROUPS), bits=True), Part((nv, n), bits=True), Part((1, n), bits=True),
                 *(Part(p) for p in payloads)]
+    if spec.kind == "square":
+        return [Part(spec.shapes[0])]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
@@ -191,14 +198,18 @@ def dependent_parts(spec: Spec) -> list[Part]:
                 Part((len(bitops.mask_products(mode, False)), n * _GROUPS), bits=True),
                 Part((len(bitops.mask_products(mode, True)), n), bits=True),
                 Part(shape), *(Part(p) for p in payloads)]
+    if spec.kind == "square":
+        return [Part(spec.shapes[0])]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     return [Part(tuple(_bilinear(spec)(a, b).shape))]
 
 
-def _table_words(mask: torch.Tensor) -> torch.Tensor:
-    """int16 words from int64 bit patterns below 2^16."""
-    return (((mask + 32768) & 0xFFFF) - 32768).to(torch.int16)
+def _table_words(chunks: torch.Tensor, less: bool) -> torch.Tensor:
+    """int16 words whose bit v is [v < r_j] (less) or [v == r_j], for 4-bit chunks r_j."""
+    one = torch.ones_like(chunks, dtype=torch.int32) << chunks.to(torch.int32)
+    words = one - 1 if less else one
+    return torch.where(words >= 32768, words - 65536, words).to(torch.int16)
 
 
 def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -215,13 +226,11 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         mode, shape, n, payloads = _cmp_shapes(spec)
         r, m1, m2, s, *alphas = free
         flat = r.reshape(-1, 1)
-        chunks = (flat >> (4 * torch.arange(_CHUNKS))) & 15
-        if mode == "lt":
-            chunks[:, -1] &= 3  # compare bits 0..61 only; bit 62 is handled apart
+        chunks = bitops.nibbles(r, top_bits=2 if mode == "lt" else 4)  # "lt" compares bits 0..61; 62 apart
         out = []
         if mode == "lt":
-            out.append(_table_words((1 << chunks) - 1))  # bit v set iff v < r_j
-        out.append(_table_words(1 << chunks))  # bit v set iff v == r_j
+            out.append(_table_words(chunks, less=True))
+        out.append(_table_words(chunks, less=False))
         if mode == "lt":
             out.append(bitops.pack_rows(((flat[:, 0] >> 62) & 1).to(torch.uint8).view(1, n)))
         out.append(bitops.and_rows(m1, bitops.mask_products(mode, False)))
@@ -231,6 +240,8 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         for alpha, p in zip(alphas, payloads):
             out.append(alpha * (s_ring.view(shape + (1,) * (len(p) - len(shape)))))
         return out
+    if spec.kind == "square":
+        return [free[0] * free[0]]
     return [_bilinear(spec)(*free)]
 
 
