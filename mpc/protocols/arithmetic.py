@@ -63,10 +63,13 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
         raise ValueError(f"truncation by {f} bits is outside [1, 62]")
     r, big_r, t, m = yield Randomness(correlations.trunc_pair(x.shape, f, n))
     offset = 1 << (_RING_BITS - 2)
-    (c,) = yield Open((x + ctx.public(torch.full_like(x, offset)) + r,))
-    y = t - big_r + m * (1 - ring.msb(c))
+    masked = x + r
     if ctx.is_first:
-        y = y + ring.logical_shift_right(c, f) - ((offset >> f) + n // 2)
+        masked += offset
+    (c,) = yield Open((masked,))
+    y = torch.sub(t, big_r).add_(m.masked_fill(c < 0, 0))  # M (1 - msb(c)), c < 0 iff msb(c) = 1
+    if ctx.is_first:
+        y.add_(ring.logical_shift_right(c, f)).sub_((offset >> f) + n // 2)
     return y
 
 
@@ -81,6 +84,8 @@ def _beaver(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor):
     """
     a, b, c = yield Randomness(spec)
     e, d = yield Open((x - a, y - b))
+    if op is torch.mul and c.shape == torch.broadcast_shapes(e.shape, b.shape, x.shape, d.shape):
+        return torch.addcmul(torch.addcmul(c, e, b), x, d)  # fused: a third of the passes
     return c + op(e, b) + op(x, d)
 
 
