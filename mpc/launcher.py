@@ -87,6 +87,12 @@ class _Process:
         self.stderr.close()
 
 
+# Serve buffers up to 32 MiB from the heap and keep freed memory: a 16 MiB round buffer
+# then reuses pages instead of faulting in fresh ones (about 20 ms a round per party at
+# 10^6 elements). Deployments set the same variable (deploy/).
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+
+
 class LocalCluster(_Cluster):
     """A dealer and `n_parties` party processes on 127.0.0.1, talking gRPC.
 
@@ -120,6 +126,7 @@ class LocalCluster(_Cluster):
     def _spawn(self, name: str, module: str, *args: str) -> _Process:
         env = dict(os.environ, MPC_TORCH_THREADS=str(self.torch_threads), MPC_PARENT_PID=str(os.getpid()),
                    PYTHONUNBUFFERED="1")
+        env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
         argv = [sys.executable, "-m", module, *args] + (["--verbose"] if self.verbose else [])
         proc = _Process(name, argv, env)
         self.processes.append(proc)

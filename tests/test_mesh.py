@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from mpc.net import framing
 from mpc.net.mesh import GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
@@ -58,3 +60,18 @@ def test_abort_names_the_root_cause_to_waiting_receives():
     assert replies == []  # an ABORT is not a bad frame
     assert dead == ["party 0 at a: stopped: party 2 at b: connection lost"]  # not "connection lost" for 0
     assert "party 2 at b" in str(waiting.exception())
+
+
+def test_reassembly_takes_chunks_in_order_and_covers_the_buffer_exactly():
+    frames = [framing.decode_frame(f) for f in framing.encode_frames(bytes(range(25)), chunk_bytes=10,
+                                                                      tag=pb.FRAME_OPEN, job="j", sender=0)]
+    part = framing.Reassembly(frames[0][0])
+    with pytest.raises(framing.FrameError, match="chunk 1 arrived where chunk 0 was due"):
+        part.add(*frames[1])
+    assert not part.add(*frames[0])
+    short = pb.FrameHeader()
+    short.CopyFrom(frames[1][0])
+    with pytest.raises(framing.FrameError, match="does not fit"):
+        part.add(short, frames[1][1][:5])  # a short middle chunk would leave a gap
+    assert not part.add(*frames[1]) and part.add(*frames[2])
+    assert bytes(part.buffer) == bytes(range(25))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from mpc.net.proto import mpc_pb2 as pb
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -59,26 +61,34 @@ def decode_frame(msg: bytes) -> tuple[pb.FrameHeader, memoryview]:
 
 
 class Reassembly:
-    """Collects the chunks of one payload into a preallocated buffer."""
+    """Collects the chunks of one payload, in order, into a preallocated buffer.
+
+    A stream delivers in order, so chunk k must come k-th; all but the last have the
+    first chunk's size and the last ends the payload exactly. The buffer is therefore
+    covered once, with no gap and no overlap, before it is handed on."""
 
     def __init__(self, header: pb.FrameHeader):
-        self.buffer = bytearray(header.total_bytes)
+        # Not bytearray(n): zero-filling 16 MiB of fresh pages cost 17 ms a round, and
+        # the checks below guarantee that every byte is overwritten.
+        self.buffer = memoryview(np.empty(header.total_bytes, dtype=np.uint8))
         self.n_chunks = header.n_chunks
-        self.chunk_bytes = None
-        self.seen: set[int] = set()
+        self.chunk_bytes = 0
+        self.received = 0
 
     def add(self, header: pb.FrameHeader, payload: memoryview) -> bool:
         """Store one chunk; True once every chunk has arrived."""
         if header.n_chunks != self.n_chunks or header.total_bytes != len(self.buffer):
             raise FrameError("chunk disagrees with the first chunk on the payload's size")
-        if header.chunk in self.seen:
-            raise FrameError(f"chunk {header.chunk} received twice")
-        if self.chunk_bytes is None and header.n_chunks > 1 and header.chunk < header.n_chunks - 1:
+        if header.chunk != self.received:
+            raise FrameError(f"chunk {header.chunk} arrived where chunk {self.received} was due")
+        if header.chunk == 0:
             self.chunk_bytes = len(payload)
-        size = self.chunk_bytes or len(payload)
-        start = header.chunk * size if header.chunk < header.n_chunks - 1 else len(self.buffer) - len(payload)
-        if start < 0 or start + len(payload) > len(self.buffer):
-            raise FrameError(f"chunk {header.chunk} does not fit the {len(self.buffer)}-byte payload")
+        start = header.chunk * self.chunk_bytes
+        last = header.chunk == self.n_chunks - 1
+        if (len(payload) != self.chunk_bytes and not last) or start + len(payload) > len(self.buffer) or (
+                last and start + len(payload) != len(self.buffer)):
+            raise FrameError(f"chunk {header.chunk} of {len(payload)} bytes does not fit the "
+                             f"{len(self.buffer)}-byte payload")
         self.buffer[start:start + len(payload)] = payload
-        self.seen.add(header.chunk)
-        return len(self.seen) == self.n_chunks
+        self.received += 1
+        return self.received == self.n_chunks

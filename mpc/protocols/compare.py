@@ -23,7 +23,7 @@ and for each payload w, a mask alpha with additive shares of alpha * s.
   5. [b] = e + (1 - 2e)[s], and [b w] = e w + (1 - 2e)(d_w [s] + [alpha s]).
 Cost at N parties, per element: 4 rounds; each party sends (N-1) * (16 + 5 + 1/8) bytes
 (8 for c, 8 per payload element, 32 + 8 + 1 bits for the tree and e): 42 B at N = 3 for
-a ReLU. Dealer: about 86 bytes to party 0 ("ge"; 50 for "eq") plus 8 per payload element.
+a ReLU. Dealer: 85 bytes to party 0 ("ge"; 47 for "eq") plus 8 per payload element.
 """
 
 from __future__ import annotations
@@ -63,29 +63,15 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     # Round 1: the masked value, and the payloads' Beaver-style openings.
     shift = ctx.public(torch.full_like(z, _OFFSET)) if lt_mode == "lt" else torch.zeros_like(z)
     c, *ds = yield Open((z + shift + r, *(w - a for w, a in zip(payloads, alphas))))
-    # Leaves from the tables (local), laid out as planes: row = variable, column = (element, group).
-    flat_c = c.reshape(-1, 1)
-    chunks = bitops.nibbles(c, top_bits=2 if lt_mode == "lt" else 4).to(torch.int16)
-    leaves = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
-    v1 = torch.cat([((t >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
-                    for t in leaves]).reshape(bitops.n_vars(lt_mode), n * _GROUPS)  # g0..g3 then p0..p3
-
-    # Round 2: first tree level, 4 groups of 4 chunks.
-    e1 = yield from _open_planes(bitops.pack_rows(v1) ^ m1)
-    level1 = bitops.eval_level(lt_mode, False, e1, m1, prod1, ctx.is_first)
-    outs = ["P"] if lt_mode == "eq" else ["G", "P"]
-    v2 = torch.cat([bitops.unpack_rows(level1[k].unsqueeze(0), n * _GROUPS).view(n, _GROUPS).t() for k in outs])
-
-    # Round 3: the root.
-    e2 = yield from _open_planes(bitops.pack_rows(v2) ^ m2)
-    root = bitops.eval_level(lt_mode, True, e2, m2, prod2, ctx.is_first)
+    # Rounds 2 and 3: the carry tree.
+    tables = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
+    root = yield from _carry_tree(ctx, lt_mode, c, tables, (m1, prod1), (m2, prod2))
     if lt_mode == "lt":
-        b_xor = root["G"] ^ r62[0]
+        b_xor = root ^ r62[0]
         if ctx.is_first:
-            b_xor = b_xor ^ bitops.pack_rows(((flat_c[:, 0] >> 62) & 1).to(torch.uint8).view(1, n))[0]
+            b_xor ^= bitops.pack_rows(((c.reshape(1, n) >> 62) & 1).to(torch.uint8))[0]
     else:
-        b_xor = root["P"]
-
+        b_xor = root
     # Round 4: to additive shares, and the payload products.
     e_plane = yield from _open_planes((b_xor ^ s_bits[0]).unsqueeze(0))
     e = bitops.unpack_rows(e_plane, n)[0].to(torch.int64).view(shape)
@@ -99,18 +85,27 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     return b, tuple(products)
 
 
+def _carry_tree(ctx: PartyContext, mode: str, c: torch.Tensor, tables, level1, level2):
+    """XOR-shares of [c_lo < r_lo] ("lt") or [c == r] ("eq") as one packed plane; 2 rounds.
+
+    Leaves come from the chunk tables (local); planes are laid out row = variable,
+    column = (element, group)."""
+    n = c.numel()
+    chunks = bitops.nibbles(c, top_bits=2 if mode == "lt" else 4).to(torch.int16)
+    v1 = torch.cat([((t >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
+                    for t in tables]).reshape(bitops.n_vars(mode), n * _GROUPS)  # g0..g3, then p0..p3
+    masks, products = level1
+    e1 = yield from _open_planes(bitops.pack_rows(v1) ^ masks)
+    first = bitops.eval_level(mode, False, e1, masks, products, ctx.is_first)
+    outputs = ["P"] if mode == "eq" else ["G", "P"]
+    v2 = torch.cat([bitops.unpack_rows(first[k].unsqueeze(0), n * _GROUPS).view(n, _GROUPS).t() for k in outputs])
+    masks, products = level2
+    e2 = yield from _open_planes(bitops.pack_rows(v2) ^ masks)
+    root = bitops.eval_level(mode, True, e2, masks, products, ctx.is_first)
+    return root["P"] if mode == "eq" else root["G"]
+
+
 def _open_planes(planes: torch.Tensor):
     """Open XOR-shared packed bit planes; one round."""
     (opened,) = yield Open((planes,), xor=True)
     return opened
-
-
-def ge_zero(ctx: PartyContext, z: torch.Tensor):
-    b, _ = yield from compare(ctx, z, "ge")
-    return b
-
-
-def to_fixed(ctx: PartyContext, b: torch.Tensor) -> torch.Tensor:
-    """Integer shares 0/1 to fixed-point 0.0/1.0 (exact, local)."""
-    return b * (1 << ctx.frac_bits)
-

@@ -15,7 +15,7 @@ Kinds:
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
-  cmp     comparison material          see compare.py                  ~86 B/elem (lt), ~50 (eq),
+  cmp     comparison material          see compare.py                  85 B/elem ("lt"), 47 ("eq"),
                                                                        + 8 B per payload element
 
 Each tensor of a correlation is a `Part`: int64 ring elements (summed), small words, or
