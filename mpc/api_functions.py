@@ -14,6 +14,15 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _comparison(op: str, doc: str | None = None):
+    def method(self, other):
+        return self._compare(other, op)
+
+    method.__name__ = op
+    method.__doc__ = doc or f"Elementwise `{op}` against a secret or public operand: secret 0.0/1.0."
+    return method
+
+
 class FunctionsMixin:
     # -- comparisons -------------------------------------------------------------------------------
 
@@ -22,36 +31,12 @@ class FunctionsMixin:
             return self._new("cmp", (self, other), cmp=op)
         return self._new("cmp_public", (self,), cmp=op, value=self._public(other))
 
-    def __gt__(self, other):
-        return self._compare(other, "gt")
-
-    def __ge__(self, other):
-        return self._compare(other, "ge")
-
-    def __lt__(self, other):
-        return self._compare(other, "lt")
-
-    def __le__(self, other):
-        return self._compare(other, "le")
-
-    def gt(self, other):
-        return self._compare(other, "gt")
-
-    def ge(self, other):
-        return self._compare(other, "ge")
-
-    def lt(self, other):
-        return self._compare(other, "lt")
-
-    def le(self, other):
-        return self._compare(other, "le")
-
-    def eq(self, other):
-        """Elementwise ==, as a method: `==` keeps Python's identity meaning on SecretTensor."""
-        return self._compare(other, "eq")
-
-    def ne(self, other):
-        return self._compare(other, "ne")
+    __gt__ = gt = _comparison("gt")
+    __ge__ = ge = _comparison("ge")
+    __lt__ = lt = _comparison("lt")
+    __le__ = le = _comparison("le")
+    eq = _comparison("eq", "Elementwise ==, as a method: `==` keeps Python's identity meaning on SecretTensor.")
+    ne = _comparison("ne")
 
     # -- piecewise-linear --------------------------------------------------------------------------
 
