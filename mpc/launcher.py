@@ -89,7 +89,7 @@ class _Process:
 
 # Serve buffers up to 32 MiB from the heap and keep freed memory: a 16 MiB round buffer
 # then reuses pages instead of faulting in fresh ones (about 20 ms a round per party at
-# 10^6 elements). Deployments set the same variable (deploy/).
+# 10^6 elements). A deployment should set the same variable for its processes.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
