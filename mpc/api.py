@@ -90,9 +90,10 @@ class SecretTensor(FunctionsMixin):
 
     __array_priority__ = 1000  # let our reflected operators win over numpy's
 
-    def __init__(self, cluster: "_Cluster", node: Node):
+    def __init__(self, cluster: "_Cluster", node: Node, known: torch.Tensor | None = None):
         self._cluster = cluster
         self._node = node
+        self._known = known  # the plaintext, when public (cluster.public): lets cheap checks run
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -274,7 +275,9 @@ class _Cluster:
         value = torch.as_tensor(value, dtype=torch.float64)
         zero = self._graph.add("input", (), {"owner": 0, "shape": tuple(value.shape)})
         self._graph.pending_inputs[zero.id] = _Pending(0, torch.zeros_like(value))
-        return SecretTensor(self, zero) + value
+        out = SecretTensor(self, zero) + value
+        out._known = value
+        return out
 
     def reveal(self, *tensors: SecretTensor, to: int | str | None = None) -> list[torch.Tensor | None]:
         """Reveal several tensors in one job (their rounds are shared)."""

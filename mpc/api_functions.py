@@ -97,19 +97,29 @@ class FunctionsMixin:
 
     # -- smooth functions ----------------------------------------------------------------------------
 
+    def _refuse_known(self, what: str, bad, why: str):
+        """Cheap checks on a tensor whose plaintext the caller made public (cluster.public)."""
+        if self._known is not None and self._known.numel() and bool(bad(self._known).any()):
+            raise ValueError(f"{what} of a public tensor with {why}") if why != "a zero" else \
+                ZeroDivisionError(f"{what} of a public tensor with a zero")
+
     def exp(self):
         return self._new("exp", (self,))
 
     def log(self):
+        self._refuse_known("log", lambda v: v <= 0, "entries <= 0")
         return self._new("log", (self,))
 
     def reciprocal(self):
+        self._refuse_known("reciprocal", lambda v: v == 0, "a zero")
         return self._new("reciprocal", (self,))
 
     def sqrt(self):
+        self._refuse_known("sqrt", lambda v: v < 0, "negative entries")
         return self._new("sqrt", (self,))
 
     def inv_sqrt(self):
+        self._refuse_known("inv_sqrt", lambda v: v <= 0, "entries <= 0")
         return self._new("inv_sqrt", (self,))
 
     rsqrt = inv_sqrt
@@ -128,6 +138,7 @@ class FunctionsMixin:
 
     def __truediv__(self, other):
         if isinstance(other, type(self)):
+            other._refuse_known("division", lambda v: v == 0, "a zero")
             return self._new("div", (self, other))
         divisor = self._public(other)
         if divisor.numel() and bool((divisor == 0).any()):

@@ -37,7 +37,7 @@ OPS = {
     "le": lambda a, b: a <= b,
     "eq": lambda a, b: a == b,
     "clamp": lambda a: a.hardtanh(-1.0, 1.0),  # CrypTen has no clamp
-    "where": lambda c, a, b: c.where(a, b),
+    "where": lambda c, a, b: a.where(c, b),  # CrypTen: self.where(condition, y)
     "max": lambda a: a.max(dim=-1)[0],
     "min": lambda a: a.min(dim=-1)[0],
     "argmax": lambda a: a.argmax(dim=-1),

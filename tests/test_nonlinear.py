@@ -165,6 +165,15 @@ def test_public_zero_divisor_and_bad_bounds_are_refused(three):
     x = three.share(normal(4), 0)
     with pytest.raises(ZeroDivisionError, match="public zero"):
         x / 0.0
+    zero = three.public(torch.tensor([1.0, 0.0, 2.0]))
+    with pytest.raises(ZeroDivisionError, match="reciprocal of a public tensor with a zero"):
+        zero.reciprocal()
+    with pytest.raises(ZeroDivisionError, match="division of a public tensor with a zero"):
+        x[:3] / zero
+    with pytest.raises(ValueError, match="log of a public tensor with entries <= 0"):
+        zero.log()
+    with pytest.raises(ValueError, match="sqrt of a public tensor with negative entries"):
+        three.public(torch.tensor([-1.0])).sqrt()
     with pytest.raises(mpc.api.CompileError, match="low bound above high bound"):
         x.clamp(2.0, 1.0)
     with pytest.raises(mpc.api.CompileError, match="unknown comparison"):
@@ -186,6 +195,22 @@ def test_where_with_secret_and_public_conditions(three):
     got_secret, got_public = three.reveal(mpc.where(sx > sy, sx, sy), mpc.where(x > 0, sx, 0.5))
     assert_close(got_secret, torch.maximum(x, y), 4 * ULP)
     assert_close(got_public, torch.where(x > 0, x, torch.tensor(0.5, dtype=torch.float64)), ULP)
+
+
+def test_division_and_where_match_crypten(three, crypten_available):
+    x, y = normal(300), uniform(0.5, 10, 300, seed=1) * torch.where(normal(300, seed=2) > 0, 1.0, -1.0)
+    cond = (normal(300, seed=3) > 0).double()
+    sx, sy = three.share(x, 0), three.share(y, 1)
+    ours_div, ours_where = three.reveal(sx / sy, mpc.where(three.share(cond, 2), sx, sy))
+    theirs_div = reference.run("div", [x, y], owners=[0, 1], world_size=3, reps=1)
+    theirs_where = reference.run("where", [cond, x, y], owners=[2, 0, 1], world_size=3, reps=1)
+    assert_close(ours_div, x / y, 3e-4, "div vs torch")
+    assert (ours_div - x / y).abs().max() <= (theirs_div["value"] - x / y).abs().max() + ULP
+    assert max(s.rounds for s in three.last_stats) <= theirs_div["rounds"]
+    want = torch.where(cond > 0, x, y)
+    assert_close(ours_where, want, 4 * ULP, "where vs torch")
+    assert_close(theirs_where["value"], want, 1e-3, "CrypTen where vs torch")
+    assert (ours_where - want).abs().max() <= (theirs_where["value"] - want).abs().max() + ULP
 
 
 def test_relu_costs(three):
