@@ -100,8 +100,8 @@ class LocalCluster(_Cluster):
 
     def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS, *,
                  connect_timeout: float = 30.0, round_timeout: float = 120.0, job_timeout: float = 900.0,
-                 torch_threads: int = 1, verbose: bool = False):
-        super().__init__(n_parties, frac_bits)
+                 torch_threads: int = 1, verbose: bool = False, defer_truncation: bool = True):
+        super().__init__(n_parties, frac_bits, defer_truncation)
         self.connect_timeout = connect_timeout
         self.round_timeout = round_timeout
         self.job_timeout = job_timeout

@@ -79,11 +79,17 @@ def test_nonlinear_over_grpc_against_crypten(cluster, crypten_available, name, s
 
 def test_product_costs_are_counted_by_the_transport(cluster):
     n = 10_000
-    (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)).reveal()
+    product = cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)
+    (product + 1.0).reveal()  # used further: Beaver round and truncation round
     stats = cluster.last_stats
     assert [s.rounds for s in stats] == [2, 2, 2]
     assert max(s.bytes_sent for s in stats) == 48 * n
     assert sum(s.dealer_bytes for s in stats) == 12 * n
+    (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)).reveal()  # the caller absorbs the truncation
+    stats = cluster.last_stats
+    assert [s.rounds for s in stats] == [1, 1, 1]
+    assert max(s.bytes_sent for s in stats) == 32 * n
+    assert sum(s.dealer_bytes for s in stats) == 8 * n
 
 
 def _call(address, coro_fn):

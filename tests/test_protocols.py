@@ -44,8 +44,9 @@ def test_products(cluster):
     want = [x * y, m @ b, x @ rand(4, 2, seed=5), rand(2, 3, seed=6) @ x, x * 0.25, x / 3]
     for g, w in zip(got, want):
         assert_close(g, w, product_tol(n, scale=32))
-    # all independent products share the Beaver round and the truncation round
-    assert max(s.rounds for s in cluster.last_stats) == 2
+    # all independent products share one round: the Beaver openings of the secret products
+    # (revealed to the caller, so untruncated) and the truncations of the public scalings
+    assert max(s.rounds for s in cluster.last_stats) == 1
 
 
 @pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1)])
@@ -81,16 +82,35 @@ def test_values_are_kept_between_reveals(cluster):
     sx = cluster.share(x, 0)
     y = sx * sx
     assert_close(y.reveal(), x * x, product_tol(cluster.n_parties, 8))
-    z = y + sx  # y is stored at the parties: no product is recomputed
+    z = y + sx  # y is stored at the parties: no product is recomputed, only truncated
     assert_close(z.reveal(), x * x + x, product_tol(cluster.n_parties, 8))
+    assert all(s.rounds == 1 and s.n_correlations == 1 for s in cluster.last_stats)
+    w = y - sx  # now y is kept truncated: nothing to do
+    assert_close(w.reveal(), x * x - x, product_tol(cluster.n_parties, 8))
     assert all(s.rounds == 0 and s.n_correlations == 0 for s in cluster.last_stats)
+
+
+def test_a_product_revealed_to_the_caller_skips_its_truncation(cluster):
+    n = cluster.n_parties
+    x, y = rand(1000) * 30, rand(1000, seed=1) * 30
+    x, y = ring.decode(ring.encode(x)), ring.decode(ring.encode(y))  # exact fixed-point inputs
+    sx, sy = cluster.share(x, 0), cluster.share(y, 1)
+    prod = sx * sy
+    assert torch.equal(prod.reveal(), x * y)  # decoded at scale 2^-32: exact
+    stats = cluster.last_stats[0]
+    assert stats.rounds == 1 and stats.bytes_sent == 16 * (n - 1) * 1000 and stats.dealer_bytes == 8 * 1000
+    # used further, the kept share (scale 2^-32) is truncated first: one round, no new triple
+    got_sum, got_again = cluster.reveal(prod + 1.0, prod)
+    assert_close(got_sum, x * y + 1.0, product_tol(n, 0))
+    assert_close(got_again, x * y, product_tol(n, 0))
+    assert all(s.rounds == 1 and s.n_correlations == 1 for s in cluster.last_stats)
 
 
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
 def test_truncation_error_bound_on_a_million_products(n_parties):
     """10^6 products, a quarter of them near the range limit 2^30: never a wrap, and
     every error within the stated bound floor(N/2) + 1 ulp, with mean near zero."""
-    cluster = mpc.InMemoryCluster(n_parties=n_parties)
+    cluster = mpc.InMemoryCluster(n_parties=n_parties, defer_truncation=False)  # truncate even at the reveal
     g = torch.Generator().manual_seed(n_parties)
     n = 1_000_000
     x = torch.randn(n, generator=g, dtype=torch.float64) * 100

@@ -137,8 +137,11 @@ def _matmul_public(ctx, a, x):
 
 _register("matmul_public", 1, _matmul_public_shape, _matmul_public)
 
-_register("mul", 2, lambda a, x, y: x * y, lambda ctx, a, x, y: arithmetic.mul(ctx, x, y))
-_register("matmul", 2, lambda a, x, y: x @ y, lambda ctx, a, x, y: arithmetic.matmul(ctx, x, y))
+# attrs["truncate"] = False leaves a product at scale 2^2f, for a caller that decodes it so.
+_register("mul", 2, lambda a, x, y: x * y,
+          lambda ctx, a, x, y: arithmetic.mul(ctx, x, y, scaled=a.get("truncate", True)))
+_register("matmul", 2, lambda a, x, y: x @ y,
+          lambda ctx, a, x, y: arithmetic.matmul(ctx, x, y, scaled=a.get("truncate", True)))
 
 
 def _conv_args(a):
@@ -151,7 +154,8 @@ def _conv2d_shape(a, x, w):
     return ring.conv2d(x, w, *_conv_args(a))
 
 
-_register("conv2d", 2, _conv2d_shape, lambda ctx, a, x, w: arithmetic.conv2d(ctx, x, w, *_conv_args(a)))
+_register("conv2d", 2, _conv2d_shape,
+          lambda ctx, a, x, w: arithmetic.conv2d(ctx, x, w, *_conv_args(a), scaled=a.get("truncate", True)))
 
 
 def _mean_factor(a, shape) -> float:

@@ -107,21 +107,23 @@ def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, scaled: bool = True
     return (yield from truncate(ctx, z)) if scaled else z
 
 
-def matmul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor):
-    """x @ y with torch.matmul semantics, truncated once per output element."""
+def matmul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, scaled: bool = True):
+    """x @ y with torch.matmul semantics, truncated once per output element (unless not scaled)."""
     z = yield from _beaver(ctx, correlations.matmul_triple(x.shape, y.shape), ring.matmul, x, y)
-    return (yield from truncate(ctx, z))
+    return (yield from truncate(ctx, z)) if scaled else z
 
 
-def conv2d(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int):
-    """conv2d(x, w) of a secret input and a secret kernel, truncated per output element."""
+def conv2d(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int,
+           scaled: bool = True):
+    """conv2d(x, w) of a secret input and a secret kernel, truncated per output element
+    (unless not scaled)."""
     spec = correlations.conv2d_triple(x.shape, w.shape, stride, padding, dilation, groups)
 
     def op(u, v):
         return ring.conv2d(u, v, stride, padding, dilation, groups)
 
     z = yield from _beaver(ctx, spec, op, x, w)
-    return (yield from truncate(ctx, z))
+    return (yield from truncate(ctx, z)) if scaled else z
 
 
 def scale_public(ctx: PartyContext, x: torch.Tensor, factor: torch.Tensor, op=torch.mul):
