@@ -66,6 +66,9 @@ WORKLOADS = {w.name: w for w in [
       for label, n in [("1k", 1_000), ("10k", 10_000), ("1m", 1_000_000)]),
     *(Workload(f"mul_{label}", "mul", ((n,), (n,)), f"product scaling, {n} elements", scaling=True, **_MUL)
       for label, n in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)]),
+    Workload("mul_1m_used", "mul_add", ((1_000_000,), (1_000_000,)),
+             "x * y + 1, 10^6 elements: a product used further, so truncated", lambda a, b: a * b + 1,
+             lambda a, b: a * b + 1.0, scaling=True),
 ]}
 
 

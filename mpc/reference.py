@@ -24,6 +24,7 @@ import torch
 OPS = {
     "add": lambda a, b: a + b,
     "mul": lambda a, b: a * b,
+    "mul_add": lambda a, b: a * b + 1,
     "matmul": lambda a, b: a.matmul(b),
     "conv2d": lambda a, b: a.conv2d(b),
     "conv2d_s2p1": lambda a, b: a.conv2d(b, stride=2, padding=1),
