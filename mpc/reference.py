@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,12 +102,22 @@ def _rank_main(op: str, paths: list[str], owners: list[int], reps: int, threads:
             json.dump({"seconds": statistics.median(times), "rounds": stats["rounds"], "bytes": stats["bytes"]}, f)
 
 
+def _launch(op: str, paths: list[str], owners: list[int], world_size: int, reps: int, threads: int,
+            out: str) -> None:
+    crypten = import_crypten()
+    launcher = crypten.mpc.context.run_multiprocess(world_size=world_size)(_rank_main)
+    launcher(op, paths, owners, reps, threads, out)
+
+
 def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *, world_size: int = 3,
         reps: int = 3, threads: int = 1) -> dict:
-    """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes."""
+    """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes.
+
+    CrypTen forks its ranks. Forking a process in which gRPC has threads can crash the
+    child, so when gRPC is loaded here the ranks are forked from a fresh interpreter."""
     if op not in OPS:
         raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS)}")
-    crypten = import_crypten()
+    import_crypten()
     owners = owners or [i % world_size for i in range(len(tensors))]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -114,11 +125,18 @@ def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *
             paths.append(os.path.join(tmp, f"in{i}.npy"))
             np.save(paths[-1], t.detach().to(torch.float64).numpy(), allow_pickle=False)
         out = os.path.join(tmp, "out")
-        launcher = crypten.mpc.context.run_multiprocess(world_size=world_size)(_rank_main)
-        launcher(op, paths, owners, reps, threads, out)
+        args = dict(op=op, paths=paths, owners=owners, world_size=world_size, reps=reps, threads=threads, out=out)
+        if "grpc" in sys.modules:
+            subprocess.run([sys.executable, "-m", "mpc.reference", json.dumps(args)], timeout=900, check=False)
+        else:
+            _launch(**args)
         if not os.path.exists(out + ".json"):
             raise RuntimeError(f"CrypTen run of {op} produced no result (a rank failed; see its output above)")
         with open(out + ".json") as f:
             result = json.load(f)
         result["value"] = torch.from_numpy(np.load(out + ".npy", allow_pickle=False))
     return result
+
+
+if __name__ == "__main__":  # the fresh interpreter of run(); arguments as JSON, never pickled
+    _launch(**json.loads(sys.argv[1]))
