@@ -97,11 +97,10 @@ class FunctionsMixin:
 
     # -- smooth functions ----------------------------------------------------------------------------
 
-    def _refuse_known(self, what: str, bad, why: str):
+    def _refuse_known(self, what: str, bad, why: str, error=ValueError):
         """Cheap checks on a tensor whose plaintext the caller made public (cluster.public)."""
         if self._known is not None and self._known.numel() and bool(bad(self._known).any()):
-            raise ValueError(f"{what} of a public tensor with {why}") if why != "a zero" else \
-                ZeroDivisionError(f"{what} of a public tensor with a zero")
+            raise error(f"{what} of a public tensor with {why}")
 
     def exp(self):
         return self._new("exp", (self,))
@@ -111,7 +110,7 @@ class FunctionsMixin:
         return self._new("log", (self,))
 
     def reciprocal(self):
-        self._refuse_known("reciprocal", lambda v: v == 0, "a zero")
+        self._refuse_known("reciprocal", lambda v: v == 0, "a zero", ZeroDivisionError)
         return self._new("reciprocal", (self,))
 
     def sqrt(self):
@@ -138,7 +137,7 @@ class FunctionsMixin:
 
     def __truediv__(self, other):
         if isinstance(other, type(self)):
-            other._refuse_known("division", lambda v: v == 0, "a zero")
+            other._refuse_known("division", lambda v: v == 0, "a zero", ZeroDivisionError)
             return self._new("div", (self, other))
         divisor = self._public(other)
         if divisor.numel() and bool((divisor == 0).any()):

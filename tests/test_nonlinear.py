@@ -85,22 +85,25 @@ def three():
 
 
 @pytest.mark.parametrize("name", [n for n in UNARY if CRYPTEN_NAME.get(n, n)])
-def test_at_least_as_accurate_as_crypten_in_fewer_rounds(three, crypten_available, name):
+def test_at_least_as_accurate_as_crypten_in_no_more_rounds(cluster, crypten_available, name):
+    """At 3 and 4 parties ours also takes no more rounds. At 2, CrypTen truncates locally
+    (one round less per product, with a small chance of a wrap-around error); ours keeps
+    the exact truncation, so only accuracy is compared there."""
+    n = cluster.n_parties
     op, ref, make, _ = UNARY[name]
     x = make()
     if name == "clamp":
         op, ref = (lambda t: t.clamp(-1.0, 1.0)), (lambda t: t.clamp(-1.0, 1.0))
     want = ref(x)
-    ours = op(three.share(x, owner=0)).reveal()
-    theirs = reference.run(CRYPTEN_NAME.get(name, name), [x], world_size=3, reps=1)
-    if name == "argmax":  # CrypTen's one-hot argmax breaks ties at random; inputs have none
-        theirs["value"] = theirs["value"].reshape(want.shape)
+    ours = op(cluster.share(x, owner=0)).reveal()
+    theirs = reference.run(CRYPTEN_NAME.get(name, name), [x], world_size=n, reps=1)
     our_err = (ours - want).abs().max().item()
     their_err = (theirs["value"].reshape(want.shape) - want).abs().max().item()
     if name == "sign":  # CrypTen's sign is 1 at 0; no zeros here, so both must be exact
         assert their_err == 0.0
-    assert our_err <= their_err + ULP, f"{name}: our error {our_err:.3g} > CrypTen's {their_err:.3g}"
-    assert max(s.rounds for s in three.last_stats) <= theirs["rounds"], name
+    assert our_err <= their_err + ULP, f"{name} at {n} parties: our error {our_err:.3g} > CrypTen's {their_err:.3g}"
+    if n > 2:
+        assert max(s.rounds for s in cluster.last_stats) <= theirs["rounds"], name
 
 
 def test_comparisons_of_two_secrets_match_crypten(three, crypten_available):
