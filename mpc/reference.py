@@ -69,7 +69,7 @@ def import_crypten():
     return crypten
 
 
-def _rank_main(op: str, paths: list[str], owners: list[int], reps: int, threads: int, out: str) -> None:
+def _rank_main(jobs: list[dict], reps: int, threads: int) -> None:
     crypten = import_crypten()
     import crypten.communicator as comm
     from crypten.config import cfg
@@ -77,66 +77,78 @@ def _rank_main(op: str, paths: list[str], owners: list[int], reps: int, threads:
     torch.set_num_threads(threads)
     cfg.communicator.verbose = True
     rank = comm.get().get_rank()
-    plain = [torch.from_numpy(np.load(p)) for p in paths]
-    fn = OPS[op]
+    for job in jobs:
+        plain = [torch.from_numpy(np.load(p)) for p in job["paths"]]
+        fn = OPS[job["op"]]
 
-    def run_once():
-        xs = [crypten.cryptensor(t.float(), src=o) for t, o in zip(plain, owners)]
-        comm.get().reset_communication_stats()
-        comm.get().barrier() if hasattr(comm.get(), "barrier") else None
-        start = time.perf_counter()
-        y = fn(*xs)
-        seconds = time.perf_counter() - start
-        stats = comm.get().get_communication_stats()
-        return y, seconds, stats
+        def run_once():
+            xs = [crypten.cryptensor(t.float(), src=o) for t, o in zip(plain, job["owners"])]
+            comm.get().reset_communication_stats()
+            comm.get().barrier() if hasattr(comm.get(), "barrier") else None
+            start = time.perf_counter()
+            y = fn(*xs)
+            seconds = time.perf_counter() - start
+            return y, seconds, comm.get().get_communication_stats()
 
-    run_once()  # warm-up
-    times, y, stats = [], None, None
-    for _ in range(reps):
-        y, seconds, stats = run_once()
-        times.append(seconds)
-    value = (y._tensor.reveal().double() / y._tensor.encoder.scale).numpy()
-    if rank == 0:
-        np.save(out + ".npy", value, allow_pickle=False)
-        with open(out + ".json", "w") as f:
-            json.dump({"seconds": statistics.median(times), "rounds": stats["rounds"], "bytes": stats["bytes"]}, f)
+        run_once()  # warm-up
+        times, y, stats = [], None, None
+        for _ in range(reps):
+            y, seconds, stats = run_once()
+            times.append(seconds)
+        value = (y._tensor.reveal().double() / y._tensor.encoder.scale).numpy()
+        if rank == 0:
+            out = job["out"]
+            np.save(out + ".npy", value, allow_pickle=False)
+            with open(out + ".json", "w") as f:
+                json.dump({"seconds": statistics.median(times), "rounds": stats["rounds"], "bytes": stats["bytes"]}, f)
 
 
-def _launch(op: str, paths: list[str], owners: list[int], world_size: int, reps: int, threads: int,
-            out: str) -> None:
+def _launch(jobs: list[dict], world_size: int, reps: int, threads: int) -> None:
     crypten = import_crypten()
     launcher = crypten.mpc.context.run_multiprocess(world_size=world_size)(_rank_main)
-    launcher(op, paths, owners, reps, threads, out)
+    launcher(jobs, reps, threads)
 
 
 def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *, world_size: int = 3,
         reps: int = 3, threads: int = 1) -> dict:
-    """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes.
+    """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes."""
+    return run_many([(op, tensors, owners)], world_size=world_size, reps=reps, threads=threads)[0]
+
+
+def run_many(jobs: list[tuple], *, world_size: int = 3, reps: int = 3, threads: int = 1) -> list[dict]:
+    """Run several (op, tensors, owners) jobs in one set of CrypTen processes, in order.
 
     CrypTen forks its ranks. Forking a process in which gRPC has threads can crash the
     child, so when gRPC is loaded here the ranks are forked from a fresh interpreter."""
-    if op not in OPS:
-        raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS)}")
+    for op, _, _ in jobs:
+        if op not in OPS:
+            raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS)}")
     import_crypten()
-    owners = owners or [i % world_size for i in range(len(tensors))]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i, t in enumerate(tensors):
-            paths.append(os.path.join(tmp, f"in{i}.npy"))
-            np.save(paths[-1], t.detach().to(torch.float64).numpy(), allow_pickle=False)
-        out = os.path.join(tmp, "out")
-        args = dict(op=op, paths=paths, owners=owners, world_size=world_size, reps=reps, threads=threads, out=out)
+        specs = []
+        for k, (op, tensors, owners) in enumerate(jobs):
+            paths = []
+            for i, t in enumerate(tensors):
+                paths.append(os.path.join(tmp, f"job{k}_in{i}.npy"))
+                np.save(paths[-1], t.detach().to(torch.float64).numpy(), allow_pickle=False)
+            owners = owners or [i % world_size for i in range(len(tensors))]
+            specs.append(dict(op=op, paths=paths, owners=list(owners), out=os.path.join(tmp, f"job{k}_out")))
+        args = dict(jobs=specs, world_size=world_size, reps=reps, threads=threads)
         if "grpc" in sys.modules:
-            subprocess.run([sys.executable, "-m", "mpc.reference", json.dumps(args)], timeout=900, check=False)
+            subprocess.run([sys.executable, "-m", "mpc.reference", json.dumps(args)], timeout=1800, check=False)
         else:
             _launch(**args)
-        if not os.path.exists(out + ".json"):
-            raise RuntimeError(f"CrypTen run of {op} produced no result (a rank failed; see its output above)")
-        with open(out + ".json") as f:
-            result = json.load(f)
-        result["value"] = torch.from_numpy(np.load(out + ".npy", allow_pickle=False))
-    return result
+        results = []
+        for spec in specs:
+            out = spec["out"]
+            if not os.path.exists(out + ".json"):
+                raise RuntimeError(f"CrypTen run of {spec['op']} produced no result (a rank failed; see its output above)")
+            with open(out + ".json") as f:
+                result = json.load(f)
+            result["value"] = torch.from_numpy(np.load(out + ".npy", allow_pickle=False))
+            results.append(result)
+    return results
 
 
-if __name__ == "__main__":  # the fresh interpreter of run(); arguments as JSON, never pickled
+if __name__ == "__main__":  # the fresh interpreter of run_many(); arguments as JSON, never pickled
     _launch(**json.loads(sys.argv[1]))
