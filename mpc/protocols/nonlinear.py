@@ -14,6 +14,7 @@ import torch
 from mpc.protocols.base import PartyContext
 from mpc.protocols.compare import compare
 
+
 def _fixed(ctx: PartyContext, bit: torch.Tensor) -> torch.Tensor:
     return bit * (1 << ctx.frac_bits)
 
