@@ -116,10 +116,10 @@ class SecretTensor(FunctionsMixin):
 
     __array_priority__ = 1000  # let our reflected operators win over numpy's
 
-    def __init__(self, cluster: "_Cluster", node: Node, known: torch.Tensor | None = None):
+    def __init__(self, cluster: "_Cluster", node: Node):
         self._cluster = cluster
         self._node = node
-        self._known = known  # the plaintext, when public (cluster.public): lets cheap checks run
+        self._known: torch.Tensor | None = None  # the plaintext of cluster.public(): cheap checks use it
 
     # -- introspection ---------------------------------------------------------------------------
 

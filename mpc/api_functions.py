@@ -151,14 +151,17 @@ class FunctionsMixin:
 def where(condition, x, y):
     """torch.where(condition, x, y): a public boolean condition selects locally; a secret
     one (fixed-point 0/1, e.g. from a comparison) costs one product."""
-    from mpc.api import SecretTensor
-
-    if not isinstance(x, SecretTensor) and not isinstance(y, SecretTensor):
+    secret = FunctionsMixin  # SecretTensor's base: no import of mpc.api needed here
+    if not isinstance(x, secret) and not isinstance(y, secret):
         raise TypeError("where needs at least one secret tensor among x and y")
-    anchor = x if isinstance(x, SecretTensor) else y
-    x = x if isinstance(x, SecretTensor) else anchor._cluster.public(torch.as_tensor(x, dtype=torch.float64).expand(anchor.shape))
-    y = y if isinstance(y, SecretTensor) else anchor._cluster.public(torch.as_tensor(y, dtype=torch.float64).expand(anchor.shape))
-    if isinstance(condition, SecretTensor):
+    anchor = x if isinstance(x, secret) else y
+
+    def lift(v):
+        return v if isinstance(v, secret) else anchor._cluster.public(
+            torch.as_tensor(v, dtype=torch.float64).expand(anchor.shape))
+
+    x, y = lift(x), lift(y)
+    if isinstance(condition, secret):
         return condition._new("where", (condition, x, y))
     cond = torch.as_tensor(condition).to(torch.bool)
     return x._new("where_public", (x, y), cond=cond)

@@ -107,7 +107,7 @@ _register("where_public", 2, lambda a, x, y: torch.where(a["cond"].to("meta"), x
 
 def _dim_shape(a, x):
     if x.numel() == 0:
-        raise ValueError(f"{a.get('what', 'reduction')} of an empty tensor")
+        raise ValueError("reduction of an empty tensor")
     return torch.amax(x, dim=a["dim"], keepdim=a["keepdim"])
 
 

@@ -34,7 +34,7 @@ class Open:
     """Open the sum of every party's `values` to all parties, or to party `to` only.
 
     Additive shares are int64 (sums wrap mod 2^64). With `xor=True` the values are boolean
-    shares combined by XOR; they may be int8/16/32/64, so packed bits cost only their width.
+    shares combined by XOR, in any integer dtype (packed bits travel as uint8).
     """
 
     values: tuple[torch.Tensor, ...]

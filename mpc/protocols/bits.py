@@ -111,20 +111,6 @@ def unpack_rows(planes: torch.Tensor, m: int) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(planes.contiguous().numpy(), axis=1, count=m, bitorder="little"))
 
 
-def pack(bits: torch.Tensor) -> torch.Tensor:
-    """0/1 uint8 bits, any shape, into bytes (little-endian bit order)."""
-    return pack_rows(bits.reshape(1, -1))[0]
-
-
-def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
-    count = int(np.prod(shape, dtype=np.int64))
-    return unpack_rows(packed.reshape(1, -1), count)[0].view(tuple(shape))
-
-
-def packed_nbytes(shape) -> int:
-    return (int(np.prod(shape, dtype=np.int64)) + 7) // 8
-
-
 def nibbles(x: torch.Tensor, top_bits: int = 4) -> torch.Tensor:
     """The 16 4-bit chunks of each int64 (least significant first) as uint8 (n, 16),
     read from the little-endian bytes; the top chunk keeps only its low `top_bits` bits."""

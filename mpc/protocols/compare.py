@@ -61,8 +61,10 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     n = z.numel()
 
     # Round 1: the masked value, and the payloads' Beaver-style openings.
-    shift = ctx.public(torch.full_like(z, _OFFSET)) if lt_mode == "lt" else torch.zeros_like(z)
-    c, *ds = yield Open((z + shift + r, *(w - a for w, a in zip(payloads, alphas))))
+    masked = z + r
+    if lt_mode == "lt" and ctx.is_first:
+        masked += _OFFSET
+    c, *ds = yield Open((masked, *(w - a for w, a in zip(payloads, alphas))))
     # Rounds 2 and 3: the carry tree.
     tables = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
     root = yield from _carry_tree(ctx, lt_mode, c, tables, (m1, prod1), (m2, prod2))

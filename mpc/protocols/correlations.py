@@ -102,6 +102,8 @@ class Part:
         if self.bits:
             return prg.bytes(self.nbytes()).view(self.stored_shape)
         if self.dtype == torch.int64:
+            if 0 < self.nbits <= 32:
+                return prg.words(self.shape, self.nbits)
             v = prg.ring(self.shape)
             return v & ((1 << self.nbits) - 1) if 0 < self.nbits < 64 else v
         if self.dtype == torch.int16:

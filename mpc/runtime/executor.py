@@ -142,7 +142,8 @@ class Executor:
 # -- opening over a transport ---------------------------------------------------------------------
 
 
-_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8}
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+                 torch.uint8: np.uint8}
 
 
 def _layout(values: list[tuple[torch.Tensor, bool]]) -> list[int]:
@@ -155,8 +156,6 @@ def _payload(values: list[tuple[torch.Tensor, bool]]) -> memoryview | bytes:
     order = _layout(values)
     if len(order) == 1:
         return memoryview(values[0][0].reshape(-1).numpy()).cast("B")
-    if all(values[k][0].dtype == torch.int64 for k in order):
-        return memoryview(torch.cat([values[k][0].reshape(-1) for k in order]).numpy()).cast("B")
     return b"".join(memoryview(values[k][0].reshape(-1).numpy()).cast("B") for k in order)
 
 

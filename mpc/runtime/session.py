@@ -2,8 +2,8 @@
 
 A job runs in two phases. Offline: the dry run lists the correlations; party 0 fetches
 the dealer's corrections for all of them in one stream, every party expands its PRG
-parts, then all parties pass a ready barrier. Online: the executor runs with every correlation already in memory, so it never
-waits on the dealer. Values named in a plan's `keep` stay for later jobs.
+parts, then all parties pass a ready barrier. Online: the executor runs with every
+correlation already in memory, so it never waits on the dealer. Values named in a plan's `keep` stay for later jobs.
 """
 
 from __future__ import annotations
