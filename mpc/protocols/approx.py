@@ -189,26 +189,31 @@ def log(ctx: PartyContext, x: torch.Tensor):
     return y
 
 
-def inv_sqrt(ctx: PartyContext, x: torch.Tensor):
+def inv_sqrt(ctx: PartyContext, x: torch.Tensor, out_scale: int | None = None):
     """1 / sqrt(x) for x in [0.1, 100]: CrypTen's start y0 = 2.2 e^-(x/2 + 0.2) + 0.2 - x/1024,
     then 4 Newton steps y <- y (3 - x y^2) / 2 (the halving folds into a truncation);
-    CrypTen stops at 3, which leaves 0.3% relative error at x = 10.
-    Rounds 1 + 18 + 1 + 4 * 6 = 44 (CrypTen: 66)."""
-    f = ctx.frac_bits
+    CrypTen stops at 3, which leaves 0.3% relative error at x = 10. The iterates live at
+    scale 2^-24 (y <= 3.2 and x y^2 <= 300 keep every product below 2^52), so the
+    rounding of one step is not multiplied by x in the next; the last step truncates
+    straight to `out_scale`. Rounds 1 + 18 + 1 + 4 * 6 = 44 (CrypTen: 66)."""
+    f, s = ctx.frac_bits, _RECIP_SCALE
     half, tiny = yield from gather(truncate(ctx, x, 1), truncate(ctx, x, 10))
     t = yield from exp(ctx, -half - _const(ctx, x, 0.2, f), x_max=0.0)
-    y = (yield from _scale_public(ctx, t, 2.2, f, f)) + _const(ctx, x, 0.2, f) - tiny
-    for _ in range(4):
-        y2 = yield from _mul(ctx, y, y, f)
+    y = (yield from _scale_public(ctx, t, 2.2, f, s)) + _const(ctx, x, 0.2, s) - tiny * (1 << (s - f))
+    steps = 4
+    for k in range(steps):
+        y2 = yield from _mul(ctx, y, y, s)
         xy2 = yield from _mul(ctx, x, y2, f)
-        y = yield from _mul(ctx, y, _const(ctx, x, 3.0, f) - xy2, f + 1)
+        last_scale = (out_scale or f) if k == steps - 1 else s
+        y = yield from _mul(ctx, y, _const(ctx, x, 3.0, s) - xy2, 2 * s + 1 - last_scale)
     return y
 
 
 def sqrt(ctx: PartyContext, x: torch.Tensor):
-    """sqrt(x) = x / sqrt(x) for x in [0.1, 100]. Rounds 46 (CrypTen: 69)."""
-    r = yield from inv_sqrt(ctx, x)
-    return (yield from _mul(ctx, x, r, ctx.frac_bits))
+    """sqrt(x) = x / sqrt(x) for x in [0.1, 100], with 1/sqrt(x) kept at scale 2^-24 for
+    the last product. Rounds 46 (CrypTen: 69)."""
+    r = yield from inv_sqrt(ctx, x, out_scale=_RECIP_SCALE)
+    return (yield from _mul(ctx, x, r, _RECIP_SCALE))
 
 
 def _softmax_parts(ctx: PartyContext, x: torch.Tensor, dim: int):
