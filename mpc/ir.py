@@ -1,15 +1,28 @@
-"""The graph IR: nodes of named ops over secret tensors, and the plan the parties execute.
+"""The graph IR: nodes of named ops, the compiled Program, and the Job that runs it.
 
-A node names an op, its input nodes, public attributes and its output shape. Attributes
-are ints, floats, strings, bools, int tuples or public tensors, so that a plan can be
-serialized without pickle. Node ids are unique within a cluster session: values kept by
-the parties after one job are referenced by id in the next (op "stored"). The IR carries
-no notion of direction: a backward pass is more nodes of the same kinds.
+A `Node` names an op, its input nodes, public attributes, its output shape (and the
+shapes of any further outputs), the user-facing name of what it computes (a layer such as
+"fc1", or a tensor's name) and the user's source line. Attributes are ints, floats,
+strings, bools, int tuples or public tensors, so that a program serializes without pickle.
+
+A `Program` is what the compiler produces and the parties cache: nodes numbered 0..n-1
+in topological order, which of them are outputs and at which scale. It holds no data and
+no party ids, so one program serves every run of a model; its `digest` (SHA-256 of a
+canonical encoding) names it on the wire. A `Job` is one run: a fresh id, the program's
+digest, who owns each private input, which kept values feed the kept inputs, who
+receives each output, and which values the parties keep afterwards.
+
+Input nodes (op "input") say how they get their value: `kind="private"` (shared by its
+owner in this job) or `kind="kept"` (a value the parties kept from an earlier job; with
+`scale=2` it was kept untruncated and is truncated on first use).
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Union
 
 import torch
@@ -28,36 +41,100 @@ class Node:
     inputs: tuple[int, ...]
     attrs: dict = field(default_factory=dict, hash=False, compare=False)
     shape: tuple[int, ...] = ()
+    name: str = ""
+    source: str = ""
+    extra_shapes: tuple[tuple[int, ...], ...] = ()  # outputs 1.. of a multi-output op
 
     def describe(self) -> str:
-        return f"node {self.id} ({self.op})"
+        what = f"node {self.id} ({self.op}"
+        if self.name:
+            what += f" '{self.name}'"
+        what += ")"
+        return f"{what} at {self.source}" if self.source else what
+
+
+def _canonical(value, out: list[bytes]) -> None:
+    """Append an unambiguous encoding of an attribute value (type tag, length, bytes)."""
+    if isinstance(value, bool):
+        out.append(b"b" + bytes([value]))
+    elif isinstance(value, int):
+        out.append(b"i" + struct.pack("<q", value))
+    elif isinstance(value, float):
+        out.append(b"f" + struct.pack("<d", value))
+    elif isinstance(value, str):
+        data = value.encode()
+        out.append(b"s" + struct.pack("<I", len(data)) + data)
+    elif isinstance(value, (tuple, list)):
+        out.append(b"t" + struct.pack("<I", len(value)))
+        for v in value:
+            _canonical(int(v), out)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().contiguous().cpu()
+        data = t.numpy().tobytes()
+        _canonical(str(t.dtype), out)
+        _canonical(tuple(t.shape), out)
+        out.append(struct.pack("<Q", len(data)) + data)
+    else:
+        raise TypeError(f"attribute value {value!r} of type {type(value).__name__} is not IR data")
 
 
 @dataclass(frozen=True)
-class Output:
-    node: int
-    to: int = TO_CALLER  # TO_CALLER, TO_ALL or a party id
+class Program:
+    """A compiled computation: reusable, hashable, free of data and party ids."""
 
-
-@dataclass
-class Plan:
-    """Nodes in topological order, what to reveal to whom, and what the parties keep."""
-
-    nodes: list[Node]
-    outputs: list[Output]
-    keep: list[int] = field(default_factory=list)
+    nodes: tuple[Node, ...]
+    outputs: tuple[int, ...]
+    output_scales: tuple[int, ...] = ()  # per output: 1, or 2 for a product left untruncated
     frac_bits: int = 16
-    n_parties: int = 3
 
-    def node_map(self) -> dict[int, Node]:
-        return {n.id: n for n in self.nodes}
+    def __post_init__(self):
+        if not self.output_scales:
+            object.__setattr__(self, "output_scales", tuple(1 for _ in self.outputs))
+
+    @cached_property
+    def digest(self) -> str:
+        parts: list[bytes] = []
+        _canonical(self.frac_bits, parts)
+        for n in self.nodes:
+            _canonical((n.id, *n.inputs), parts)
+            for v in (n.op, n.name, n.source, tuple(n.shape), len(n.extra_shapes)):
+                _canonical(v, parts)
+            for s in n.extra_shapes:
+                _canonical(tuple(s), parts)
+            _canonical(len(n.attrs), parts)
+            for key in sorted(n.attrs):
+                _canonical(key, parts)
+                _canonical(n.attrs[key], parts)
+        _canonical(self.outputs, parts)
+        _canonical(self.output_scales, parts)
+        return hashlib.sha256(b"".join(parts)).hexdigest()
+
+    @cached_property
+    def inputs(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.op == "input")
+
+    def node(self, nid: int) -> Node:
+        return self.nodes[nid]
 
     def consumers(self) -> dict[int, list[int]]:
         users: dict[int, list[int]] = {n.id: [] for n in self.nodes}
         for n in self.nodes:
             for i in n.inputs:
-                users.setdefault(i, []).append(n.id)
+                users[i].append(n.id)
         return users
+
+
+@dataclass
+class Job:
+    """One run of a program: ids of parties and kept values, never plaintext."""
+
+    job_id: str
+    program: str  # Program.digest
+    owners: dict[int, int] = field(default_factory=dict)  # private input node -> owner pid
+    kept: dict[int, int] = field(default_factory=dict)  # kept input node -> handle
+    recipients: tuple[int, ...] = ()  # per program output: TO_CALLER, TO_ALL or a pid
+    keep: dict[int, int] = field(default_factory=dict)  # node -> handle the parties keep it under
+    free: tuple[int, ...] = ()  # handles the parties drop after this job
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mpc import ring
-from mpc.compiler.ops import CompileError, _register
+from mpc.compiler.registry import CompileError, register as _register
 from mpc.protocols import approx, arithmetic, nonlinear
 
 _COMPARISONS = ("ge", "gt", "le", "lt", "eq", "ne")

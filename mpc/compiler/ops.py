@@ -1,44 +1,19 @@
-"""The op table: for every IR op, its shape rule and its lowering to a protocol.
+"""Registry entries for linear algebra and data movement: local ops, products, inputs.
 
-Shape rules run the op on `meta` tensors, so shapes and broadcasting follow torch
-exactly; a mismatch is reported with both shapes before anything is sent. A lowering
-takes (ctx, attrs, *input shares) and returns shares, or a protocol generator.
+A lowering takes (ctx, attrs, *input shares) and returns shares, or a protocol
+generator (see registry.py). Comparisons and smooth functions are in nonlinear_ops.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from mpc import ring
-from mpc.ir import Node
+from mpc.compiler.registry import OPS, CompileError, local, register
 from mpc.protocols import arithmetic
 
-
-class CompileError(ValueError):
-    """A plan or an operation that cannot be compiled: unknown op, bad shapes or attrs."""
-
-
-@dataclass(frozen=True)
-class OpDef:
-    name: str
-    arity: int | None  # None: any number of inputs
-    shape: Callable  # (attrs, *meta tensors) -> meta tensor
-    lower: Callable  # (ctx, attrs, *shares) -> shares or generator
-
-
-OPS: dict[str, OpDef] = {}
-
-
-def _register(name, arity, shape, lower):
-    OPS[name] = OpDef(name, arity, shape, lower)
-
-
-def _local(name, arity, fn):
-    """An op that each party applies to its own shares: linear, no communication."""
-    _register(name, arity, fn, lambda ctx, attrs, *xs: fn(attrs, *xs))
+_register = register
+_local = local
 
 
 # -- index encoding: getitem keys as flat int tuples ---------------------------------------------
@@ -178,36 +153,34 @@ _register("mean", 1, OPS["sum"].shape, _mean)
 
 
 def _input(ctx, a):
-    enc = ctx.extras.get("inputs", {}).get(ctx.label)
+    """A private input shared by its owner (no message), or a value kept from an earlier job."""
+    shape = tuple(a["shape"])
+    if a.get("kind", "private") == "kept":
+        value = torch.empty(shape, dtype=torch.int64, device="meta") if ctx.dry_run else ctx.extras["kept"][ctx.label]
+        if a.get("truncate", False):  # kept at scale 2^2f by a reveal that absorbed its truncation
+            return arithmetic.truncate(ctx, value)
+        return value
     if ctx.dry_run:
-        enc = torch.empty(a["shape"], dtype=torch.int64, device="meta")
-    elif ctx.pid == a["owner"] and enc is None:
+        return arithmetic.share_input(ctx, -1, torch.empty(shape, dtype=torch.int64, device="meta"), shape)
+    owner = ctx.extras["owners"][ctx.label]
+    enc = ctx.extras["inputs"].get(ctx.label)
+    if ctx.pid == owner and enc is None:
         raise CompileError(f"party {ctx.pid} owns input node {ctx.label} but was given no value for it")
-    return arithmetic.share_input(ctx, a["owner"], enc, a["shape"])
+    return arithmetic.share_input(ctx, owner, enc, shape)
 
 
-_register("input", 0, lambda a: torch.empty(a["shape"], dtype=torch.int64, device="meta"), _input)
+def _input_shape(a):
+    if a.get("kind", "private") not in ("private", "kept"):
+        raise CompileError(f"input kind {a.get('kind')!r}: must be 'private' or 'kept'")
+    return torch.empty(a["shape"], dtype=torch.int64, device="meta")
 
 
-# -- checking ------------------------------------------------------------------------------------------
+_register("input", 0, _input_shape, _input)
 
 
-def infer_shape(node: Node, input_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """The output shape of `node`, or a CompileError naming the op, the node and the shapes."""
-    opdef = OPS.get(node.op)
-    if opdef is None:
-        raise CompileError(f"unknown op '{node.op}' at node {node.id}")
-    if opdef.arity is not None and len(input_shapes) != opdef.arity:
-        raise CompileError(f"{node.op} at node {node.id} takes {opdef.arity} inputs, got {len(input_shapes)}")
-    metas = [torch.empty(s, dtype=torch.int64, device="meta") for s in input_shapes]
-    try:
-        out = opdef.shape(node.attrs, *metas)
-    except CompileError:
-        raise
-    except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as exc:
-        shapes = " and ".join(str(tuple(s)) for s in input_shapes) or "no inputs"
-        raise CompileError(f"{node.op} at node {node.id}: shapes {shapes} do not fit: {exc}") from None
-    return tuple(out.shape)
+def _take_shape(a, x):
+    raise CompileError("take selects an output of a multi-output node; its shape comes from that node")
 
 
-from mpc.compiler import nonlinear_ops  # noqa: E402,F401  (registers its ops into OPS)
+# `take` picks output k of a multi-output node; graph.py gives it that output's shape.
+_register("take", 1, _take_shape, lambda ctx, a, xs: xs[a["index"]])
