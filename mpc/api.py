@@ -17,24 +17,21 @@ the parties as shares, so a later reveal reuses them instead of recomputing.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mpc import ring
 from mpc.api_functions import FunctionsMixin
-from mpc.compiler import CompileError, infer_shape
+from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
-from mpc.ir import TO_ALL, TO_CALLER, Node, Output, Plan, ancestors
+from mpc.inference import InferenceMixin, SharedModel
+from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
 from mpc.runtime.session import JobOutcome, JobStats, PartySession
 
 Public = torch.Tensor | float | int
-
-# Products whose truncation a reveal to the caller can absorb (their lowerings read attrs["truncate"]).
-DEFERRABLE = ("mul", "matmul", "conv2d")
 
 
 class MPCError(RuntimeError):
@@ -45,70 +42,6 @@ class MPCError(RuntimeError):
 class _Pending:
     owner: int
     value: torch.Tensor
-
-
-@dataclass
-class _Graph:
-    """The client's side of a cluster session: every node built so far."""
-
-    n_parties: int
-    frac_bits: int
-    nodes: dict[int, Node] = field(default_factory=dict)
-    materialized: set[int] = field(default_factory=set)  # kept by the parties
-    double_scale: set[int] = field(default_factory=set)  # kept untruncated, at scale 2^2f
-    pending_inputs: dict[int, _Pending] = field(default_factory=dict)
-    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    def add(self, op: str, inputs: tuple[int, ...], attrs: dict) -> Node:
-        nid = next(self.ids)
-        probe = Node(nid, op, inputs, attrs)
-        shape = infer_shape(probe, [self.nodes[i].shape for i in inputs])
-        node = Node(nid, op, inputs, attrs, shape)
-        self.nodes[nid] = node
-        return node
-
-    def plan(self, outputs: list[Output], defer_truncation: bool = True
-             ) -> tuple[Plan, dict[int, dict[int, torch.Tensor]], set[int]]:
-        """The plan for `outputs`, its private inputs by owner, and the outputs to decode at
-        scale 2^-2f.
-
-        A product revealed only to the caller and used by nothing else in the plan skips
-        its truncation: the caller sums shares of x*y at scale 2^2f and decodes them
-        exactly, which saves a round and a third of the bytes and is more accurate. The
-        parties keep that share as it is; a later plan that uses it truncates it first
-        (one round) and keeps the truncated share instead."""
-        order = ancestors([o.node for o in outputs], lambda i: self.nodes[i].inputs,
-                          lambda i: i in self.materialized)
-        used = {i for nid in order if nid not in self.materialized for i in self.nodes[nid].inputs}
-        by_node: dict[int, set[int]] = {}
-        for o in outputs:
-            by_node.setdefault(o.node, set()).add(o.to)
-        deferred = {nid for nid, to in by_node.items() if defer_truncation and to == {TO_CALLER} and nid not in used
-                    and (self.nodes[nid].op in DEFERRABLE if nid not in self.materialized else nid in self.double_scale)}
-        nodes, inputs, rescaled = [], {p: {} for p in range(self.n_parties)}, []
-        for nid in order:
-            node = self.nodes[nid]
-            if nid in self.materialized:
-                truncate = nid in self.double_scale and nid not in deferred
-                nodes.append(Node(nid, "stored", (), {"truncate": True} if truncate else {}, node.shape))
-                if truncate:
-                    rescaled.append(nid)
-                continue
-            if nid in deferred:
-                node = Node(nid, node.op, node.inputs, {**node.attrs, "truncate": False}, node.shape)
-            nodes.append(node)
-            if node.op == "input":
-                pending = self.pending_inputs[nid]
-                inputs[pending.owner][nid] = pending.value
-        keep = [n.id for n in nodes if n.op == "input"] + [o.node for o in outputs] + rescaled
-        return Plan(nodes, outputs, sorted(set(keep)), self.frac_bits, self.n_parties), inputs, deferred
-
-    def kept(self, plan: Plan, deferred: set[int]) -> None:
-        self.materialized.update(plan.keep)
-        self.double_scale -= set(plan.keep)
-        self.double_scale |= deferred
-        for nid in plan.keep:
-            self.pending_inputs.pop(nid, None)
 
 
 class SecretTensor(FunctionsMixin):
@@ -148,8 +81,13 @@ class SecretTensor(FunctionsMixin):
         for t in inputs:
             if t._cluster is not self._cluster:
                 raise ValueError("secret tensors from different clusters cannot be combined")
-        node = self._cluster._graph.add(op, tuple(t._node.id for t in inputs), attrs)
+        node = self._cluster._builder.add(op, tuple(t._node.id for t in inputs), attrs)
         return SecretTensor(self._cluster, node)
+
+    def __bool__(self):
+        raise TypeError("the truth value of a SecretTensor is secret: Python `if`/`while`/`and` cannot branch on it. "
+                        "Use torch.where(cond, a, b) (or x.where(cond, y)) to select without revealing, or "
+                        "reveal() the condition if it may be made public")
 
     @staticmethod
     def _public(value: Public) -> torch.Tensor:
@@ -275,17 +213,29 @@ def stack(tensors, dim: int = 0) -> SecretTensor:
 # -- clusters -----------------------------------------------------------------------------------------
 
 
-class _Cluster:
-    """What both clusters share: the graph, sharing, and turning outcomes into plaintexts."""
+class _Cluster(InferenceMixin):
+    """What both clusters share: the graph, sharing, and turning outcomes into plaintexts.
+
+    Graph node ids double as handles of the values the parties keep: inputs and revealed
+    results stay at the parties, so a later reveal reuses them instead of recomputing."""
 
     def __init__(self, n_parties: int, frac_bits: int, defer_truncation: bool = True):
         if not 2 <= n_parties:
             raise ValueError(f"a cluster needs at least 2 parties, got {n_parties}")
         self.n_parties = n_parties
         self.frac_bits = frac_bits
-        self.defer_truncation = defer_truncation  # see _Graph.plan
-        self._graph = _Graph(n_parties, frac_bits)
+        self.defer_truncation = defer_truncation  # see compiler.passes.truncation
+        self._builder = GraphBuilder(frac_bits)
+        self._available: set[int] = set()  # graph nodes whose shares the parties keep
+        self._double: set[int] = set()  # of those, kept untruncated at scale 2^2f
+        self._pending: dict[int, _Pending] = {}  # private inputs not yet shared
         self.last_stats: list[JobStats] = []
+        self.last_program: Program | None = None
+        self._shared_models: dict[tuple, SharedModel] = {}
+
+    def _new_handle(self) -> int:
+        """A fresh id for a value the parties keep (graph node ids are handles too)."""
+        return self._builder.new_id()
 
     def share(self, value: torch.Tensor, owner: int = 0) -> SecretTensor:
         """Secret-share `value`, owned by party `owner`. Only that party ever receives it."""
@@ -293,15 +243,15 @@ class _Cluster:
             raise ValueError(f"owner must be a party id in 0..{self.n_parties - 1}, got {owner}")
         value = torch.as_tensor(value)
         ring.check_encodable(value, self.frac_bits, what=f"input owned by party {owner}")
-        node = self._graph.add("input", (), {"owner": owner, "shape": tuple(value.shape)})
-        self._graph.pending_inputs[node.id] = _Pending(owner, value.detach().to(torch.float64).clone())
+        node = self._builder.input(value.shape)
+        self._pending[node.id] = _Pending(owner, value.detach().to(torch.float64).clone())
         return SecretTensor(self, node)
 
     def public(self, value: Public) -> SecretTensor:
         """A public tensor as a (trivial) sharing: party 0 adds it to a zero share."""
         value = torch.as_tensor(value, dtype=torch.float64)
-        zero = self._graph.add("input", (), {"owner": 0, "shape": tuple(value.shape)})
-        self._graph.pending_inputs[zero.id] = _Pending(0, torch.zeros_like(value))
+        zero = self._builder.input(value.shape)
+        self._pending[zero.id] = _Pending(0, torch.zeros_like(value))
         out = SecretTensor(self, zero) + value
         out._known = value
         return out
@@ -309,25 +259,56 @@ class _Cluster:
     def reveal(self, *tensors: SecretTensor, to: int | str | None = None) -> list[torch.Tensor | None]:
         """Reveal several tensors in one job (their rounds are shared)."""
         recipient = TO_CALLER if to is None else TO_ALL if to == "all" else int(to)
-        if recipient >= self.n_parties:
+        if recipient >= self.n_parties or recipient < TO_ALL:
             raise ValueError(f"cannot reveal to party {recipient} of {self.n_parties}")
-        outputs = [Output(t._node.id, recipient) for t in tensors]
-        plan, inputs, deferred = self._graph.plan(outputs, self.defer_truncation)
-        outcomes = self._execute(plan, inputs)
-        self._graph.kept(plan, deferred)
-        self.last_stats = [o.stats for o in outcomes]
-        results = []
         for t in tensors:
-            nid = t._node.id
+            if t._cluster is not self:
+                raise ValueError("cannot reveal a secret tensor of another cluster")
+        extracted = extract(self._builder, [t._node.id for t in tensors], self._available, self._double,
+                            self.defer_truncation)
+        program, graph_ids = extracted.program, extracted.graph_ids
+        job, inputs = self._job(program, graph_ids, recipient)
+        outcomes = self._execute(program, job, inputs)
+        self.last_program = program
+        self.last_stats = [o.stats for o in outcomes]
+        kept = {graph_ids[k] for k in job.keep}
+        self._available |= kept
+        self._double -= kept
+        self._double |= {graph_ids[k] for k, scale in zip(program.outputs, program.output_scales) if scale == 2}
+        for g in kept:
+            self._pending.pop(g, None)
+        results = []
+        for k, scale in zip(program.outputs, program.output_scales):
             if recipient == TO_CALLER:
-                total = sum(o.shares[nid] for o in outcomes)
-                results.append(ring.decode(total, self.frac_bits * (2 if nid in deferred else 1)))
+                total = sum(o.shares[k] for o in outcomes)
+                results.append(ring.decode(total, self.frac_bits * scale))
             else:
                 holder = 0 if recipient == TO_ALL else recipient
-                results.append(outcomes[holder].plaintexts.get(nid))
+                results.append(outcomes[holder].plaintexts.get(k))
         return results
 
-    def _execute(self, plan: Plan, inputs) -> list[JobOutcome]:
+    def _job(self, program: Program, graph_ids: list[int], recipient: int) -> tuple[Job, dict]:
+        """The job running `program` on this cluster's inputs and kept values; each private
+        input's value goes to its owner only."""
+        owners, kept, keep = {}, {}, {}
+        inputs: dict[int, dict[int, torch.Tensor]] = {p: {} for p in range(self.n_parties)}
+        for node in program.inputs:
+            g = graph_ids[node.id]
+            if node.attrs["kind"] == "kept":
+                kept[node.id] = g
+                if node.attrs.get("truncate"):
+                    keep[node.id] = g  # the truncated share replaces the one at 2^2f
+            else:
+                pending = self._pending[g]
+                owners[node.id] = pending.owner
+                inputs[pending.owner][node.id] = pending.value
+                keep[node.id] = g
+        for k in program.outputs:
+            keep[k] = graph_ids[k]
+        job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep)
+        return job, inputs
+
+    def _execute(self, program: Program, job: Job, inputs) -> list[JobOutcome]:
         raise NotImplementedError
 
 
@@ -346,11 +327,12 @@ class InMemoryCluster(_Cluster):
     def __exit__(self, *exc):
         return False
 
-    def _execute(self, plan, inputs):
+    def _execute(self, program, job, inputs):
         async def go():
-            job = uuid.uuid4().hex
-            await asyncio.gather(*(s.submit(job, plan, inputs[p]) for p, s in enumerate(self.sessions)))
-            return await asyncio.gather(*(s.run(job) for s in self.sessions))
+            for s in self.sessions:
+                await s.load(program)
+            await asyncio.gather(*(s.submit(job, inputs[p]) for p, s in enumerate(self.sessions)))
+            return await asyncio.gather(*(s.run(job.job_id) for s in self.sessions))
 
         return asyncio.run(go())
 

@@ -54,7 +54,30 @@ OPS = {
     "tanh": lambda a: a.tanh(),
     "softmax": lambda a: a.softmax(-1),
     "log_softmax": lambda a: a.log_softmax(-1),
+    # The networks of mpc.models, built by hand from their weights (see models.crypten_args).
+    "mlp3": lambda x, w1, b1, w2, b2, w3, b3: _linear(_linear(_linear(x, w1, b1).relu(), w2, b2).relu(), w3, b3),
+    "cnn": lambda x, c1, d1, c2, d2, w1, b1, w2, b2: _linear(_linear(
+        _conv(_conv(x, c1, d1).relu().avg_pool2d(2), c2, d2).relu().avg_pool2d(2).flatten(1), w1, b1).relu(), w2, b2),
+    "rescnn": lambda x, c1, d1, c2, d2, w, b: _rescnn(x, c1, d1, c2, d2, w, b),
+    "digits_cnn": lambda x, c, d, w, b: _linear(_conv(x, c, d, padding=1).relu().avg_pool2d(2).flatten(1), w, b),
 }
+
+
+def _linear(x, w, b):
+    """torch.nn.Linear on CrypTensors: x W^T + b."""
+    return x.matmul(w.t()) + b
+
+
+def _conv(x, w, b, padding=0):
+    return x.conv2d(w, padding=padding) + b.unsqueeze(-1).unsqueeze(-1)
+
+
+def _rescnn(x, c1, d1, c2, d2, w, b):
+    h = _conv(x, c1, d1, padding=1).relu()
+    h = h + _conv(h, c2, d2, padding=1).relu()
+    h = h.max_pool2d(2)
+    h = h.mean(-1).mean(-1)  # global average pool
+    return _linear(h, w, b)
 
 
 def import_crypten():

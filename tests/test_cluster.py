@@ -120,7 +120,7 @@ def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
     async def submit(ch):
         stub = pb_grpc.PartyStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Submit(pb.JobRequest(job_id="big", plan=pb.PlanProto(), inputs={
+            await stub.Submit(pb.JobRequest(job_id="big", program="0" * 64, inputs={
                 1: pb.TensorProto(shape=[1 << 20], dtype="float64", data=bytes(8 << 20))}))
         health = await stub.Health(pb.HealthRequest())
         return info.value.code(), health
@@ -130,18 +130,30 @@ def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
     assert health.ready and health.pid == 0
 
 
-def test_bad_plan_is_refused_with_the_node(cluster):
+def test_bad_program_is_refused_with_the_node(cluster):
     address = cluster.config.parties[2]
 
-    async def submit(ch):
-        plan = pb.PlanProto(nodes=[pb.NodeProto(id=1, op="teleport", shape=[2])], frac_bits=16, n_parties=3)
+    async def load(ch):
+        program = pb.ProgramProto(nodes=[pb.NodeProto(id=0, op="teleport", shape=[2], name="fc1", source="m.py:3")],
+                                  outputs=[0], output_scales=[1], frac_bits=16)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="bad", plan=plan))
+            await pb_grpc.PartyStub(ch).LoadProgram(program)
         return info.value
 
-    err = _call(address, submit)
+    err = _call(address, load)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "unknown op 'teleport' at node 1" in err.details()
+    assert "unknown op 'teleport' at node 0 (teleport 'fc1') at m.py:3" in err.details()
+
+
+def test_job_for_an_unknown_program_is_refused(cluster):
+    async def submit(ch):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="x", program="ab" * 32, recipients=[-1]))
+        return info.value
+
+    err = _call(cluster.config.parties[1], submit)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"party 1 has no program {'ab' * 32}: load it first" in err.details()
 
 
 @pytest.mark.parametrize("n_parties", [2, 5])

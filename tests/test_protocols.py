@@ -8,7 +8,7 @@ import torch
 
 import mpc
 from mpc import ring
-from mpc.ir import Node, Output, Plan
+from mpc.ir import Job, Node, Program
 from tests.conftest import ULP, assert_close
 from tests.test_prg import CHI2_CRIT, _chi_square_top_byte
 
@@ -134,14 +134,17 @@ def test_shares_are_uniform_and_hide_the_value():
     cluster = mpc.InMemoryCluster(n_parties=3)
     n = 200_000
     x = torch.full((n,), 1.5, dtype=torch.float64)
-    plan = Plan([Node(1, "input", (), {"owner": 0, "shape": (n,)}, (n,))], [Output(1)], n_parties=3)
+    program = Program((Node(0, "input", (), {"shape": (n,), "kind": "private"}, (n,)),), (0,))
+    job = Job("j", program.digest, owners={0: 0}, recipients=(-1,))
 
     async def go():
-        await asyncio.gather(*(s.submit("j", plan, {1: x} if p == 0 else {}) for p, s in enumerate(cluster.sessions)))
+        for s in cluster.sessions:
+            await s.load(program)
+        await asyncio.gather(*(s.submit(job, {0: x} if p == 0 else {}) for p, s in enumerate(cluster.sessions)))
         return await asyncio.gather(*(s.run("j") for s in cluster.sessions))
 
     outcomes = asyncio.run(go())
-    shares = [o.shares[1] for o in outcomes]
+    shares = [o.shares[0] for o in outcomes]
     assert torch.equal(sum(shares), ring.encode(x))
     for p, share in enumerate(shares):
         assert _chi_square_top_byte(share) < CHI2_CRIT, f"party {p}'s share is not uniform"
@@ -151,9 +154,10 @@ def test_shares_are_uniform_and_hide_the_value():
 def test_shape_mismatch_names_both_shapes_before_sending():
     cluster = mpc.InMemoryCluster(n_parties=3)
     a, b = cluster.share(rand(4, 5), 0), cluster.share(rand(3, 2), 1)
-    with pytest.raises(mpc.api.CompileError, match=r"matmul at node \d+: shapes \(4, 5\) and \(3, 2\)"):
+    with pytest.raises(mpc.api.CompileError, match=r"matmul at node \d+ \(matmul\) at tests/test_protocols.py:\d+: "
+                                                    r"shapes \(4, 5\) and \(3, 2\)"):
         a @ b
-    with pytest.raises(mpc.api.CompileError, match=r"mul at node \d+: shapes \(4, 5\) and \(3, 2\)"):
+    with pytest.raises(mpc.api.CompileError, match=r"mul at node \d+ \(mul\) at .*: shapes \(4, 5\) and \(3, 2\)"):
         a * b
 
 

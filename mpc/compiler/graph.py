@@ -38,11 +38,15 @@ class GraphBuilder:
         self.nodes: dict[int, Node] = {}
         self._ids = itertools.count(1)
 
+    def new_id(self) -> int:
+        """A fresh id: for a node, or for anything that must not collide with one."""
+        return next(self._ids)
+
     def add(self, op: str, inputs: tuple[int, ...] = (), attrs: dict | None = None, *, name: str = "",
             source: str | None = None) -> Node:
         attrs = dict(attrs or {})
         inputs = tuple(int(i) for i in inputs)
-        nid = next(self._ids)
+        nid = self.new_id()
         source = user_source() if source is None else source
         where = Node(nid, op, inputs, attrs, (), name, source).describe()
         for i in inputs:

@@ -10,7 +10,8 @@ MAX_NODES = 1_000_000
 
 def validate(program: Program) -> None:
     """Raise CompileError unless nodes are numbered 0..n-1 in topological order, every op
-    is known, every declared shape is the one its op gives, and outputs exist."""
+    is known, every declared shape is the one its op gives, and outputs exist. A program may have no
+    outputs: a job that only shares values for the parties to keep (a model's weights)."""
     if len(program.nodes) > MAX_NODES:
         raise CompileError(f"program has {len(program.nodes)} nodes, more than the limit of {MAX_NODES}")
     if not 1 <= program.frac_bits <= 30:
@@ -34,8 +35,6 @@ def validate(program: Program) -> None:
             shapes = infer_shapes(node.op, node.attrs, [program.nodes[i].shape for i in node.inputs], node.describe())
         if (tuple(node.shape), *map(tuple, node.extra_shapes)) != shapes:
             raise CompileError(f"{node.describe()}: declared shape {tuple(node.shape)}, computed {shapes[0]}")
-    if not program.outputs:
-        raise CompileError("program has no outputs")
     if len(program.output_scales) != len(program.outputs) or any(s not in (1, 2) for s in program.output_scales):
         raise CompileError(f"output scales {program.output_scales} do not fit {len(program.outputs)} outputs")
     for nid in program.outputs:

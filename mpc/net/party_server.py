@@ -103,17 +103,35 @@ class PartyServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         return pb.ExchangeReply(ok=True)
 
-    async def submit(self, request: pb.JobRequest, context) -> pb.SubmitReply:
+    async def load_program(self, request: pb.ProgramProto, context) -> pb.ProgramReply:
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
         try:
-            job_id, plan, inputs = serde.job_from_proto(request)
-            uploads = self._uploads.pop(job_id, {})
-            inputs.update(serde.inputs_from_uploads(plan, uploads))
-            dry = await self.session.submit(job_id, plan, inputs)
-        except (serde.SerdeError, CompileError, JobError) as exc:
+            loaded = await self.session.load(serde.program_from_proto(request))
+        except (serde.SerdeError, CompileError) as exc:
+            log.warning("program refused: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
-        log.info("job %s submitted: %d correlations, %d rounds", job_id, len(dry.specs), dry.rounds)
+        log.info("program %s loaded: %d nodes, %d correlations, %d rounds", loaded.program.digest[:16],
+                 len(loaded.program.nodes), len(loaded.dry.specs), loaded.dry.rounds)
+        return pb.ProgramReply(digest=loaded.program.digest, n_correlations=len(loaded.dry.specs),
+                               rounds=loaded.dry.rounds)
+
+    async def submit(self, request: pb.JobRequest, context) -> pb.SubmitReply:
+        if not self.ready.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
+        loaded = self.session.programs.get(request.program)
+        if loaded is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"party {self.pid} has no program {request.program}: load it first")
+        try:
+            job, inputs = serde.job_from_proto(request)
+            uploads = self._uploads.pop(job.job_id, {})
+            inputs.update(serde.inputs_from_uploads(loaded.program, uploads))
+            dry = await self.session.submit(job, inputs)
+        except (serde.SerdeError, CompileError, JobError) as exc:
+            log.warning("job %s refused: %s", request.job_id, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        log.info("job %s submitted: program %s", job.job_id, job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
 
     async def run(self, request: pb.JobRef, context):
@@ -147,6 +165,9 @@ class PartyServer:
                 self.exchange, request_deserializer=None, response_serializer=pb.ExchangeReply.SerializeToString),
             "Upload": grpc.stream_unary_rpc_method_handler(
                 self.upload, request_deserializer=None, response_serializer=pb.ExchangeReply.SerializeToString),
+            "LoadProgram": grpc.unary_unary_rpc_method_handler(
+                self.load_program, request_deserializer=pb.ProgramProto.FromString,
+                response_serializer=pb.ProgramReply.SerializeToString),
             "Submit": grpc.unary_unary_rpc_method_handler(
                 self.submit, request_deserializer=pb.JobRequest.FromString,
                 response_serializer=pb.SubmitReply.SerializeToString),

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from mpc.ir import Node, Output, Plan
+from mpc.ir import Job, Node, Program
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.protocols.base import Spec
 from mpc.runtime.session import JobOutcome, JobStats
@@ -76,20 +76,35 @@ def _attr_from_proto(msg: pb.Attr):
     return getattr(msg, kind)
 
 
-def plan_to_proto(plan: Plan) -> pb.PlanProto:
-    return pb.PlanProto(
-        nodes=[pb.NodeProto(id=n.id, op=n.op, inputs=list(n.inputs), shape=list(n.shape),
-                            attrs={k: _attr_to_proto(v) for k, v in n.attrs.items()}) for n in plan.nodes],
-        outputs=[pb.OutputProto(node=o.node, to=o.to) for o in plan.outputs],
-        keep=list(plan.keep), frac_bits=plan.frac_bits, n_parties=plan.n_parties)
+MAX_PROGRAM_NODES = 1_000_000
 
 
-def plan_from_proto(msg: pb.PlanProto) -> Plan:
+def program_to_proto(program: Program) -> pb.ProgramProto:
+    return pb.ProgramProto(
+        nodes=[pb.NodeProto(id=n.id, op=n.op, inputs=list(n.inputs), shape=list(n.shape), name=n.name, source=n.source,
+                            extra_shapes=[pb.IntList(values=list(s)) for s in n.extra_shapes],
+                            attrs={k: _attr_to_proto(v) for k, v in n.attrs.items()}) for n in program.nodes],
+        outputs=list(program.outputs), output_scales=list(program.output_scales), frac_bits=program.frac_bits)
+
+
+def _shape(values, what: str) -> tuple[int, ...]:
+    shape = tuple(values)
+    if any(d < 0 for d in shape):
+        raise SerdeError(f"negative dimension in {what} {shape}")
+    return shape
+
+
+def program_from_proto(msg: pb.ProgramProto) -> Program:
     if not 1 <= msg.frac_bits <= 30:
         raise SerdeError(f"frac_bits must be between 1 and 30, got {msg.frac_bits}")
-    nodes = [Node(n.id, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()}, tuple(n.shape))
-             for n in msg.nodes]
-    return Plan(nodes, [Output(o.node, o.to) for o in msg.outputs], list(msg.keep), msg.frac_bits, msg.n_parties)
+    if len(msg.nodes) > MAX_PROGRAM_NODES:
+        raise SerdeError(f"program has {len(msg.nodes)} nodes, more than the limit of {MAX_PROGRAM_NODES}")
+    nodes = tuple(Node(n.id, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()},
+                       _shape(n.shape, f"shape of node {n.id}"), n.name, n.source,
+                       tuple(_shape(s.values, f"shape of node {n.id}") for s in n.extra_shapes)) for n in msg.nodes)
+    if len(msg.output_scales) != len(msg.outputs):
+        raise SerdeError(f"{len(msg.output_scales)} output scales for {len(msg.outputs)} outputs")
+    return Program(nodes, tuple(msg.outputs), tuple(msg.output_scales), msg.frac_bits)
 
 
 def spec_to_proto(spec: Spec) -> pb.CorrelationSpec:
@@ -155,24 +170,28 @@ class OutcomeAssembly:
         return out
 
 
-def job_to_proto(job_id: str, plan: Plan, inputs: dict[int, torch.Tensor]) -> pb.JobRequest:
-    return pb.JobRequest(job_id=job_id, plan=plan_to_proto(plan), inputs={k: tensor_to_proto(v) for k, v in inputs.items()})
+def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.JobRequest:
+    return pb.JobRequest(job_id=job.job_id, program=job.program, owners=job.owners, kept=job.kept,
+                         recipients=list(job.recipients), keep=job.keep, free=list(job.free),
+                         inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()})
 
 
-def job_from_proto(m: pb.JobRequest) -> tuple[str, Plan, dict[int, torch.Tensor]]:
+def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
     if not m.job_id:
         raise SerdeError("job request without a job id")
-    return m.job_id, plan_from_proto(m.plan), {k: tensor_from_proto(v) for k, v in m.inputs.items()}
+    if len(m.program) != 64:
+        raise SerdeError(f"job {m.job_id} names program {m.program!r}, not a SHA-256 digest")
+    job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free))
+    return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 
-def inputs_from_uploads(plan: Plan, uploads: dict[int, bytearray]) -> dict[int, torch.Tensor]:
-    """Uploaded float64 payloads as tensors shaped as the plan's input nodes."""
-    nodes = plan.node_map()
+def inputs_from_uploads(program: Program, uploads: dict[int, bytearray]) -> dict[int, torch.Tensor]:
+    """Uploaded float64 payloads as tensors shaped as the program's input nodes."""
     out = {}
     for nid, buf in uploads.items():
-        node = nodes.get(nid)
+        node = program.nodes[nid] if 0 <= nid < len(program.nodes) else None
         if node is None or node.op != "input":
-            raise SerdeError(f"upload for node {nid}, which is not an input of the plan")
+            raise SerdeError(f"upload for node {nid}, which is not an input of the program")
         if len(buf) != math.prod(node.shape) * 8:
             raise SerdeError(f"upload for input node {nid} has {len(buf)} bytes; shape {node.shape} needs "
                              f"{math.prod(node.shape) * 8}")

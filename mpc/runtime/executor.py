@@ -1,126 +1,59 @@
-"""Runs a plan on one party: advances every ready protocol together, one round at a time.
+"""Runs a program on one party: the shared schedule, driven over a real exchange.
 
-Each node's lowering is a protocol generator. The executor drives all of them until each
-is blocked on an `Open`, sends every Open of that round to a peer as one message (round
-fusion), then resumes them with the opened values. Local work that becomes ready inside a
-round runs in the same round. `Randomness` requests are answered from correlations
-fetched in the offline phase; `InputMask` from pairwise PRG keys. A protocol may yield a
-list of Opens (several sub-protocols advancing together) and gets a list of results.
+The schedule (mpc.compiler.schedule) advances every ready protocol generator together
+and hands out each round's Opens at once; here every Open of a round goes to a peer as
+one message (round fusion). `Randomness` requests are answered from correlations
+fetched in the offline phase; `InputMask` from pairwise PRG keys.
 
-The same loop runs as a dry run on `meta` tensors to learn, before any data moves, which
-correlations the job needs (so the dealer can make them all ahead) and how many rounds
-it takes. Scheduling depends only on the plan, so every party sees the same order.
+The dry run drives the same schedule on `meta` tensors to list, before any data moves,
+which correlations the program needs (so the dealer can make them all ahead) and how
+many rounds it takes; parties cache it with the program.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from mpc.compiler.ops import OPS, CompileError
-from mpc.ir import Plan
-from mpc.protocols import arithmetic
-from mpc.protocols.base import InputMask, Open, PartyContext, Randomness, Spec
+from mpc.compiler import schedule
+from mpc.compiler.lower import starter
+from mpc.ir import Program
+from mpc.protocols.base import Open, Spec
 from mpc.protocols.correlations import meta_part
 from mpc.runtime.transport import ProtocolViolation, Transport
 
 
 @dataclass
-class _Task:
-    node: int
-    gen: object
-    seq: int = 0
-
-
-@dataclass
 class DryRun:
-    """What a plan needs: its correlations in request order, and its online rounds."""
+    """What a program needs: its correlations in request order, and its online rounds."""
 
     specs: list[tuple[int, int, Spec]] = field(default_factory=list)
     rounds: int = 0
 
 
 class Executor:
-    def __init__(self, plan: Plan, pid: int, *, store: dict[int, torch.Tensor] | None = None,
-                 inputs: dict[int, torch.Tensor] | None = None):
-        self.plan = plan
+    def __init__(self, program: Program, pid: int, n_parties: int, extras: dict | None = None):
+        self.program = program
         self.pid = pid
-        self.store = store or {}
-        self.inputs = inputs or {}
-
-    def _context(self, node_id: int, dry_run: bool) -> PartyContext:
-        return PartyContext(self.pid, self.plan.n_parties, self.plan.frac_bits, dry_run=dry_run,
-                            label=node_id, extras={"inputs": self.inputs})
+        self.n_parties = n_parties
+        self.extras = extras if extras is not None else {}
 
     async def run(self, answer_randomness: Callable, answer_mask: Callable, exchange: Callable,
                   dry_run: bool = False) -> tuple[dict[int, torch.Tensor], int]:
-        """Execute the plan; returns every node's share and the number of rounds."""
-        nodes = self.plan.node_map()
-        users = self.plan.consumers()
-        waiting = {n.id: len(n.inputs) for n in self.plan.nodes}
-        values: dict[int, torch.Tensor] = {}
-        runnable: deque = deque((self._start(nid, values, nodes, dry_run), None)
-                                for nid, count in waiting.items() if count == 0)
-        rounds = 0
+        """Execute the program; returns every node's share and the number of rounds."""
+        start = starter(self.program, self.pid, self.n_parties, dry_run=dry_run, extras=self.extras)
+        gen = schedule.drive(self.program, start, answer_randomness, answer_mask)
+        rounds, reply = 0, None
         while True:
-            blocked: list[tuple[_Task, Open]] = []
-            while runnable:
-                task, reply = runnable.popleft()
-                if not isinstance(task, _Task):  # finished without a generator
-                    self._finish(task[0], task[1], values, users, waiting, runnable, nodes, dry_run)
-                    continue
-                try:
-                    request = task.gen.send(reply)
-                    while not isinstance(request, (Open, list)):
-                        if isinstance(request, Randomness):
-                            reply = answer_randomness(task.node, task.seq, request.spec)
-                            task.seq += 1
-                        elif isinstance(request, InputMask):
-                            reply = answer_mask(task.node, request)
-                        else:
-                            raise TypeError(f"protocol at node {task.node} yielded {type(request).__name__}")
-                        request = task.gen.send(reply)
-                    blocked.append((task, request))
-                except StopIteration as stop:
-                    self._finish(task.node, stop.value, values, users, waiting, runnable, nodes, dry_run)
-            if not blocked:
-                break
-            flat = [op for _, req in blocked for op in (req if isinstance(req, list) else [req])]
-            opened = iter(await exchange(rounds, flat))
+            try:
+                round_ = gen.send(reply)
+            except StopIteration as stop:
+                return stop.value, rounds
+            reply = await exchange(rounds, round_.opens)
             rounds += 1
-            for task, req in blocked:  # a list of Opens (from protocols.base.gather) gets a list back
-                runnable.append((task, [next(opened) for _ in req] if isinstance(req, list) else next(opened)))
-        return values, rounds
-
-    def _start(self, nid, values, nodes, dry_run):
-        node = nodes[nid]
-        if node.op == "stored":
-            value = self.store[nid]
-            value = value.to("meta") if dry_run else value
-            if node.attrs.get("truncate"):  # kept at scale 2^2f by a reveal that absorbed the truncation
-                return _Task(nid, arithmetic.truncate(self._context(nid, dry_run), value))
-            return (nid, value)
-        opdef = OPS.get(node.op)
-        if opdef is None:
-            raise CompileError(f"unknown op '{node.op}' at node {nid}")
-        out = opdef.lower(self._context(nid, dry_run), node.attrs, *(values[i] for i in node.inputs))
-        if inspect.isgenerator(out):
-            return _Task(nid, out)
-        return (nid, out)
-
-    def _finish(self, nid, value, values, users, waiting, runnable, nodes, dry_run):
-        values[nid] = value
-        for user in users.get(nid, ()):
-            waiting[user] -= 1
-            if waiting[user] == 0:
-                runnable.append((self._start(user, values, nodes, dry_run), None))
-
-    # -- the dry run ----------------------------------------------------------------------------
 
     async def dry_run(self) -> DryRun:
         result = DryRun()

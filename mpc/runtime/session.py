@@ -1,30 +1,36 @@
-"""One party's session: the jobs it was given, the values it keeps, and how a job runs.
+"""One party's session: the programs it caches, the values it keeps, and how a job runs.
 
-A job runs in two phases. Offline: the dry run lists the correlations; party 0 fetches
-the dealer's corrections for all of them in one stream, every party expands its PRG
-parts, then all parties pass a ready barrier. Online: the executor runs with every
-correlation already in memory, so it never waits on the dealer. Values named in a plan's `keep` stay for later jobs.
+A program is loaded once (validated, dry-run, cached by digest, at most
+MAX_PROGRAMS of them); a job names a cached program, so a second run of the same model
+sends and validates no graph. A job runs in two phases. Offline: party 0 fetches the
+dealer's corrections for every correlation of the program in one stream, every party
+expands its PRG parts, then all parties pass a ready barrier on which they also confirm
+that they run the same program. Online: the executor runs with every correlation
+already in memory, so it never waits on the dealer. Values a job names in `keep` stay
+under their handles for later jobs until a job's `free` drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 from mpc import compiler, ring
-from mpc.ir import TO_ALL, TO_CALLER, Plan
+from mpc.ir import TO_ALL, TO_CALLER, Job, Program
 from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime.executor import DryRun, Executor, make_exchange
-from mpc.runtime.transport import DealerLink, Transport
+from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 
 
-# The round number of the barrier between the offline and online phases; plans never reach it.
+# The round number of the barrier between the offline and online phases; programs never reach it.
 READY_ROUND = (1 << 32) - 1
+MAX_PROGRAMS = 256
 
 
 class JobError(RuntimeError):
@@ -44,16 +50,22 @@ class JobStats:
 
 @dataclass
 class JobOutcome:
-    shares: dict[int, torch.Tensor] = field(default_factory=dict)  # revealed to the caller
-    plaintexts: dict[int, torch.Tensor] = field(default_factory=dict)  # opened to this party
+    shares: dict[int, torch.Tensor] = field(default_factory=dict)  # revealed to the caller, by node
+    plaintexts: dict[int, torch.Tensor] = field(default_factory=dict)  # opened to this party, by node
     stats: JobStats = field(default_factory=JobStats)
 
 
 @dataclass
-class _Job:
-    plan: Plan
-    inputs: dict[int, torch.Tensor]
+class Loaded:
+    program: Program
     dry: DryRun
+
+
+@dataclass
+class _Job:
+    job: Job
+    loaded: Loaded
+    inputs: dict[int, torch.Tensor]
     started: bool = False
 
 
@@ -76,101 +88,160 @@ class PartySession:
         self.dealer = dealer
         self.pid = transport.pid
         self.n_parties = transport.n_parties
-        self.store: dict[int, torch.Tensor] = {}
+        self.kept: dict[int, torch.Tensor] = {}
+        self.programs: OrderedDict[str, Loaded] = OrderedDict()
         self.jobs: dict[str, _Job] = {}
+        self._seen: set[str] = set()  # every job id submitted in this session: ids are never reused
 
     def knows(self, job: str) -> bool:
         return job in self.jobs
 
-    async def submit(self, job: str, plan: Plan, inputs: dict[int, torch.Tensor]) -> DryRun:
-        """Check the plan and this party's private inputs, and plan the job's randomness."""
-        if job in self.jobs:
-            raise JobError(f"job {job} was already submitted to party {self.pid}")
-        if plan.n_parties != self.n_parties:
-            raise JobError(f"plan is for {plan.n_parties} parties, this cluster has {self.n_parties}")
-        compiler.validate(plan, stored=set(self.store))
-        nodes = plan.node_map()
+    async def load(self, program: Program) -> Loaded:
+        """Validate `program`, plan its randomness, and cache it under its digest."""
+        loaded = self.programs.get(program.digest)
+        if loaded is not None:
+            self.programs.move_to_end(program.digest)
+            return loaded
+        compiler.validate(program)
+        dry = await Executor(program, self.pid, self.n_parties).dry_run()
+        loaded = self.programs[program.digest] = Loaded(program, dry)
+        while len(self.programs) > MAX_PROGRAMS:
+            self.programs.popitem(last=False)
+        return loaded
+
+    async def submit(self, job: Job, inputs: dict[int, torch.Tensor]) -> DryRun:
+        """Check the job against its cached program and this party's private inputs."""
+        if job.job_id in self._seen:
+            raise JobError(f"job id {job.job_id} was already used at party {self.pid}: job ids are never reused")
+        loaded = self.programs.get(job.program)
+        if loaded is None:
+            raise JobError(f"party {self.pid} has no program {job.program}: load it first")
+        self._check(job, loaded.program)
+        nodes = loaded.program.nodes
         encoded = {}
         for nid, value in inputs.items():
-            node = nodes.get(nid)
-            if node is None or node.op != "input" or node.attrs["owner"] != self.pid:
+            if not 0 <= nid < len(nodes) or job.owners.get(nid) != self.pid:
                 raise JobError(f"party {self.pid} was sent a value for node {nid}, which is not an input it owns")
-            if tuple(value.shape) != tuple(node.shape):
-                raise JobError(f"input node {nid}: value has shape {tuple(value.shape)}, plan says {tuple(node.shape)}")
+            if tuple(value.shape) != tuple(nodes[nid].shape):
+                raise JobError(f"input {nodes[nid].describe()}: value has shape {tuple(value.shape)}, "
+                               f"the program says {tuple(nodes[nid].shape)}")
             try:
-                encoded[nid] = ring.encode(value, plan.frac_bits)
+                encoded[nid] = ring.encode(value, loaded.program.frac_bits)
             except ring.RangeError as exc:
-                raise JobError(f"input node {nid}: {exc}") from None
-        for node in plan.nodes:
-            if node.op == "input" and node.attrs["owner"] == self.pid and node.id not in encoded:
-                raise JobError(f"party {self.pid} owns input node {node.id} but was given no value for it")
-        dry = await Executor(plan, self.pid, store=self.store).dry_run()
-        self.jobs[job] = _Job(plan, encoded, dry)
-        return dry
+                raise JobError(f"input {nodes[nid].describe()}: {exc}") from None
+        for nid, owner in job.owners.items():
+            if owner == self.pid and nid not in encoded:
+                raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
+        self._seen.add(job.job_id)
+        self.jobs[job.job_id] = _Job(job, loaded, encoded)
+        return loaded.dry
 
-    async def run(self, job: str) -> JobOutcome:
-        entry = self.jobs.get(job)
+    def _check(self, job: Job, program: Program) -> None:
+        private = {n.id for n in program.inputs if n.attrs.get("kind", "private") == "private"}
+        kept = {n.id for n in program.inputs if n.attrs.get("kind") == "kept"}
+        if set(job.owners) != private:
+            raise JobError(f"job {job.job_id} names owners for nodes {sorted(job.owners)}, the program's private "
+                           f"inputs are {sorted(private)}")
+        bad = {nid: o for nid, o in job.owners.items() if not 0 <= o < self.n_parties}
+        if bad:
+            raise JobError(f"job {job.job_id}: owner {next(iter(bad.values()))} is not a party of {self.n_parties}")
+        if set(job.kept) != kept:
+            raise JobError(f"job {job.job_id} binds kept values to nodes {sorted(job.kept)}, the program's kept "
+                           f"inputs are {sorted(kept)}")
+        for nid, handle in job.kept.items():
+            value = self.kept.get(handle)
+            if value is None:
+                raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which party "
+                               f"{self.pid} does not hold (never kept, or freed)")
+            if tuple(value.shape) != tuple(program.nodes[nid].shape):
+                raise JobError(f"kept value {handle} has shape {tuple(value.shape)}, {program.nodes[nid].describe()} "
+                               f"needs {tuple(program.nodes[nid].shape)}")
+        if len(job.recipients) != len(program.outputs):
+            raise JobError(f"job {job.job_id} names {len(job.recipients)} recipients for {len(program.outputs)} outputs")
+        for to in job.recipients:
+            if to not in (TO_CALLER, TO_ALL) and not 0 <= to < self.n_parties:
+                raise JobError(f"job {job.job_id}: output addressed to {to}, not a party of {self.n_parties}")
+        for nid in job.keep:
+            if not 0 <= nid < len(program.nodes) or program.nodes[nid].extra_shapes:
+                raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
+
+    def free(self, handles) -> None:
+        for h in handles:
+            self.kept.pop(h, None)
+
+    async def run(self, job_id: str) -> JobOutcome:
+        entry = self.jobs.get(job_id)
         if entry is None:
-            raise JobError(f"party {self.pid} has no job {job}")
+            raise JobError(f"party {self.pid} has no job {job_id}")
         if entry.started:
-            raise JobError(f"job {job} already ran")
+            raise JobError(f"job {job_id} already ran")
         entry.started = True
         try:
-            return await self._run(job, entry)
+            return await self._run(entry)
         finally:
-            self.jobs.pop(job, None)
-            self.transport.forget(job)
+            self.jobs.pop(job_id, None)
+            self.transport.forget(job_id)
 
-    async def _run(self, job: str, entry: _Job) -> JobOutcome:
-        plan, specs = entry.plan, [s for _, _, s in entry.dry.specs]
+    async def _run(self, entry: _Job) -> JobOutcome:
+        job, program, dry = entry.job, entry.loaded.program, entry.loaded.dry
+        specs = [s for _, _, s in dry.specs]
         outcome = JobOutcome()
         stats = outcome.stats
         stats.n_correlations = len(specs)
 
         t0 = time.perf_counter()
-        pool = await self._offline(job, entry.dry)
-        await self._barrier(job)
+        pool = await self._offline(job.job_id, dry)
+        await self._barrier(job.job_id, program.digest)
         t1 = time.perf_counter()
-        executor = Executor(plan, self.pid, store=self.store, inputs=entry.inputs)
+        kept = {nid: self.kept[h] for nid, h in job.kept.items()}
+        executor = Executor(program, self.pid, self.n_parties,
+                            {"owners": job.owners, "inputs": entry.inputs, "kept": kept})
         values, rounds = await executor.run(
             lambda node, seq, spec: pool[(node, seq)],
-            lambda node, req: input_mask(self.transport, job, node, req.owner, req.shape),
-            make_exchange(self.transport, job),
+            lambda node, req: input_mask(self.transport, job.job_id, node, req.owner, req.shape),
+            make_exchange(self.transport, job.job_id),
         )
         stats.online_s = time.perf_counter() - t1
         stats.offline_s = t1 - t0
-        counters = self.transport.counters(job)
-        stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
 
-        for out in plan.outputs:
-            if out.to == TO_CALLER:
-                outcome.shares[out.node] = values[out.node]
+        for nid, to in zip(program.outputs, job.recipients):
+            if to == TO_CALLER:
+                outcome.shares[nid] = values[nid]
         # Outputs opened to parties share one round.
-        if any(out.to != TO_CALLER for out in plan.outputs):
-            await self._open_outputs(job, plan, values, rounds, outcome)
-        stats.rounds = self.transport.counters(job).rounds
-        for nid in plan.keep:
-            self.store[nid] = values[nid]
+        if any(to != TO_CALLER for to in job.recipients):
+            await self._open_outputs(job, program, values, rounds, outcome)
+        counters = self.transport.counters(job.job_id)
+        stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
+        for nid, handle in job.keep.items():
+            self.kept[handle] = values[nid]
+        self.free(job.free)
         return outcome
 
-    async def _open_outputs(self, job, plan, values, round_no, outcome) -> None:
-        opens = [Open((values[o.node],), to=None if o.to == TO_ALL else o.to)
-                 for o in plan.outputs if o.to != TO_CALLER]
-        results = await make_exchange(self.transport, job)(round_no, opens)
-        for o, (value,) in zip([o for o in plan.outputs if o.to != TO_CALLER], results):
+    async def _open_outputs(self, job, program, values, round_no, outcome) -> None:
+        opened = [(nid, to, scale) for nid, to, scale in zip(program.outputs, job.recipients, program.output_scales)
+                  if to != TO_CALLER]
+        opens = [Open((values[nid],), to=None if to == TO_ALL else to) for nid, to, _ in opened]
+        results = await make_exchange(self.transport, job.job_id)(round_no, opens)
+        for (nid, _, scale), (value,) in zip(opened, results):
             if value is not None:
-                outcome.plaintexts[o.node] = ring.decode(value, plan.frac_bits)
+                outcome.plaintexts[nid] = ring.decode(value, program.frac_bits * scale)
 
-    async def _barrier(self, job: str) -> None:
-        """Wait until every party holds its correlations, so the online phase starts together.
+    async def _barrier(self, job: str, digest: str) -> None:
+        """Wait until every party holds its correlations, and check all run the same program.
 
         Party 0 fetches the dealer's corrections while the others only expand seeds; without
-        this, the others' first online round would include that wait. One empty message to
-        each peer, counted as offline traffic (the job's counters restart after it).
+        this, the others' first online round would include that wait. One 32-byte message
+        (the program digest) to each peer, counted as offline traffic (the job's counters
+        restart after it).
         """
         peers = set(self.transport.peers)
-        await self.transport.exchange(job, READY_ROUND, {p: b"" for p in peers}, peers)
+        mine = bytes.fromhex(digest)
+        received = await self.transport.exchange(job, READY_ROUND, {p: mine for p in peers}, peers)
+        for p in sorted(peers):
+            if bytes(received[p]) != mine:
+                raise ProtocolViolation(f"party {p} runs program {bytes(received[p]).hex()[:16]}… in job {job}, "
+                                        f"party {self.pid} runs {digest[:16]}…: the parties were sent different programs")
         self.transport.reset_counters(job)
 
     async def _offline(self, job: str, dry: DryRun) -> dict:

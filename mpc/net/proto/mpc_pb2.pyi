@@ -53,7 +53,7 @@ class Attr(_message.Message):
     def __init__(self, i: _Optional[int] = ..., f: _Optional[float] = ..., s: _Optional[str] = ..., ints: _Optional[_Union[IntList, _Mapping]] = ..., tensor: _Optional[_Union[TensorProto, _Mapping]] = ..., b: _Optional[bool] = ...) -> None: ...
 
 class NodeProto(_message.Message):
-    __slots__ = ("id", "op", "inputs", "attrs", "shape")
+    __slots__ = ("id", "op", "inputs", "attrs", "shape", "name", "source", "extra_shapes")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,37 +66,64 @@ class NodeProto(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_SHAPES_FIELD_NUMBER: _ClassVar[int]
     id: int
     op: str
     inputs: _containers.RepeatedScalarFieldContainer[int]
     attrs: _containers.MessageMap[str, Attr]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, id: _Optional[int] = ..., op: _Optional[str] = ..., inputs: _Optional[_Iterable[int]] = ..., attrs: _Optional[_Mapping[str, Attr]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    name: str
+    source: str
+    extra_shapes: _containers.RepeatedCompositeFieldContainer[IntList]
+    def __init__(self, id: _Optional[int] = ..., op: _Optional[str] = ..., inputs: _Optional[_Iterable[int]] = ..., attrs: _Optional[_Mapping[str, Attr]] = ..., shape: _Optional[_Iterable[int]] = ..., name: _Optional[str] = ..., source: _Optional[str] = ..., extra_shapes: _Optional[_Iterable[_Union[IntList, _Mapping]]] = ...) -> None: ...
 
-class OutputProto(_message.Message):
-    __slots__ = ("node", "to")
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    TO_FIELD_NUMBER: _ClassVar[int]
-    node: int
-    to: int
-    def __init__(self, node: _Optional[int] = ..., to: _Optional[int] = ...) -> None: ...
-
-class PlanProto(_message.Message):
-    __slots__ = ("nodes", "outputs", "keep", "frac_bits", "n_parties")
+class ProgramProto(_message.Message):
+    __slots__ = ("nodes", "outputs", "output_scales", "frac_bits")
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
-    KEEP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCALES_FIELD_NUMBER: _ClassVar[int]
     FRAC_BITS_FIELD_NUMBER: _ClassVar[int]
-    N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeProto]
-    outputs: _containers.RepeatedCompositeFieldContainer[OutputProto]
-    keep: _containers.RepeatedScalarFieldContainer[int]
+    outputs: _containers.RepeatedScalarFieldContainer[int]
+    output_scales: _containers.RepeatedScalarFieldContainer[int]
     frac_bits: int
-    n_parties: int
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeProto, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputProto, _Mapping]]] = ..., keep: _Optional[_Iterable[int]] = ..., frac_bits: _Optional[int] = ..., n_parties: _Optional[int] = ...) -> None: ...
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeProto, _Mapping]]] = ..., outputs: _Optional[_Iterable[int]] = ..., output_scales: _Optional[_Iterable[int]] = ..., frac_bits: _Optional[int] = ...) -> None: ...
+
+class ProgramReply(_message.Message):
+    __slots__ = ("digest", "n_correlations", "rounds")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    n_correlations: int
+    rounds: int
+    def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "plan", "inputs")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs")
+    class OwnersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class KeptEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class KeepEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,12 +132,22 @@ class JobRequest(_message.Message):
         value: TensorProto
         def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[TensorProto, _Mapping]] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    PLAN_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    plan: PlanProto
+    program: str
+    owners: _containers.ScalarMap[int, int]
+    kept: _containers.ScalarMap[int, int]
+    recipients: _containers.RepeatedScalarFieldContainer[int]
+    keep: _containers.ScalarMap[int, int]
+    free: _containers.RepeatedScalarFieldContainer[int]
     inputs: _containers.MessageMap[int, TensorProto]
-    def __init__(self, job_id: _Optional[str] = ..., plan: _Optional[_Union[PlanProto, _Mapping]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds")

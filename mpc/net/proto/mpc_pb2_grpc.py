@@ -44,6 +44,11 @@ class PartyStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
                 _registered_method=True)
+        self.LoadProgram = channel.unary_unary(
+                '/mpc.net.proto.Party/LoadProgram',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.FromString,
+                _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/mpc.net.proto.Party/Submit',
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRequest.SerializeToString,
@@ -73,6 +78,13 @@ class PartyServicer:
 
     def Upload(self, request_iterator, context):
         """Large inputs travel first as raw FRAME_INPUT frames (chunked), then Submit names the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadProgram(self, request, context):
+        """once per program: then jobs name its digest
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +120,11 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.SerializeToString,
+            ),
+            'LoadProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadProgram,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
@@ -179,6 +196,33 @@ class Party:
             '/mpc.net.proto.Party/Upload',
             mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/LoadProgram',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.FromString,
             options,
             channel_credentials,
             insecure,

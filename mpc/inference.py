@@ -1,0 +1,109 @@
+"""Private inference on a cluster: a compiled model's weights from their owner, an input
+from its owner, the prediction to one recipient.
+
+The weights are shared once (`share_model`: a job with no outputs, whose inputs the
+parties keep) and every later inference names them as kept values, so a second request
+sends neither weights nor program: only the job and the input. Mixed into the clusters.
+
+Who sees what: the model owner's party receives the weights in plaintext (it owns them),
+the data owner's party the input; every other process sees shares. The prediction is
+opened only to `recipient`: the caller by default (it sums the parties' shares), or a
+party, in which case the caller receives nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from mpc import ring
+from mpc.compiler.variants import replicate, with_kept
+from mpc.ir import TO_CALLER, Job, Node, Program
+
+
+@dataclass
+class SharedModel:
+    """A model whose weights the parties hold as shares (handles per parameter name)."""
+
+    compiled: object
+    owner: int
+    handles: dict[str, int]
+    programs: dict[int, Program] = field(default_factory=dict)  # batch size -> program using kept weights
+
+    def program(self, batch: int = 1) -> Program:
+        if batch not in self.programs:
+            kept = with_kept(self.compiled.program, set(self.handles))
+            self.programs[batch] = kept if batch == 1 else replicate(kept, batch, set(self.handles))
+        return self.programs[batch]
+
+
+class InferenceMixin:
+    def share_model(self, compiled, owner: int = 0) -> SharedModel:
+        """Secret-share `compiled`'s weights from party `owner`; the parties keep the shares."""
+        key = (compiled.program.digest, owner)
+        shared = self._shared_models.get(key)
+        if shared is not None:
+            return shared
+        if not 0 <= owner < self.n_parties:
+            raise ValueError(f"model_owner must be a party id in 0..{self.n_parties - 1}, got {owner}")
+        params = [n for n in compiled.program.inputs if n.name in compiled.params]
+        nodes = tuple(Node(k, "input", (), {"shape": n.shape, "kind": "private"}, n.shape, n.name, n.source)
+                      for k, n in enumerate(params))
+        program = Program(nodes, (), (), compiled.program.frac_bits)
+        handles = {n.name: self._new_handle() for n in nodes}
+        values = {}
+        for node in nodes:
+            value = compiled.params[node.name].detach().to(torch.float64)
+            ring.check_encodable(value, program.frac_bits, what=f"parameter {node.name}")
+            values[node.id] = value
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner for n in nodes},
+                  keep={n.id: handles[n.name] for n in nodes})
+        inputs = {p: (values if p == owner else {}) for p in range(self.n_parties)}
+        if nodes:
+            self._execute(program, job, inputs)
+        shared = self._shared_models[key] = SharedModel(compiled, owner, handles)
+        return shared
+
+    def infer(self, model, x: torch.Tensor, *, model_owner: int = 0, data_owner: int = 1,
+              recipient: int | None = None) -> torch.Tensor | None:
+        """The model's output on the data owner's input `x`, to the caller (default) or to
+        party `recipient` (then the caller gets None). `model` is a compiled model (its
+        weights are shared from `model_owner` on first use) or a SharedModel."""
+        return self.infer_batch(model, [x], model_owner=model_owner, data_owner=data_owner, recipient=recipient)[0]
+
+    def infer_batch(self, model, xs: list[torch.Tensor], *, model_owner: int = 0, data_owner: int = 1,
+                    recipient: int | None = None) -> list[torch.Tensor | None]:
+        """Several requests of the same model as one job: their rounds are shared."""
+        if not xs:
+            return []
+        shared = model if isinstance(model, SharedModel) else None
+        compiled = shared.compiled if shared else model
+        xs = [compiled.check_input(x) for x in xs]
+        if not 0 <= data_owner < self.n_parties:
+            raise ValueError(f"data_owner must be a party id in 0..{self.n_parties - 1}, got {data_owner}")
+        to = TO_CALLER if recipient is None else int(recipient)
+        if not (to == TO_CALLER or 0 <= to < self.n_parties):
+            raise ValueError(f"recipient must be None (the caller) or a party id, got {recipient}")
+        for x in xs:
+            ring.check_encodable(x, self.frac_bits, what=f"input owned by party {data_owner}")
+        if shared is None:
+            shared = self.share_model(compiled, model_owner)
+        program = shared.program(len(xs))
+        private = [n for n in program.inputs if n.attrs["kind"] == "private"]
+        kept = {n.id: shared.handles[n.name] for n in program.inputs if n.attrs["kind"] == "kept"}
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: data_owner for n in private}, kept=kept,
+                  recipients=tuple(to for _ in program.outputs))
+        inputs = {p: {} for p in range(self.n_parties)}
+        inputs[data_owner] = {n.id: x.detach().to(torch.float64) for n, x in zip(private, xs)}
+        outcomes = self._execute(program, job, inputs)
+        self.last_program = program
+        self.last_stats = [o.stats for o in outcomes]
+        results = []
+        for nid, scale in zip(program.outputs, program.output_scales):
+            if to == TO_CALLER:
+                results.append(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+            else:
+                results.append(None)
+        return results
