@@ -95,6 +95,29 @@ class Misc(nn.Module):
         return 1 - g + x.sum(1, keepdim=True) / 3 + x[:, 1:3].exp() * 0.5
 
 
+class Functional(nn.Module):
+    """The torch.nn.functional and tensor-method forms of the layers, with plain parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 2, 3, 3) / 3)
+        self.b = nn.Parameter(torch.randn(4))
+        self.lw = nn.Parameter(torch.randn(5, 16) / 4)
+        self.lb = nn.Parameter(torch.randn(5))
+        self.register_buffer("rm", torch.randn(4) / 4)
+        self.register_buffer("rv", torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        y = F.batch_norm(F.conv2d(x, self.w, self.b, padding=1), self.rm, self.rv, training=False)
+        y = F.max_pool2d(y.relu(), 2) + F.avg_pool2d(torch.relu(y), 2)
+        y = F.adaptive_avg_pool2d(F.dropout(y, 0.5, training=False), (2, 2))
+        z = torch.flatten(y, 1)
+        z = F.linear(z, self.lw, self.lb).sigmoid() + torch.tanh(z[:, :5]) + x.mean()
+        z = z + torch.sum(x, dim=(1, 2, 3)).unsqueeze(1) / 8 + x[:, 0, 0, :4].sum(-1, keepdim=True)
+        z = z.softmax(-1) * F.log_softmax(z, dim=-1) + z.t().t().reshape(2, 5).squeeze()
+        return torch.cat([z, z @ torch.ones(5, 5, dtype=x.dtype)], -1).exp().clamp(-1, 1) + F.hardtanh(z.repeat(1, 2))
+
+
 def models():
     return {
         "mlp": (mlp(), torch.randn(4, 784)),
@@ -102,6 +125,7 @@ def models():
         "residual": (randomize_bn(ResidualCNN()), torch.randn(2, 1, 8, 8)),
         "conv1d": (randomize_bn(Conv1dNet()), torch.randn(2, 3, 16)),
         "misc": (Misc(), torch.randn(2, 6)),
+        "functional": (Functional(), torch.randn(2, 2, 4, 4)),
     }
 
 
@@ -139,6 +163,8 @@ FLOAT_OPS = {
     "mean": lambda a, x: x.mean(dim=a["dims"], keepdim=a["keepdim"]) if a["dims"] else x.mean(),
     "max_pool2d": lambda a, x: F.max_pool2d(x, a["kernel"], a["stride"], a["padding"]),
     "avg_pool2d": _avg_pool,
+    "clamp": lambda a, x: x.clamp(a["low"] if "low" in a else None, a["high"] if "high" in a else None),
+    "max": lambda a, x: x.amax(dim=a["dim"], keepdim=a["keepdim"]),
 }
 LOCAL_OPS = ("add", "sub", "neg", "reshape", "transpose", "permute", "expand", "getitem", "cat", "stack", "sum")
 

@@ -41,6 +41,15 @@ EXPECTED_OPS = {
              "aten._log_softmax.default", "aten.sub.Tensor", "aten.view.default", "aten.expand.default",
              "aten.bmm.default", "aten.div.Tensor", "aten.clone.default", "aten.mean.dim",
              "aten.sum.dim_IntList", "aten.slice.Tensor", "aten.exp.default"},
+    "functional": {"aten.convolution.default", "aten._native_batch_norm_legit_no_training.default", "getitem",
+                   "aten.relu.default", "aten.max_pool2d_with_indices.default", "aten.avg_pool2d.default",
+                   "aten.add.Tensor", "aten._adaptive_avg_pool2d.default", "aten.clone.default", "aten.view.default",
+                   "aten.permute.default", "aten.addmm.default", "aten.sigmoid.default", "aten.slice.Tensor",
+                   "aten.tanh.default", "aten.mean.default", "aten.sum.dim_IntList", "aten.unsqueeze.default",
+                   "aten.div.Tensor", "aten.select.int", "aten._softmax.default", "aten._log_softmax.default",
+                   "aten.mul.Tensor", "aten.squeeze.dims", "aten.full.default", "aten.mm.default",
+                   "aten.cat.default", "aten.exp.default", "aten.clamp.default", "aten.repeat.default",
+                   "aten.hardtanh.default"},
 }
 
 
@@ -302,3 +311,40 @@ def test_conv1d_batch_norm_folds_through_reshapes():
     assert set(compiled.params) == {"conv.weight", "conv.bias", "grouped.weight", "grouped.bias", "fc.weight",
                                     "fc.bias"}
     assert [n.op for n in compiled.program.nodes].count("conv2d") == 2
+
+
+# -- programs are reusable -------------------------------------------------------------------------------
+
+
+def test_private_program_does_not_depend_on_weight_values():
+    model, x = models()["residual"]
+    compiled = compile_model(model, x)
+    digest = compiled.program.digest
+    assert compile_model(model, x).program.digest == digest
+    compiled.load_state_dict(randomize_bn(ResidualCNN()).state_dict())
+    assert compiled.program.digest == digest  # new weights: same program, parties keep their cache
+    public = compile_model(model, x, public=True)
+    public.load_state_dict(randomize_bn(ResidualCNN()).state_dict())
+    assert public.program.digest != compile_model(model, x, public=True).program.digest
+
+
+def test_a_weight_used_twice_gets_two_named_inputs():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return (x @ self.w) * self.w.t()[0]
+
+    x = torch.randn(3, 4)
+    compiled = compile_model(Tied(), x)
+    assert set(compiled.params) == {"w", "w#2"}
+    torch.testing.assert_close(simulate(compiled, x), reference(compiled._model, x), atol=1e-6, rtol=1e-6)
+
+
+def test_unbatched_linear():
+    model, x = nn.Linear(3, 2), torch.randn(3)
+    compiled = compile_model(model, x)
+    assert compiled.output_shape == (2,)
+    torch.testing.assert_close(simulate(compiled, x), reference(model, x), atol=1e-6, rtol=1e-6)

@@ -141,7 +141,7 @@ def _log_softmax(cx, x, dim, half_to_float=False):
 # -- products ---------------------------------------------------------------------------------------
 
 
-@handles("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
+@handles("aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.mv.default", "aten.dot.default")
 def _matmul(cx, a, b):
     return cx.add("matmul", [a, b])
 
@@ -194,6 +194,18 @@ def _view(cx, x, *args):
 @handles("aten.expand.default")
 def _expand(cx, x, *args, **kwargs):
     return cx.add("expand", [x], {"shape": cx.shape})
+
+
+@handles("aten.repeat.default")
+def _repeat(cx, x, repeats):
+    """x.repeat(r): tiles as reshape to (1, s1, 1, s2, ..) -> expand to (r1, s1, r2, s2, ..) -> reshape."""
+    shape = cx.builder.nodes[cx.node(x)].shape
+    shape = (1,) * (len(repeats) - len(shape)) + tuple(shape)
+    interleaved = tuple(v for s in shape for v in (1, s))
+    tiled = tuple(v for r, s in zip(repeats, shape) for v in (int(r), s))
+    y = cx.add("reshape", [x], {"shape": interleaved})
+    y = cx.add("expand", [y], {"shape": tiled})
+    return cx.add("reshape", [y], {"shape": cx.shape})
 
 
 @handles("aten.permute.default")

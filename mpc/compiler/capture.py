@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +77,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 def source_line(fx_node) -> str:
     """`file:line` of the innermost frame of the node's stack trace outside torch and mpc."""
     for path, line in reversed(_FRAME.findall(fx_node.meta.get("stack_trace") or "")):
-        if f"{os.sep}torch{os.sep}" in path or path.startswith(_PACKAGE_DIR) or path.startswith("<"):
+        if not _is_user_file(path):
             continue
         rel = os.path.relpath(path)
         return f"{path if rel.startswith('..') else rel}:{line}"
@@ -102,7 +103,9 @@ class CaptureContext:
     def __init__(self, builder: GraphBuilder):
         self.builder = builder
         self.params: dict[int, torch.Tensor] = {}
-        self._materialized: dict[int, int] = {}  # id(Owned) -> input node
+        # Keyed by the Owned object itself (hashed by identity), which keeps it alive: an id()
+        # key could be reused by a later temporary and return the wrong parameter.
+        self._materialized: dict[Owned, int] = {}
         self._names: set[str] = {INPUT_NAME}
         self.fx_node = None
 
@@ -129,18 +132,17 @@ class CaptureContext:
         if isinstance(value, Secret):
             return value.id
         if isinstance(value, Owned):
-            key = id(value)
-            if key not in self._materialized:
+            if value not in self._materialized:
                 name, k = value.name, 1
                 while name in self._names:
                     k += 1
                     name = f"{value.name}#{k}"
                 self._names.add(name)
                 tensor = value.value.detach().to(torch.float64)
-                self._materialized[key] = self.builder.input(tuple(tensor.shape), name=name, kind="private",
-                                                             source="").id
-                self.params[self._materialized[key]] = tensor
-            return self._materialized[key]
+                nid = self.builder.input(tuple(tensor.shape), name=name, kind="private", source="").id
+                self._materialized[value] = nid
+                self.params[nid] = tensor
+            return self._materialized[value]
         if isinstance(value, Unavailable):
             raise CompileError(f"{self.where()} uses {value.what}, which the compiler does not compute")
         raise CompileError(f"{self.where()}: expected a tensor, got {value!r}")
@@ -182,7 +184,7 @@ def _quiet_torch_logs():
     """torch.export logs whole graphs at WARNING when it refuses a model; our error says it."""
     logger = logging.getLogger("torch")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -194,8 +196,13 @@ def _data_dependent(exc: BaseException) -> bool:
     return any(k in text for k in ("data-dependent", "DataDependent", "GuardOnDataDependent", "control flow"))
 
 
+def _is_user_file(path: str) -> bool:
+    return not (f"{os.sep}torch{os.sep}" in path or path.startswith(_PACKAGE_DIR) or path.startswith("<")
+                or os.sep + "site-packages" + os.sep in path or path.startswith(os.path.dirname(os.__file__)))
+
+
 def _user_frames(text: str) -> list[str]:
-    return [f"{path}:{line}" for path, line in _FRAME.findall(text) if f"{os.sep}torch{os.sep}" not in path]
+    return [f"{path}:{line}" for path, line in _FRAME.findall(text) if _is_user_file(path)]
 
 
 def export(model: torch.nn.Module, example: torch.Tensor):
@@ -212,7 +219,8 @@ def export(model: torch.nn.Module, example: torch.Tensor):
             return torch.export.export(model.eval(), (example.detach(),)).run_decompositions()
     except Exception as exc:  # export raises many unrelated types; all mean "cannot capture"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = _user_frames(str(exc))
+        where = _user_frames(str(exc)) or [f"{f.filename}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)
+                                           if _is_user_file(f.filename)]
         at = f" at {where[-1]}" if where else ""
         if _data_dependent(exc):
             raise CompileError(
