@@ -348,3 +348,17 @@ def test_unbatched_linear():
     compiled = compile_model(model, x)
     assert compiled.output_shape == (2,)
     torch.testing.assert_close(simulate(compiled, x), reference(model, x), atol=1e-6, rtol=1e-6)
+
+
+def test_leaky_relu_and_integer_casts():
+    model, x = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.2)), torch.randn(2, 4)
+    compiled = compile_model(model, x)
+    assert [n.op for n in compiled.program.nodes].count("relu") == 1
+    torch.testing.assert_close(simulate(compiled, x), reference(model, x), atol=1e-6, rtol=1e-6)
+
+    class Cast(nn.Module):
+        def forward(self, x):
+            return x.long()
+
+    with pytest.raises(CompileError, match="conversion of a secret value to torch.int64"):
+        compile_model(Cast(), torch.randn(3))

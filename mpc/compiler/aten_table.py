@@ -122,6 +122,12 @@ for _aten, _op in _UNARY.items():
     HANDLERS[f"aten.{_aten}.default"] = (lambda op: lambda cx, x: cx.add(op, [x]))(_op)
 
 
+@handles("aten.leaky_relu.default")
+def _leaky_relu(cx, x, slope=0.01):
+    """leaky_relu(x) = (1 - a) relu(x) + a x: one comparison, like ReLU."""
+    return binary(cx, "add", binary(cx, "mul", cx.add("relu", [x]), 1.0 - slope), binary(cx, "mul", x, slope))
+
+
 @handles("aten.clamp.default", "aten.hardtanh.default")
 def _clamp(cx, x, low=None, high=None):
     attrs = {k: _public(v) for k, v in (("low", low), ("high", high)) if v is not None}
@@ -224,10 +230,22 @@ def _t(cx, x):
         cx.add("transpose", [x], {"dim0": 0, "dim1": 1})
 
 
-# Identity in eval mode or for a fixed-point value: copies, aliases, float dtype changes.
+# Identity in eval mode or for a fixed-point value: copies, aliases.
 @handles("aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.lift_fresh_copy.default",
-         "aten.contiguous.default", "aten.dropout.default", "aten._to_copy.default")
+         "aten.contiguous.default", "aten.dropout.default")
 def _identity(cx, x, *args, **kwargs):
+    return x
+
+
+@handles("aten._assert_tensor_metadata.default")
+def _metadata_check(cx, x, *args, **kwargs):
+    return None  # export's own check of a dtype or shape, already true of the captured graph
+
+
+@handles("aten._to_copy.default")
+def _to_copy(cx, x, dtype=None, **kwargs):
+    if dtype is not None and not dtype.is_floating_point:  # a fixed-point value has no integer form here
+        raise CompileError(f"conversion of a secret value to {dtype} at {cx.where()} is not supported")
     return x
 
 

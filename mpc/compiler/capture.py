@@ -9,8 +9,8 @@ module/function level, where `F.conv2d`, `nn.Conv2d`, `x.flatten()` and `torch.f
 are different call targets); export runs the model on fake tensors, so every node
 carries its exact output shape and dtype, its module path (`nn_module_stack`) and the
 user's source line (`stack_trace`); parameters and buffers arrive as named graph inputs;
-and data-dependent control flow is refused by export with a reason and a source line,
-where fx tracing silently bakes in one branch or fails on a Proxy in an `if`. No ONNX:
+and data-dependent control flow is refused by export with a reason and the user's line,
+where fx symbolic tracing stops with a generic error about a Proxy in an `if`. No ONNX:
 it is the path that breaks on every torch release.
 
 Values during capture are of three kinds: `Secret` (a graph node that depends on the
@@ -232,7 +232,7 @@ def export(model: torch.nn.Module, example: torch.Tensor):
         model.train(was_training)
 
 
-def _placeholders(ep, cx: CaptureContext, builder: GraphBuilder, example: torch.Tensor) -> dict[str, object]:
+def _placeholders(ep, builder: GraphBuilder, example: torch.Tensor) -> dict[str, object]:
     env: dict[str, object] = {}
     user_inputs = []
     for spec in ep.graph_signature.input_specs:
@@ -262,7 +262,7 @@ def capture(model: torch.nn.Module, example: torch.Tensor, frac_bits: int = 16) 
     ep = export(model, example)
     builder = GraphBuilder(frac_bits)
     cx = CaptureContext(builder)
-    env = _placeholders(ep, cx, builder, example)
+    env = _placeholders(ep, builder, example)
     input_id = next(v.id for v in env.values() if isinstance(v, Secret))
     aten_ops: set[str] = set()
     result = None
