@@ -362,3 +362,21 @@ def test_leaky_relu_and_integer_casts():
 
     with pytest.raises(CompileError, match="conversion of a secret value to torch.int64"):
         compile_model(Cast(), torch.randn(3))
+
+
+def test_public_weights_on_either_side():
+    class Sides(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 4))
+            self.b = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, x):
+            y = self.w @ x  # a weight on the left
+            return (self.b - y) * self.b - (y - self.b) / self.b
+
+    x = torch.randn(4, 5)
+    compiled = compile_model(Sides(), x, public=True)
+    ops = [n.op for n in compiled.program.nodes]
+    assert compiled.params == {} and "matmul_public" in ops and not {"matmul", "mul"} & set(ops)
+    torch.testing.assert_close(simulate(compiled, x), reference(compiled._model, x), atol=1e-6, rtol=1e-6)
