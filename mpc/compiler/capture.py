@@ -286,7 +286,17 @@ def capture(model: torch.nn.Module, example: torch.Tensor, frac_bits: int = 16) 
         if handler is None:
             raise CompileError(f"unsupported operation {name} on a secret value at {cx.where()}; supported: "
                                f"{', '.join(sorted(HANDLERS))}")
-        env[fx_node.name] = handler(cx, *args, **kwargs)
+        try:
+            value = handler(cx, *args, **kwargs)
+        except CompileError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as exc:
+            raise CompileError(f"cannot translate {name} at {cx.where()}: {type(exc).__name__}: {exc}") from None
+        first = value[0] if isinstance(value, tuple) else value
+        if isinstance(first, Secret) and builder.nodes[first.id].shape != cx.shape:
+            raise CompileError(f"{name} at {cx.where()} became shape {builder.nodes[first.id].shape}, torch.export "
+                               f"says {cx.shape}")  # a handler bug: never let a wrong shape through
+        env[fx_node.name] = value
     outputs = [torch.fx.node.map_arg(r, lambda n: env[n.name]) for r in (result or ())]
     if len(outputs) != 1:
         raise CompileError(f"the model must return exactly one tensor, it returns {len(outputs)} values")
