@@ -14,6 +14,7 @@ _EXPORTS = {
     "conv2d": "mpc.api",
     "where": "mpc.api_functions",
     "max_pool2d": "mpc.api_functions",
+    "compile": "mpc.compiler.model",
 }
 
 __all__ = list(_EXPORTS)
