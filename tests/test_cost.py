@@ -10,7 +10,9 @@ import torch
 
 import mpc
 from mpc import compiler
+from mpc.compiler.model import compile_model
 from mpc.compiler.registry import OPS
+from mpc import models
 
 
 def _t(*shape, seed=0):
@@ -53,8 +55,12 @@ CASES = {
 }
 
 
+# Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
+MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
+
+
 def test_every_op_is_covered():
-    covered = set().union(*(ops for ops, _ in CASES.values())) | {"input", "take"}  # take: test_compiler
+    covered = set().union(*(ops for ops, _ in CASES.values())) | {"input", "take"} | MODEL_OPS  # take: test_compiler
     assert set(OPS) - covered == set(), "add a cost-model case for these ops"
 
 
@@ -78,3 +84,25 @@ def test_prediction_equals_measurement(case, to, n_parties):
     assert stats[0].dealer_bytes == cost.dealer_bytes
     assert cost.dealer_bytes > 0 or case in ("linear", "movement")
 
+
+
+def _model(name):
+    torch.manual_seed(0)
+    if name == "cnn":
+        return models.CNN().eval(), _t(2, 1, 28, 28).abs()
+    return models.MLP((20, 16, 16, 4)).eval(), _t(5, 20)
+
+
+@pytest.mark.parametrize("n_parties", [2, 3, 5])
+@pytest.mark.parametrize("name,options", [("mlp", {}), ("cnn", {}), ("cnn", {"public": True}),
+                                          ("mlp", {"replace": {"relu": "square"}})])
+def test_prediction_equals_measurement_for_models(name, options, n_parties):
+    model, x = _model(name)
+    compiled = compile_model(model, x, **options)
+    cluster = mpc.InMemoryCluster(n_parties=n_parties)
+    cluster.infer(compiled, x)
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,))
+    stats = cluster.last_stats
+    assert [s.bytes_sent for s in stats] == cost.bytes_sent
+    assert max(s.rounds for s in stats) == cost.total_rounds
+    assert stats[0].dealer_bytes == cost.dealer_bytes

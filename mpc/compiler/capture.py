@@ -213,6 +213,11 @@ def export(model: torch.nn.Module, example: torch.Tensor):
         raise CompileError(f"the example input must be a torch.Tensor, got {type(example).__name__}")
     if not example.is_floating_point():
         raise CompileError(f"the example input must be a floating-point tensor, got dtype {example.dtype}")
+    # The example only fixes shapes: trace in the model's own float dtype (values are
+    # fixed-point in MPC whatever the dtype), so a float64 input fits a float32 model.
+    dtypes = {p.dtype for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()}
+    if len(dtypes) == 1:
+        example = example.to(dtypes.pop())
     was_training = model.training
     try:
         with _quiet_torch_logs():
