@@ -13,6 +13,7 @@ party, in which case the caller receives nothing.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,10 +40,19 @@ class SharedModel:
         return self.programs[batch]
 
 
+def _fingerprint(params: dict[str, torch.Tensor]) -> str:
+    """Identifies the weights, so that new weights (same program) are shared anew."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].detach().to(torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class InferenceMixin:
     def share_model(self, compiled, owner: int = 0) -> SharedModel:
         """Secret-share `compiled`'s weights from party `owner`; the parties keep the shares."""
-        key = (compiled.program.digest, owner)
+        key = (compiled.program.digest, owner, _fingerprint(compiled.params))
         shared = self._shared_models.get(key)
         if shared is not None:
             return shared

@@ -228,6 +228,7 @@ class LocalCluster(_Cluster):
                 if program.digest not in self._loaded[p]:
                     overhead["program_sent"] = True
                     await self._load(p, program)
+                    overhead["program_s"] = max(overhead["program_s"], time.perf_counter() - t0)
                 t1 = time.perf_counter()
                 if inputs[p]:
                     await self._upload(p, job.job_id, inputs[p])
@@ -242,7 +243,6 @@ class LocalCluster(_Cluster):
                     if inputs[p]:
                         await self._upload(p, job.job_id, inputs[p])
                     await self._stubs[p].Submit(serde.job_to_proto(job), timeout=self.job_timeout)
-                overhead["program_s"] = max(overhead["program_s"], t1 - t0)
                 overhead["submit_s"] = max(overhead["submit_s"], time.perf_counter() - t1)
             except grpc.aio.AioRpcError as exc:
                 raise self._party_error(p, exc) from None
