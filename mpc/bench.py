@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from mpc import reference
+from mpc import bench_models, reference
+from mpc.bench_models import MODEL_WORKLOADS
 from mpc.launcher import LocalCluster
 
 
@@ -116,28 +117,54 @@ def machine_info(threads: int) -> dict:
             "platform": platform.platform()}
 
 
+# The scaling run of mlp_infer: the same model at these party counts.
+SCALING_PARTIES = (2, 3, 4, 5)
+
+
+def _run_on(cluster, name: str, reps: int) -> dict:
+    if name in MODEL_WORKLOADS:
+        return bench_models.run_ours(cluster, MODEL_WORKLOADS[name], reps)
+    return run_ours(cluster, WORKLOADS[name], reps)
+
+
+def _describe(name: str) -> str:
+    return (MODEL_WORKLOADS.get(name) or WORKLOADS[name]).describe
+
+
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print) -> dict:
-    unknown = [n for n in names if n not in WORKLOADS]
+        progress=print, scaling: bool = False) -> dict:
+    known = {**WORKLOADS, **MODEL_WORKLOADS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = []
     with LocalCluster(n_parties=n_parties, torch_threads=threads) as cluster:
         for name in names:
-            progress(f"running {name} ({WORKLOADS[name].describe}) on {n_parties} parties")
-            results.append({"name": name, "parties": n_parties, **run_ours(cluster, WORKLOADS[name], reps)})
+            progress(f"running {name} ({_describe(name)}) on {n_parties} parties")
+            results.append({"name": name, "parties": n_parties, **_run_on(cluster, name, reps)})
+    if scaling:
+        for n in SCALING_PARTIES:
+            if n == n_parties:
+                continue
+            with LocalCluster(n_parties=n, torch_threads=threads) as cluster:
+                progress(f"running mlp_infer on {n} parties (scaling)")
+                results.append({"name": "mlp_infer", "parties": n, **_run_on(cluster, "mlp_infer", reps)})
     if crypten:
         for row in results:
-            progress(f"running {row['name']} in CrypTen")
-            row.update(run_crypten(WORKLOADS[row["name"]], n_parties, reps, threads))
+            progress(f"running {row['name']} in CrypTen with {row['parties']} processes")
+            if row["name"] in MODEL_WORKLOADS:
+                row.update(bench_models.run_crypten(MODEL_WORKLOADS[row["name"]], row["parties"], reps, threads))
+            else:
+                row.update(run_crypten(WORKLOADS[row["name"]], row["parties"], reps, threads))
             row["ratio"] = row["online_s"] / row["crypten_s"]
             row["ratio_total"] = row["total_s"] / row["crypten_s"]
     return {"machine": machine_info(threads), "results": results}
 
 
 def format_table(report: dict) -> str:
-    cols = ["name", "online_s", "total_s", "rounds", "bytes_per_party", "dealer_bytes", "max_abs_err",
-            "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total"]
+    cols = ["name", "parties", "online_s", "total_s", "wall_s", "rounds", "predicted_rounds", "bytes_per_party", "dealer_bytes", "max_abs_err",
+            "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total",
+            "predictions_per_s", "crypten_predictions_per_s"]
     rows = report["results"]
     cols = [c for c in cols if any(c in r for r in rows)]
 

@@ -30,11 +30,12 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
-    names = args.only.split(",") if args.only else [n for n, w in bench.WORKLOADS.items()
+    names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS}.items()
                                                       if args.scaling or not w.scaling]
     try:
         report = bench.run(names, n_parties=args.parties, reps=args.reps, crypten=not args.no_crypten,
-                           threads=args.threads, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                           threads=args.threads, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                           scaling=args.scaling)
     except ValueError as exc:
         print(f"mpc bench: {exc}", file=sys.stderr)
         return 2
@@ -42,6 +43,78 @@ def _bench(args) -> int:
     if args.json:
         bench.write_json(report, args.json)
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _compiled(args):
+    """The model of --model (a factory), with --state-dict loaded, compiled for --input-shape
+    or the shape of --input."""
+    import torch
+
+    from mpc import model_files
+    from mpc.compiler.model import check_state_dict, compile_model
+
+    model = model_files.load_factory(args.model, args.kwargs)
+    if args.state_dict:
+        state = model_files.load_state_dict(args.state_dict)
+        check_state_dict(model, state)
+        model.load_state_dict(state)
+    if getattr(args, "input", None):
+        example = model_files.load_input(args.input)
+    else:
+        example = torch.zeros(tuple(int(d) for d in args.input_shape.split(",")))
+    replace = dict(item.split("=", 1) for item in args.replace.split(",")) if args.replace else None
+    return compile_model(model, example, public=args.public, replace=replace), example
+
+
+def _model_arguments(p, input_required: bool) -> None:
+    p.add_argument("--model", required=True, help="model factory, package.module:function")
+    p.add_argument("--kwargs", help="keyword arguments of the factory, as JSON")
+    p.add_argument("--state-dict", help="weights: a torch.save'd state dict")
+    p.add_argument("--public", action="store_true", help="weights known to every party: linear layers run locally")
+    p.add_argument("--replace", help="MPC-friendly layers, e.g. relu=square,maxpool=avgpool")
+    p.add_argument("--parties", type=int, default=3)
+    if input_required:
+        p.add_argument("--input", required=True, help="the input, .pt or .npy")
+    else:
+        p.add_argument("--input-shape", required=True, help="the input shape, e.g. 64,784")
+
+
+def _explain(args) -> int:
+    from mpc.compiler.registry import CompileError
+    from mpc.model_files import ModelFileError
+
+    try:
+        compiled, _ = _compiled(args)
+    except (CompileError, ModelFileError) as exc:
+        print(f"mpc explain: {exc}", file=sys.stderr)
+        return 2
+    print(compiled.explain(n_parties=args.parties))
+    return 0
+
+
+def _infer(args) -> int:
+    import numpy as np
+
+    from mpc.compiler.registry import CompileError
+    from mpc.launcher import LocalCluster
+    from mpc.model_files import ModelFileError
+
+    try:
+        compiled, x = _compiled(args)
+    except (CompileError, ModelFileError) as exc:
+        print(f"mpc infer: {exc}", file=sys.stderr)
+        return 2
+    with LocalCluster(n_parties=args.parties) as cluster:
+        out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
+        stats = cluster.last_stats
+    print(f"output {tuple(out.shape)}: online {max(s.online_s for s in stats) * 1e3:.1f} ms, "
+          f"{max(s.rounds for s in stats)} rounds, {max(s.bytes_sent for s in stats) / 1e6:.2f} MB/party")
+    if out.dim() == 2:
+        print("classes:", " ".join(str(int(c)) for c in out.argmax(1)[:32]) + (" ..." if len(out) > 32 else ""))
+    if args.output:
+        np.save(args.output, out.numpy(), allow_pickle=False)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -70,6 +143,17 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")
     p.add_argument("--json", help="also write the figures to this file")
     p.set_defaults(fn=_bench)
+
+    p = sub.add_parser("explain", help="compile a model and print its cost per layer (no cluster needed)")
+    _model_arguments(p, input_required=False)
+    p.set_defaults(fn=_explain)
+
+    p = sub.add_parser("infer", help="private inference of a saved model on an input file, on local parties")
+    _model_arguments(p, input_required=True)
+    p.add_argument("--model-owner", type=int, default=0)
+    p.add_argument("--data-owner", type=int, default=1)
+    p.add_argument("--output", help="write the output here (.npy)")
+    p.set_defaults(fn=_infer)
 
     p = sub.add_parser("demo", help="private inference on the digits data set, beside plaintext and CrypTen")
     p.add_argument("--parties", type=int, default=3)

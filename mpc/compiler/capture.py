@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -220,7 +221,8 @@ def export(model: torch.nn.Module, example: torch.Tensor):
         example = example.to(dtypes.pop())
     was_training = model.training
     try:
-        with _quiet_torch_logs():
+        with _quiet_torch_logs(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch's own
             return torch.export.export(model.eval(), (example.detach(),)).run_decompositions()
     except Exception as exc:  # export raises many unrelated types; all mean "cannot capture"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
