@@ -27,6 +27,7 @@ from mpc.api_functions import FunctionsMixin
 from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
 from mpc.inference import InferenceMixin, SharedModel
+from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
 from mpc.runtime.session import JobOutcome, JobStats, PartySession
@@ -213,7 +214,7 @@ def stack(tensors, dim: int = 0) -> SecretTensor:
 # -- clusters -----------------------------------------------------------------------------------------
 
 
-class _Cluster(InferenceMixin):
+class _Cluster(InferenceMixin, TrainingMixin):
     """What both clusters share: the graph, sharing, and turning outcomes into plaintexts.
 
     Graph node ids double as handles of the values the parties keep: inputs and revealed

@@ -89,6 +89,8 @@ class InferenceMixin:
         if not xs:
             return []
         shared = model if isinstance(model, SharedModel) else None
+        if shared is not None and hasattr(shared.compiled, "shared_for"):  # trained at the parties
+            shared = shared.compiled.shared_for(tuple(xs[0].shape), shared.handles)
         compiled = shared.compiled if shared else model
         xs = [compiled.check_input(x) for x in xs]
         if not 0 <= data_owner < self.n_parties:

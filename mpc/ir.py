@@ -14,7 +14,10 @@ receives each output, and which values the parties keep afterwards.
 
 Input nodes (op "input") say how they get their value: `kind="private"` (shared by its
 owner in this job) or `kind="kept"` (a value the parties kept from an earlier job; with
-`scale=2` it was kept untruncated and is truncated on first use).
+`truncate=True` it was kept untruncated at scale 2^2f and is truncated on first use) or
+`kind="public"` (a value the job gives every party: batch indices with `index=True`,
+or a public number such as a step size). A private input with `int=True` is shared as
+an exact integer (a 0/1 label or mask), so products with it need no truncation.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ class Job:
     recipients: tuple[int, ...] = ()  # per program output: TO_CALLER, TO_ALL or a pid
     keep: dict[int, int] = field(default_factory=dict)  # node -> handle the parties keep it under
     free: tuple[int, ...] = ()  # handles the parties drop after this job
+    public: dict[int, torch.Tensor] = field(default_factory=dict)  # public input node -> its value, for all
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

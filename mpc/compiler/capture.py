@@ -239,12 +239,21 @@ def export(model: torch.nn.Module, example: torch.Tensor):
         model.train(was_training)
 
 
-def _placeholders(ep, builder: GraphBuilder, example: torch.Tensor) -> dict[str, object]:
+def _placeholders(ep, cx: "CaptureContext", example: torch.Tensor, trainable: bool) -> dict[str, object]:
+    builder = cx.builder
     env: dict[str, object] = {}
     user_inputs = []
     for spec in ep.graph_signature.input_specs:
         arg = spec.arg.name
-        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+        if trainable and spec.kind == torch.export.graph_signature.InputKind.PARAMETER:
+            # Training: a parameter is a secret from the start, shaped as the module holds it,
+            # so that its gradient and update are of the parameter itself.
+            value = ep.state_dict[spec.target].detach().to(torch.float64)
+            node = builder.input(tuple(value.shape), name=spec.target, kind="private", source="")
+            cx.params[node.id] = value
+            cx._names.add(spec.target)
+            env[arg] = Secret(node.id)
+        elif spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
             node = builder.input(tuple(example.shape), name=INPUT_NAME, kind="private", source="")
             env[arg] = Secret(node.id)
             user_inputs.append(arg)
@@ -262,15 +271,16 @@ def _placeholders(ep, builder: GraphBuilder, example: torch.Tensor) -> dict[str,
     return env
 
 
-def capture(model: torch.nn.Module, example: torch.Tensor, frac_bits: int = 16) -> Captured:
-    """Export `model` on `example` and translate it into a ModelGraph."""
+def capture(model: torch.nn.Module, example: torch.Tensor, frac_bits: int = 16, trainable: bool = False) -> Captured:
+    """Export `model` on `example` and translate it into a ModelGraph. With `trainable`,
+    every parameter is an input node of its own (named after it, shaped as in the module)."""
     from mpc.compiler.aten_table import HANDLERS  # its handlers use the value classes defined here
 
     ep = export(model, example)
     builder = GraphBuilder(frac_bits)
     cx = CaptureContext(builder)
-    env = _placeholders(ep, builder, example)
-    input_id = next(v.id for v in env.values() if isinstance(v, Secret))
+    env = _placeholders(ep, cx, example, trainable)
+    input_id = next(n.id for n in builder.nodes.values() if n.op == "input" and n.name == INPUT_NAME)
     aten_ops: set[str] = set()
     result = None
     for fx_node in ep.graph.nodes:

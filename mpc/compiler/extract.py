@@ -25,12 +25,14 @@ class Extracted:
 
 
 def extract(builder: GraphBuilder, outputs: list[int], available: set[int] = frozenset(),
-            double: set[int] = frozenset(), defer_truncation: bool = True) -> Extracted:
-    """The program computing `outputs`. Nodes in `available` are values the parties hold
-    (they become kept inputs; those in `double` are at scale 2^2f)."""
+            double: set[int] = frozenset(), defer_truncation: bool = True, also: list[int] = ()) -> Extracted:
+    """The program computing `outputs`, and the nodes in `also` (values the parties keep
+    without revealing them, such as updated weights). Nodes in `available` are values the
+    parties hold (they become kept inputs; those in `double` are at scale 2^2f)."""
     nodes = builder.nodes
-    order = live_nodes(nodes, outputs, available)
+    order = live_nodes(nodes, list(outputs) + [a for a in also if a not in outputs], available)
     defer = deferred(nodes, order, outputs, available, double) if defer_truncation else set()
+    defer -= set(also)  # a kept value is used later: keep it at scale 2^f
     index = {gid: k for k, gid in enumerate(order)}
     program_nodes = []
     for k, gid in enumerate(order):

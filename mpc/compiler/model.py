@@ -113,10 +113,15 @@ def _unique_param_names(program: Program) -> Program:
 
 
 def compile_model(model: torch.nn.Module, example: torch.Tensor, *, public: bool = False,
-                  replace: dict | None = None, frac_bits: int = 16) -> CompiledModel:
-    """Compile `model` for inputs shaped like `example` into a CompiledModel. Starts nothing."""
+                  replace: dict | None = None, frac_bits: int = 16, trainable: bool = False) -> CompiledModel:
+    """Compile `model` for inputs shaped like `example` into a CompiledModel. Starts nothing.
+
+    With `trainable`, every parameter is an input named and shaped as in the state dict
+    (no folding), so weights a training job left at the parties serve it directly."""
     replace = replace_pass.check(replace)
-    captured = capture(model, example, frac_bits)
+    if trainable and public:
+        raise CompileError("a trainable layout is for secret weights: public=True does not apply")
+    captured = capture(model, example, frac_bits, trainable=trainable)
     graph = replace_pass.apply(captured.graph, replace)
     graph = bn_fold.apply(graph)
     if public:

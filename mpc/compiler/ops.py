@@ -153,13 +153,22 @@ _register("mean", 1, OPS["sum"].shape, _mean)
 
 
 def _input(ctx, a):
-    """A private input shared by its owner (no message), or a value kept from an earlier job."""
+    """A private input shared by its owner (no message), a value kept from an earlier job,
+    or a public value that the job gives every party alike (batch indices, step sizes)."""
     shape = tuple(a["shape"])
-    if a.get("kind", "private") == "kept":
+    kind = a.get("kind", "private")
+    if kind == "kept":
         value = torch.empty(shape, dtype=torch.int64, device="meta") if ctx.dry_run else ctx.extras["kept"][ctx.label]
         if a.get("truncate", False):  # kept at scale 2^2f by a reveal that absorbed its truncation
             return arithmetic.truncate(ctx, value)
         return value
+    if kind == "public":
+        if ctx.dry_run:
+            return torch.empty(shape, dtype=torch.int64, device="meta")
+        value = ctx.extras["public"][ctx.label]
+        if a.get("index", False):  # row indices: plain integers, the same at every party
+            return value.to(torch.int64)
+        return ctx.public(ring.encode(value, 0 if a.get("int") else ctx.frac_bits))
     if ctx.dry_run:
         return arithmetic.share_input(ctx, -1, torch.empty(shape, dtype=torch.int64, device="meta"), shape)
     owner = ctx.extras["owners"][ctx.label]
@@ -170,8 +179,8 @@ def _input(ctx, a):
 
 
 def _input_shape(a):
-    if a.get("kind", "private") not in ("private", "kept"):
-        raise CompileError(f"input kind {a.get('kind')!r}: must be 'private' or 'kept'")
+    if a.get("kind", "private") not in ("private", "kept", "public"):
+        raise CompileError(f"input kind {a.get('kind')!r}: must be 'private', 'kept' or 'public'")
     return torch.empty(a["shape"], dtype=torch.int64, device="meta")
 
 

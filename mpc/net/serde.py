@@ -173,7 +173,8 @@ class OutcomeAssembly:
 def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.JobRequest:
     return pb.JobRequest(job_id=job.job_id, program=job.program, owners=job.owners, kept=job.kept,
                          recipients=list(job.recipients), keep=job.keep, free=list(job.free),
-                         inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()})
+                         inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()},
+                         public={k: tensor_to_proto(v) for k, v in job.public.items()})
 
 
 def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
@@ -181,7 +182,8 @@ def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
         raise SerdeError("job request without a job id")
     if len(m.program) != 64:
         raise SerdeError(f"job {m.job_id} names program {m.program!r}, not a SHA-256 digest")
-    job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free))
+    job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free),
+              {k: tensor_from_proto(v) for k, v in m.public.items()})
     return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 

@@ -126,7 +126,8 @@ class PartySession:
                 raise JobError(f"input {nodes[nid].describe()}: value has shape {tuple(value.shape)}, "
                                f"the program says {tuple(nodes[nid].shape)}")
             try:
-                encoded[nid] = ring.encode(value, loaded.program.frac_bits)
+                bits = 0 if nodes[nid].attrs.get("int") else loaded.program.frac_bits
+                encoded[nid] = ring.encode(value, bits)
             except ring.RangeError as exc:
                 raise JobError(f"input {nodes[nid].describe()}: {exc}") from None
         for nid, owner in job.owners.items():
@@ -156,6 +157,18 @@ class PartySession:
             if tuple(value.shape) != tuple(program.nodes[nid].shape):
                 raise JobError(f"kept value {handle} has shape {tuple(value.shape)}, {program.nodes[nid].describe()} "
                                f"needs {tuple(program.nodes[nid].shape)}")
+        public = {n.id for n in program.inputs if n.attrs.get("kind") == "public"}
+        if set(job.public) != public:
+            raise JobError(f"job {job.job_id} gives public values for nodes {sorted(job.public)}, the program's public "
+                           f"inputs are {sorted(public)}")
+        for nid, value in job.public.items():
+            node = program.nodes[nid]
+            if tuple(value.shape) != tuple(node.shape):
+                raise JobError(f"public value for {node.describe()} has shape {tuple(value.shape)}, the program "
+                               f"says {tuple(node.shape)}")
+            if node.attrs.get("index") and (value.is_floating_point() or value.numel() and (
+                    int(value.min()) < 0)):
+                raise JobError(f"public indices for {node.describe()} must be non-negative integers")
         if len(job.recipients) != len(program.outputs):
             raise JobError(f"job {job.job_id} names {len(job.recipients)} recipients for {len(program.outputs)} outputs")
         for to in job.recipients:
@@ -195,7 +208,7 @@ class PartySession:
         t1 = time.perf_counter()
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
         executor = Executor(program, self.pid, self.n_parties,
-                            {"owners": job.owners, "inputs": entry.inputs, "kept": kept})
+                            {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
         values, rounds = await executor.run(
             lambda node, seq, spec: pool[(node, seq)],
             lambda node, req: input_mask(self.transport, job.job_id, node, req.owner, req.shape),

@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,13 @@ class JobRequest(_message.Message):
         key: int
         value: TensorProto
         def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[TensorProto, _Mapping]] = ...) -> None: ...
+    class PublicEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: TensorProto
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[TensorProto, _Mapping]] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +146,7 @@ class JobRequest(_message.Message):
     KEEP_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
     owners: _containers.ScalarMap[int, int]
@@ -147,7 +155,8 @@ class JobRequest(_message.Message):
     keep: _containers.ScalarMap[int, int]
     free: _containers.RepeatedScalarFieldContainer[int]
     inputs: _containers.MessageMap[int, TensorProto]
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
+    public: _containers.MessageMap[int, TensorProto]
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds")

@@ -1,0 +1,219 @@
+"""Gradient rules: for each op, how the gradient of its output becomes gradients of its inputs.
+
+A rule is `rule(b, node, gouts, needs) -> tuple of gradient node ids (None where not
+needed)`: `b` is the GraphBuilder (rules build nodes like any other code), `gouts` the
+gradient node of each output of `node` (None where nothing flows back), `needs[i]`
+whether input i needs a gradient. Rules are attached to the op registry with set_grad,
+so one table serves capture, SecretTensor and training alike; autodiff.py runs them.
+
+Where a rule multiplies by a 0/1 value it uses an untruncated product (ReLU's bit is an
+exact ring integer); weight gradients are ordinary products, which the optimizer may
+turn into untruncated ones to fold its step size into their truncation (optim.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpc.compiler import layer_ops  # noqa: F401  (its ops must exist before rules attach)
+from mpc.compiler import train_ops  # noqa: F401
+from mpc.compiler.graph import GraphBuilder
+from mpc.compiler.ops import encode_index
+from mpc.compiler.registry import set_grad
+
+
+def _shape(b: GraphBuilder, nid: int) -> tuple[int, ...]:
+    return b.nodes[nid].shape
+
+
+def sum_to(b: GraphBuilder, g: int, shape: tuple[int, ...], name: str = "") -> int:
+    """Undo broadcasting: sum g down to `shape` (leading dims, then dims of size 1)."""
+    gs = _shape(b, g)
+    if gs == tuple(shape):
+        return g
+    lead = len(gs) - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and gs[lead + i] != 1)
+    out = b.add("sum", (g,), {"dims": dims, "keepdim": True}, name=name, source="")
+    return b.add("reshape", (out.id,), {"shape": tuple(shape)}, name=name, source="").id
+
+
+def _add(b, n, gouts, needs):
+    (g,) = gouts
+    return tuple(sum_to(b, g, _shape(b, i), n.name) if need else None for i, need in zip(n.inputs, needs))
+
+
+def _sub(b, n, gouts, needs):
+    (g,) = gouts
+    gx = sum_to(b, g, _shape(b, n.inputs[0]), n.name) if needs[0] else None
+    gy = None
+    if needs[1]:
+        gy = b.add("neg", (sum_to(b, g, _shape(b, n.inputs[1]), n.name),), name=n.name, source="").id
+    return gx, gy
+
+
+def _neg(b, n, gouts, needs):
+    return (b.add("neg", (gouts[0],), name=n.name, source="").id,)
+
+
+def _add_public(b, n, gouts, needs):
+    return (sum_to(b, gouts[0], _shape(b, n.inputs[0]), n.name),)
+
+
+def _mul_public(b, n, gouts, needs):
+    g = b.add("mul_public", (gouts[0],), {"value": n.attrs["value"]}, name=n.name, source="").id
+    return (sum_to(b, g, _shape(b, n.inputs[0]), n.name),)
+
+
+def _mul(b, n, gouts, needs):
+    (g,) = gouts
+    x, y = n.inputs
+    out = []
+    for need, this, other in ((needs[0], x, y), (needs[1], y, x)):
+        out.append(sum_to(b, b.add("mul", (g, other), name=n.name, source="").id, _shape(b, this), n.name)
+                   if need else None)
+    return tuple(out)
+
+
+def _square(b, n, gouts, needs):
+    two_x = b.add("mul_public", (n.inputs[0],), {"value": torch.tensor(2.0, dtype=torch.float64)},
+                  name=n.name, source="")
+    return (b.add("mul", (gouts[0], two_x.id), name=n.name, source="").id,)
+
+
+def _transposed(b, nid, name):
+    return b.add("transpose", (nid,), {"dim0": -2, "dim1": -1}, name=name, source="").id
+
+
+def _matmul(b, n, gouts, needs):
+    """z = x @ w: dx = g @ w^T, dw = x^T @ g (both matrices at least 2-d here)."""
+    (g,) = gouts
+    x, w = n.inputs
+    if len(_shape(b, x)) < 2 or len(_shape(b, w)) < 2:
+        raise NotImplementedError("matmul gradient of a 1-d operand")
+    gx = gw = None
+    if needs[0]:
+        gx = sum_to(b, b.add("matmul", (g, _transposed(b, w, n.name)), name=n.name, source="").id,
+                    _shape(b, x), n.name)
+    if needs[1]:
+        gw = sum_to(b, b.add("matmul", (_transposed(b, x, n.name), g), name=n.name, source="").id,
+                    _shape(b, w), n.name)
+    return gx, gw
+
+
+def _matmul_public(b, n, gouts, needs):
+    (g,) = gouts
+    value = n.attrs["value"]
+    vt = value.transpose(-2, -1) if value.dim() >= 2 else value
+    if n.attrs["side"] == "right":  # z = x @ v: dx = g @ v^T
+        gx = b.add("matmul_public", (g,), {"value": vt, "side": "right"}, name=n.name, source="").id
+    else:  # z = v @ x: dx = v^T @ g
+        gx = b.add("matmul_public", (g,), {"value": vt, "side": "left"}, name=n.name, source="").id
+    return (sum_to(b, gx, _shape(b, n.inputs[0]), n.name),)
+
+
+def _reshape(b, n, gouts, needs):
+    return (b.add("reshape", (gouts[0],), {"shape": _shape(b, n.inputs[0])}, name=n.name, source="").id,)
+
+
+def _transpose(b, n, gouts, needs):
+    return (b.add("transpose", (gouts[0],), {"dim0": n.attrs["dim0"], "dim1": n.attrs["dim1"]}, name=n.name,
+                  source="").id,)
+
+
+def _permute(b, n, gouts, needs):
+    dims = [d % len(n.shape) for d in n.attrs["dims"]]
+    inverse = tuple(sorted(range(len(dims)), key=lambda k: dims[k]))
+    return (b.add("permute", (gouts[0],), {"dims": inverse}, name=n.name, source="").id,)
+
+
+def _expand(b, n, gouts, needs):
+    return (sum_to(b, gouts[0], _shape(b, n.inputs[0]), n.name),)
+
+
+def _sum(b, n, gouts, needs):
+    """Broadcast g back over the summed dims."""
+    shape = _shape(b, n.inputs[0])
+    dims = n.attrs["dims"] or tuple(range(len(shape)))
+    kept = tuple(1 if d in [k % len(shape) for k in dims] else s for d, s in enumerate(shape)) if shape else ()
+    g = b.add("reshape", (gouts[0],), {"shape": kept}, name=n.name, source="").id
+    return (b.add("expand", (g,), {"shape": shape}, name=n.name, source="").id,)
+
+
+def _mean(b, n, gouts, needs):
+    (g,) = _sum(b, n, gouts, needs)
+    shape = _shape(b, n.inputs[0])
+    dims = n.attrs["dims"] or tuple(range(len(shape)))
+    count = 1
+    for d in dims:
+        count *= shape[d]
+    return (b.add("mul_public", (g,), {"value": torch.tensor(1.0 / count, dtype=torch.float64)}, name=n.name,
+                  source="").id,)
+
+
+def _relu_bit(b, n, gouts, needs):
+    g = gouts[0]
+    if g is None:
+        return (None,)
+    bit = b.add("take", (n.id,), {"index": 1}, name=n.name, source="")
+    # bit is an exact 0/1 ring integer: the product needs no truncation
+    return (b.add("mul", (g, bit.id), {"truncate": False}, name=n.name, source="").id,)
+
+
+def _sigmoid(b, n, gouts, needs):
+    """d sigmoid = s (1 - s)."""
+    one_minus = b.add("add_public", (b.add("neg", (n.id,), name=n.name, source="").id,),
+                      {"value": torch.tensor(1.0, dtype=torch.float64)}, name=n.name, source="")
+    ds = b.add("mul", (n.id, one_minus.id), name=n.name, source="")
+    return (b.add("mul", (gouts[0], ds.id), name=n.name, source="").id,)
+
+
+def _tanh(b, n, gouts, needs):
+    """d tanh = 1 - t^2."""
+    t2 = b.add("square", (n.id,), name=n.name, source="")
+    one_minus = b.add("add_public", (b.add("neg", (t2.id,), name=n.name, source="").id,),
+                      {"value": torch.tensor(1.0, dtype=torch.float64)}, name=n.name, source="")
+    return (b.add("mul", (gouts[0], one_minus.id), name=n.name, source="").id,)
+
+
+def _cat(b, n, gouts, needs):
+    dim = n.attrs["dim"] % len(n.shape)
+    out, start = [], 0
+    for i, need in zip(n.inputs, needs):
+        size = _shape(b, i)[dim]
+        if need:
+            index = [slice(None)] * dim + [slice(start, start + size)]
+            out.append(b.add("getitem", (gouts[0],), {"index": encode_index(tuple(index))}, name=n.name,
+                             source="").id)
+        else:
+            out.append(None)
+        start += size
+    return tuple(out)
+
+
+def _avg_pool2d(b, n, gouts, needs):
+    """Non-overlapping windows without padding: each input cell gets g of its window / k."""
+    kernel, stride, padding = layer_ops.pool_params(n.attrs)
+    if kernel != stride or padding != (0, 0) or n.attrs.get("divisor"):
+        raise NotImplementedError("avg_pool2d gradient for overlapping or padded windows")
+    shape = _shape(b, n.inputs[0])
+    (kh, kw), (oh, ow) = kernel, n.shape[-2:]
+    if (oh * kh, ow * kw) != tuple(shape[-2:]):
+        raise NotImplementedError("avg_pool2d gradient where the windows do not tile the input")
+    lead = n.shape[:-2]
+    g = b.add("reshape", (gouts[0],), {"shape": (*lead, oh, 1, ow, 1)}, name=n.name, source="").id
+    g = b.add("expand", (g,), {"shape": (*lead, oh, kh, ow, kw)}, name=n.name, source="").id
+    g = b.add("reshape", (g,), {"shape": shape}, name=n.name, source="").id
+    return (b.add("mul_public", (g,), {"value": torch.tensor(1.0 / (kh * kw), dtype=torch.float64)}, name=n.name,
+                  source="").id,)
+
+
+RULES = {
+    "add": _add, "sub": _sub, "neg": _neg, "add_public": _add_public, "mul_public": _mul_public, "mul": _mul,
+    "square": _square, "matmul": _matmul, "matmul_public": _matmul_public, "reshape": _reshape,
+    "transpose": _transpose, "permute": _permute, "expand": _expand, "sum": _sum, "mean": _mean,
+    "relu_bit": _relu_bit, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
+}
+
+for _op, _rule in RULES.items():
+    set_grad(_op, _rule)
+

@@ -1,0 +1,269 @@
+"""Secure training on a cluster: data shared once, one compiled step run step after step.
+
+`share_data` has each data owner secret-share only its own rows (horizontal split) or
+columns (vertical split, labels from the named label owner), concatenates them at the
+parties and optionally normalises the features securely (mean and variance computed on
+shares); the parties keep the result. `train` compiles the step program once, shares
+the model owner's initial weights (optimizer state starts at zero), then runs one job
+per step naming the kept data, weights and state and the public batch indices: the
+parties keep the updated weights under the same handles. Batches follow a public order
+drawn from the job's seed (a public permutation, not a secret: every party knows which
+row indices form a batch, never the rows). The loss is revealed only on the steps asked
+for. The trained model stays secret-shared (`TrainResult.shared` serves `cluster.infer`
+directly) unless `reveal_model` opens it to the caller or a party.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from mpc import ring
+from mpc.compiler.model import compile_model
+from mpc.compiler.training import TrainingProgram, compile_training
+from mpc.inference import SharedModel
+from mpc.ir import TO_CALLER, Job, Node, Program
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the source, row and column."""
+
+
+@dataclass
+class SharedData:
+    """A data set the parties hold as shares: features (n_rows, ...) and targets (n_rows, k)."""
+
+    x_handle: int
+    y_handle: int
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    loss_kind: str  # "classes" (one-hot integers) or "values" (fixed point)
+
+
+@dataclass
+class TrainResult:
+    shared: SharedModel  # the trained weights, still secret-shared
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) where revealed
+    steps: int = 0
+    seconds: float = 0.0
+    rounds_per_step: int = 0
+    bytes_per_step: int = 0
+    dealer_bytes_per_step: int = 0
+
+
+def _targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
+    if loss == "cross_entropy":
+        y = torch.as_tensor(y)
+        if y.dim() != 1:
+            raise DataError(f"{source}: class labels must be one column, got shape {tuple(y.shape)}")
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            row = int((y != y.round()).nonzero()[0])
+            raise DataError(f"{source}: row {row}: label {float(y[row])} is not a class number")
+        y = y.to(torch.int64)
+        bad = ((y < 0) | (y >= n_classes)).nonzero()
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(f"{source}: row {row}: label {int(y[row])} is outside the classes 0..{n_classes - 1}")
+        return torch.nn.functional.one_hot(y, n_classes).to(torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64)
+    return y.view(-1, 1) if y.dim() == 1 else y
+
+
+class TrainingMixin:
+    def share_data(self, parts: dict[int, tuple[torch.Tensor, torch.Tensor | None]], *, loss: str = "cross_entropy",
+                   n_classes: int | None = None, split: str = "rows", label_owner: int | None = None,
+                   normalize: bool = False) -> SharedData:
+        """Each party p in `parts` secret-shares its own (x_p, y_p). `split="rows"`: parties
+        hold different rows, each with its labels. `split="columns"`: parties hold different
+        feature columns of the same rows; `label_owner` holds the labels (y is None elsewhere)."""
+        if split not in ("rows", "columns"):
+            raise DataError(f"split must be 'rows' or 'columns', got {split!r}")
+        if loss == "cross_entropy" and not n_classes:
+            raise DataError("cross-entropy needs n_classes")
+        xs, ys = [], []
+        for p in sorted(parts):
+            if not 0 <= p < self.n_parties:
+                raise DataError(f"data for party {p}, which is not a party of {self.n_parties}")
+            x, y = parts[p]
+            x = torch.as_tensor(x, dtype=torch.float64)
+            if torch.isnan(x).any():
+                row, col = (int(v) for v in torch.isnan(x).nonzero()[0][:2])
+                raise DataError(f"party {p}'s data: row {row}, column {col}: missing value")
+            ring.check_encodable(x, self.frac_bits, what=f"party {p}'s data")
+            xs.append((p, x))
+            if split == "rows" or p == label_owner:
+                if y is None:
+                    raise DataError(f"party {p} gives no labels")
+                if len(y) != len(x):
+                    raise DataError(f"party {p}'s data has {len(x)} rows and {len(y)} labels")
+                ys.append((p, _targets(y, loss, n_classes, f"party {p}'s labels")))
+        if split == "columns":
+            if label_owner is None or not ys:
+                raise DataError("a column split needs label_owner, a party that gives the labels")
+            rows = {len(x) for _, x in xs}
+            if len(rows) != 1:
+                raise DataError(f"a column split needs the same rows at every party, got row counts {sorted(rows)}")
+        elif len({tuple(x.shape[1:]) for _, x in xs}) != 1:
+            raise DataError(f"a row split needs the same columns at every party, got {[tuple(x.shape[1:]) for _, x in xs]}")
+        as_int = loss == "cross_entropy"
+        nodes: list[Node] = []
+        inputs: dict[int, dict[int, torch.Tensor]] = {p: {} for p in range(self.n_parties)}
+        owners = {}
+        for tag, items, integer in (("x", xs, False), ("y", ys, as_int)):
+            for p, value in items:
+                attrs = {"shape": tuple(value.shape), "kind": "private", **({"int": True} if integer else {})}
+                nodes.append(Node(len(nodes), "input", (), attrs, tuple(value.shape), f"data.{tag}[{p}]"))
+                inputs[p][nodes[-1].id] = value
+                owners[nodes[-1].id] = p
+        x_ids = [n.id for n in nodes if n.name.startswith("data.x")]
+        y_ids = [n.id for n in nodes if n.name.startswith("data.y")]
+
+        def cat(ids, dim, name):
+            if len(ids) == 1:
+                return ids[0]
+            shapes = [nodes[i].shape for i in ids]
+            shape = list(shapes[0])
+            shape[dim] = sum(s[dim] for s in shapes)
+            nodes.append(Node(len(nodes), "cat", tuple(ids), {"dim": dim}, tuple(shape), name))
+            return nodes[-1].id
+
+        x_id = cat(x_ids, 0 if split == "rows" else 1, "data.x")
+        y_id = cat(y_ids, 0, "data.y")
+        if normalize:
+            x_id = _normalized(nodes, x_id)
+        x_handle, y_handle = self._new_handle(), self._new_handle()
+        program = Program(tuple(nodes), (), (), self.frac_bits)
+        job = Job(uuid.uuid4().hex, program.digest, owners=owners, keep={x_id: x_handle, y_id: y_handle})
+        self._execute(program, job, inputs)
+        return SharedData(x_handle, y_handle, nodes[x_id].shape, nodes[y_id].shape,
+                          "classes" if as_int else "values")
+
+    def train(self, model: torch.nn.Module, data: SharedData, *, loss: str = "cross_entropy", optimizer=None,
+              epochs: int = 1, batch_size: int = 64, seed: int = 0, model_owner: int = 0,
+              reveal_loss_every: int = 0, on_step: Callable | None = None, program: TrainingProgram | None = None
+              ) -> TrainResult:
+        """Train `model` (its current weights are the model owner's starting point) on `data`."""
+        n_rows = data.x_shape[0]
+        tp = program or compile_training(model, torch.zeros((1, *data.x_shape[1:])), n_rows=n_rows,
+                                         n_outputs=data.y_shape[1], loss=loss, optimizer=optimizer,
+                                         batch_size=batch_size, frac_bits=self.frac_bits)
+        handles = self._share_initial(tp, model_owner)
+        steps_per_epoch = n_rows // tp.batch_size
+        result = TrainResult(self._trained_model(tp, handles))
+        start = time.perf_counter()
+        step = 0
+        for epoch in range(epochs):
+            order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            for k in range(steps_per_epoch):
+                indices = order[k * tp.batch_size:(k + 1) * tp.batch_size]
+                with_loss = bool(reveal_loss_every) and (step + 1) % reveal_loss_every == 0
+                value = self._step(tp, data, handles, step, indices, with_loss)
+                stats = self.last_stats
+                if step == 0:
+                    result.rounds_per_step = max(s.rounds for s in stats)
+                    result.bytes_per_step = max(s.bytes_sent for s in stats)
+                    result.dealer_bytes_per_step = stats[0].dealer_bytes
+                if value is not None:
+                    result.losses.append((step, value))
+                step += 1
+                if on_step:
+                    on_step(epoch, step, value)
+        result.steps = step
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _share_initial(self, tp: TrainingProgram, owner: int) -> dict[str, int]:
+        """Share the initial weights from `owner` and zero optimizer state; handles by name."""
+        items = [(name, value) for name, value in tp.params.items()]
+        items += [(name, torch.zeros(shape, dtype=torch.float64)) for name, shape in tp.state_shapes.items()]
+        nodes = tuple(Node(k, "input", (), {"shape": tuple(v.shape), "kind": "private"}, tuple(v.shape), name)
+                      for k, (name, v) in enumerate(items))
+        handles = {name: self._new_handle() for name, _ in items}
+        program = Program(nodes, (), (), self.frac_bits)
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner for n in nodes},
+                  keep={n.id: handles[n.name] for n in nodes})
+        inputs = {p: ({n.id: v for n, (_, v) in zip(nodes, items)} if p == owner else {}) for p in range(self.n_parties)}
+        self._execute(program, job, inputs)
+        return handles
+
+    def _step(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], step: int,
+              indices: torch.Tensor, with_loss: bool) -> float | None:
+        variant = "step_with_loss" if with_loss else "step"
+        program, roles = getattr(tp, variant), tp.roles[variant]
+        kept = {}
+        for name, nid in roles["inputs"].items():
+            if name == "data.x":
+                kept[nid] = data.x_handle
+            elif name == "data.y":
+                kept[nid] = data.y_handle
+            elif name in handles:
+                kept[nid] = handles[name]
+        keep = {nid: handles[name] for name, nid in roles["updates"].items()}
+        job = Job(uuid.uuid4().hex, program.digest, kept=kept, recipients=tuple(TO_CALLER for _ in program.outputs),
+                  keep=keep, public=tp.public_values(variant, step, indices))
+        outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
+        self.last_program = program
+        self.last_stats = [o.stats for o in outcomes]
+        if not program.outputs:
+            return None
+        nid, scale = program.outputs[0], program.output_scales[0]
+        return float(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+
+    def _trained_model(self, tp: TrainingProgram, handles: dict[str, int]) -> SharedModel:
+        """The trained weights as a SharedModel that `infer` can run (compiled lazily per
+        input shape through `TrainedModel`)."""
+        return SharedModel(_TrainedLayout(tp), -1, {name: handles[name] for name in tp.params})
+
+    def reveal_model(self, result: TrainResult, to: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Open the trained weights to the caller (a state dict) or to party `to` (None here)."""
+        handles = result.shared.handles
+        names = list(handles)
+        shapes = {name: tuple(v.shape) for name, v in result.shared.compiled.params.items()}
+        nodes = tuple(Node(k, "input", (), {"shape": shapes[n], "kind": "kept"}, shapes[n], n)
+                      for k, n in enumerate(names))
+        program = Program(nodes, tuple(range(len(nodes))), (), self.frac_bits)
+        recipient = TO_CALLER if to is None else int(to)
+        job = Job(uuid.uuid4().hex, program.digest, kept={k: handles[n] for k, n in enumerate(names)},
+                  recipients=tuple(recipient for _ in nodes))
+        outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
+        if recipient != TO_CALLER:
+            return None
+        return {n: ring.decode(sum(o.shares[k] for o in outcomes), self.frac_bits).to(torch.float32)
+                for k, n in enumerate(names)}
+
+
+class _TrainedLayout:
+    """What SharedModel needs of a compiled model, for trained weights: a program per
+    input shape whose parameter inputs are named and shaped as in the state dict."""
+
+    def __init__(self, tp: TrainingProgram):
+        self.tp = tp
+        self.params = tp.params
+        self._compiled = {}
+
+    def shared_for(self, shape: tuple[int, ...], handles: dict[str, int]) -> SharedModel:
+        if shape not in self._compiled:
+            compiled = compile_model(self.tp.model, torch.zeros(shape), trainable=True,
+                                     frac_bits=self.tp.step.frac_bits)
+            self._compiled[shape] = SharedModel(compiled, -1, handles)
+        return self._compiled[shape]
+
+
+def _normalized(nodes: list[Node], x_id: int) -> int:
+    """(x - mean) / sqrt(var + 1e-5) per column, computed on shares: appended to `nodes`."""
+    shape = nodes[x_id].shape
+    cols = shape[1:]
+
+    def add(op, inputs, attrs, out_shape):
+        nodes.append(Node(len(nodes), op, tuple(inputs), attrs, tuple(out_shape), "normalize"))
+        return nodes[-1].id
+
+    mean = add("mean", (x_id,), {"dims": (0,), "keepdim": True}, (1, *cols))
+    centred = add("sub", (x_id, mean), {}, shape)
+    var = add("mean", (add("square", (centred,), {}, shape),), {"dims": (0,), "keepdim": True}, (1, *cols))
+    eps = add("add_public", (var,), {"value": torch.tensor(1e-5, dtype=torch.float64)}, (1, *cols))
+    return add("mul", (centred, add("inv_sqrt", (eps,), {}, (1, *cols))), {}, shape)
