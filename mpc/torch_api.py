@@ -316,6 +316,11 @@ def max_pool2d_(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     return max_pool2d(_only_secret(input, "F.max_pool2d"), kernel_size, stride if stride else None, padding)
 
 
+def _max_pool2d_with_indices(*args, **kwargs):
+    raise TypeError("F.max_pool2d(..., return_indices=True) on a secret tensor: pooling indices are not "
+                    "supported; call it without return_indices")
+
+
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """Window sums (local, op `sum_pool2d`) times the public 1/(kh*kw): one truncation round."""
@@ -343,5 +348,6 @@ TABLE[F.linear] = linear
 TABLE[torch.conv2d] = conv2d  # also F.conv2d: the same builtin
 TABLE[F.max_pool2d] = max_pool2d_
 TABLE[torch.max_pool2d] = max_pool2d_
+TABLE[F.max_pool2d_with_indices] = _max_pool2d_with_indices
 TABLE[F.avg_pool2d] = avg_pool2d
 TABLE[F.mse_loss] = mse_loss
