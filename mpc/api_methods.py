@@ -236,10 +236,11 @@ def _in_place(name: str, compute):
     return method
 
 
-_IN_PLACE = ("add", "sub", "mul", "div", "neg", "abs", "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt",
+IN_PLACE = ("add", "sub", "mul", "div", "neg", "abs", "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt",
              "reciprocal", "sign", "clamp", "clip", "square", "pow", "t", "transpose", "squeeze", "unsqueeze")
-for _name in _IN_PLACE:
-    setattr(TensorMethodsMixin, _name + "_", _in_place(_name + "_", lambda self, *a, _n=_name, **k: getattr(self, _n)(*a, **k)))
+for _name in IN_PLACE:
+    setattr(TensorMethodsMixin, _name + "_",
+            _in_place(_name + "_", lambda self, *a, _n=_name, **k: getattr(self, _n)(*a, **k)))
 for _dunder, _op in (("__iadd__", operator.add), ("__isub__", operator.sub), ("__imul__", operator.mul),
                      ("__itruediv__", operator.truediv), ("__imatmul__", operator.matmul)):
     setattr(TensorMethodsMixin, _dunder, _in_place(_dunder, lambda self, other, _op=_op: _op(self, other)))

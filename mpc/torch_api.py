@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mpc.api_functions import FunctionsMixin, max_pool2d, where
+from mpc.api_methods import IN_PLACE
 
 TABLE: dict = {}
 
@@ -128,14 +129,15 @@ _bind("mul multiply __mul__ __rmul__", mul)
 _bind("div divide true_divide __truediv__", div)
 TABLE[torch.Tensor.__rtruediv__] = lambda input, other: div(other, input)
 _bind("matmul __matmul__", matmul)
-_bind("mm bmm", lambda input, other: input.mm(other) if _is_secret(input) and input.dim() == 2 else matmul(input, other))
+_bind("mm", lambda input, other: input.mm(other) if _is_secret(input) else matmul(input, other))
+_bind("bmm", matmul)
 TABLE[torch.Tensor.__rmatmul__] = lambda input, other: matmul(other, input)
 _bind("pow __pow__", power)
 TABLE[torch.Tensor.__rpow__] = lambda input, other: power(other, input)
 _bind("neg negative __neg__", lambda input: -input)
 
 
-def compare(op, swapped):
+def _compare(op, swapped):
     def impl(input, other):
         return getattr(input, op)(other) if _is_secret(input) else getattr(other, swapped)(input)
 
@@ -143,13 +145,13 @@ def compare(op, swapped):
 
 
 for _op, _swapped in (("gt", "lt"), ("ge", "le"), ("lt", "gt"), ("le", "ge"), ("eq", "eq"), ("ne", "ne")):
-    _bind(_op, compare(_op, _swapped), spaces=(torch,))
+    _bind(_op, _compare(_op, _swapped), spaces=(torch,))
     if _op in ("eq", "ne"):
         # `public == secret` reaches Tensor.eq: NotImplemented lets `==` keep Python's identity
         # meaning, as `secret == anything` does; torch.eq(a, b) compares elementwise.
         _bind(f"{_op} __{_op}__", lambda *a, **k: NotImplemented, spaces=(torch.Tensor,))
     else:
-        _bind(f"{_op} __{_op}__", compare(_op, _swapped), spaces=(torch.Tensor,))
+        _bind(f"{_op} __{_op}__", _compare(_op, _swapped), spaces=(torch.Tensor,))
 
 # -- methods whose input is the secret tensor ------------------------------------------------------------------
 
@@ -157,8 +159,8 @@ for _method in ("relu sigmoid tanh exp log sqrt rsqrt reciprocal sign abs square
                 "var std norm t clone detach flatten reshape view expand transpose swapaxes swapdims permute squeeze "
                 "unsqueeze numel softmax log_softmax").split():
     _bind(_method, _secret_first(_method))
-for _method in "relu_ sigmoid_ tanh_ exp_ abs_ sqrt_ neg_ add_ sub_ mul_ div_ clamp_ square_".split():
-    _bind(_method, _secret_first(_method))
+for _method in IN_PLACE:
+    _bind(_method + "_", _secret_first(_method + "_"))
 
 
 _bind("sum", lambda input, dim=None, keepdim=False, *, dtype=None: _secret_first("sum")(input, dim, keepdim))

@@ -2,7 +2,8 @@
 tensors and on secret tensors (alone and mixed with public ones), compared within the
 tolerance stated in its row (absolute, on the operands below), at 2 and 3 parties in
 memory and, for a few rows, over gRPC. The table is the documentation of what is
-supported: `markdown()` renders it, and README.md must print exactly that.
+supported: `markdown()` renders it, and README.md must print exactly that. Errors and
+semantics a row cannot show (in-place rebinding, rounds) are in test_torch_api_semantics.py.
 
     python -c "from tests.test_torch_api import markdown; print(markdown())"
 """
@@ -22,22 +23,22 @@ from mpc.api import SecretTensor
 from tests.conftest import ULP, assert_close
 
 
-def _randn(*shape, seed):
+def seeded_randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 OPERANDS = {  # name: (value, legend)
-    "x": (_randn(4, 5, seed=1) * 2, "4×5, N(0, 4)"),
-    "y": (_randn(4, 5, seed=2) * 0.8, "4×5, N(0, 0.64)"),
+    "x": (seeded_randn(4, 5, seed=1) * 2, "4×5, N(0, 4)"),
+    "y": (seeded_randn(4, 5, seed=2) * 0.8, "4×5, N(0, 0.64)"),
     "p": (torch.rand(4, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 9.5 + 0.5,
           "4×5, U(0.5, 10)"),
-    "c": (_randn(4, 5, seed=4) > 0, "4×5 bool, always public"),
-    "m": (_randn(5, 3, seed=5), "5×3"),
-    "w": (_randn(3, 5, seed=6), "3×5 (a linear layer's weight)"),
-    "b": (_randn(3, seed=7), "3"),
-    "img": (_randn(2, 3, 6, 6, seed=8), "2×3×6×6"),
-    "k": (_randn(4, 3, 3, 3, seed=9) * 0.5, "4×3×3×3 (a conv kernel)"),
-    "kb": (_randn(4, seed=10), "4"),
+    "c": (seeded_randn(4, 5, seed=4) > 0, "4×5 bool, always public"),
+    "m": (seeded_randn(5, 3, seed=5), "5×3"),
+    "w": (seeded_randn(3, 5, seed=6), "3×5 (a linear layer's weight)"),
+    "b": (seeded_randn(3, seed=7), "3"),
+    "img": (seeded_randn(2, 3, 6, 6, seed=8), "2×3×6×6"),
+    "k": (seeded_randn(4, 3, 3, 3, seed=9) * 0.5, "4×3×3×3 (a conv kernel)"),
+    "kb": (seeded_randn(4, seed=10), "4"),
 }
 ALWAYS_PUBLIC = {"c"}
 
@@ -71,7 +72,7 @@ TABLE = [
     Row("torch.neg(x)", ENC),
     Row("x * y", P, "x y | x | y"),
     Row("torch.mul(x, 3)", 2 * ULP),
-    Row("x / p", 2e-4, "x | x p"),
+    Row("x / p", 3e-4, "x | x p"),
     Row("y / p", 1e-4, "p"),
     Row("x @ m", 2e-4, "x m | x | m"),
     Row("torch.matmul(x, m)", 2e-4, "x m | m"),
@@ -79,12 +80,12 @@ TABLE = [
     "powers: products, 2·⌈log₂ n⌉ rounds (SecretTensor.__pow__)",
     Row("x ** 0", EXACT),
     Row("x ** 1", ENC),
-    Row("x ** 2", P),
-    Row("x.square()", P),
-    Row("torch.square(x)", P),
-    Row("x ** 3", 1e-3),
-    Row("torch.pow(y, 4)", 3e-4),
-    Row("y ** 7", 2e-3),
+    Row("x ** 2", 2 * P),
+    Row("x.square()", 2 * P),
+    Row("torch.square(x)", 2 * P),
+    Row("x ** 3", 2e-3),
+    Row("torch.pow(y, 4)", 5e-4),
+    Row("y ** 7", 3e-3),
     Row("2 ** y", 1e-3),
     "piecewise linear and comparisons (secret 0.0/1.0 results)",
     Row("torch.relu(x)", ULP),
@@ -95,7 +96,7 @@ TABLE = [
     Row("torch.clamp(x, min=y)", ULP, "x y | y"),
     Row("torch.maximum(x, y)", ULP, "x y | x | y"),
     Row("torch.minimum(x, y)", ULP, "x y | y"),
-    Row("F.leaky_relu(x, 0.1)", P),
+    Row("F.leaky_relu(x, 0.1)", 2 * P),
     Row("F.hardtanh(x)", ULP),
     Row("x > y", EXACT, "x y | x | y"),
     Row("torch.ge(x, 0.5)", EXACT),
@@ -119,7 +120,7 @@ TABLE = [
     Row("torch.sum(x)", 20 * ULP),
     Row("x.sum(1, keepdim=True)", 5 * ULP),
     Row("torch.mean(x, 0)", 2 * ULP),
-    Row("x.var()", 1e-3),
+    Row("x.var()", 2e-3),
     Row("torch.var(x, 1, correction=0)", 1e-3),
     Row("x.std(dim=0)", 1e-3),
     Row("torch.std(x, 1, keepdim=True)", 1e-3),
@@ -134,7 +135,7 @@ TABLE = [
     Row("torch.argmax(x, 1)", EXACT),
     Row("x.argmin(0)", EXACT),
     Row("torch.max(x, y)", ULP, "x y | y"),
-    Row("F.mse_loss(x, y)", 1e-3, "x y | x"),
+    Row("F.mse_loss(x, y)", 2e-3, "x y | x"),
     "shapes and data movement (local: no communication)",
     Row("torch.cat([x, y])", ULP, "x y | x | y"),
     Row("torch.cat((x, y), dim=1)", ULP, "y"),
@@ -283,132 +284,3 @@ def test_readme_prints_the_table():
     readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "### Secret tensors speak torch" in readme
     assert markdown() in readme, "README's torch table is stale: paste markdown() from tests/test_torch_api.py"
-
-
-# -- bad input: each error names the call and what to do instead ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def three():
-    return mpc.InMemoryCluster(n_parties=3)
-
-
-@pytest.mark.parametrize("call, names", [
-    (lambda x: torch.fft.fft(x), ["torch.fft.fft is not supported on secret tensors", "Nearest supported"]),
-    (lambda x: F.relu6(x), ["torch.nn.functional.relu6 is not supported", "torch.nn.functional.relu"]),
-    (lambda x: torch.cumsum(x, 0), ["torch.cumsum is not supported", "reveal()"]),
-    (lambda x: torch.ones(4, 5).index_put_((torch.tensor([0]),), x), ["torch.Tensor.index_put_"]),
-])
-def test_unsupported_torch_function_names_it_and_the_nearest(three, call, names):
-    with pytest.raises(TypeError) as err:
-        call(three.share(OPERANDS["x"][0]))
-    for name in names:
-        assert name in str(err.value)
-
-
-@pytest.mark.parametrize("exponent, error, words", [
-    (2.5, ValueError, ["secret ** 2.5", "integer exponent", "x.log() * 2.5"]),
-    (0.5, ValueError, ["secret ** 0.5", "x.sqrt()"]),
-    (-1, ValueError, ["secret ** -1", "x.reciprocal() ** 1"]),
-    (9, ValueError, ["secret ** 9", "(x ** 4) ** 3"]),
-    ("2", TypeError, ["public int", "str"]),
-])
-def test_bad_exponent_says_what_to_write(three, exponent, error, words):
-    x = three.share(OPERANDS["y"][0])
-    with pytest.raises(error) as err:
-        x ** exponent
-    for w in words:
-        assert w in str(err.value)
-    with pytest.raises(error):
-        torch.pow(x, exponent)
-
-
-def test_secret_exponent_is_refused(three):
-    x = three.share(OPERANDS["y"][0])
-    with pytest.raises(TypeError, match="secret \\*\\* secret"):
-        torch.pow(x, x)
-
-
-def test_python_branch_on_a_secret_raises(three):
-    x = three.share(OPERANDS["x"][0])
-    with pytest.raises(TypeError, match="truth value of a SecretTensor is secret.*torch.where"):
-        if x.sum() > 0:
-            pass
-    with pytest.raises(TypeError, match="truth value"):
-        while torch.max(x) > 1:
-            pass
-    with pytest.raises(TypeError, match="truth value"):
-        (x > 0) and (x < 1)
-
-
-@pytest.mark.parametrize("call, words", [
-    (lambda x: F.softmax(x), ["softmax", "dim="]),
-    (lambda x: F.dropout(x, 0.5), ["training=False"]),
-    (lambda x: F.max_pool2d(x.reshape(1, 1, 4, 5), 2, return_indices=True), ["return_indices"]),
-    (lambda x: F.avg_pool2d(x.reshape(1, 1, 4, 5), 2, ceil_mode=True), ["ceil_mode=False"]),
-    (lambda x: torch.div(x, 2, rounding_mode="floor"), ["rounding_mode='floor'"]),
-    (lambda x: torch.where(x > 0), ["one argument"]),
-    (lambda x: x.norm(p=3), ["p=1, 2 or inf"]),
-    (lambda x: x.reshape(1, 4, 5).mm(torch.ones(5, 2)), ["mm expects 2-d", "matmul"]),
-    (lambda x: F.conv2d(x.reshape(1, 1, 4, 5), torch.ones(1, 1, 3, 3), padding="same"), ["padding='same'"]),
-])
-def test_unsupported_arguments_raise_clearly(three, call, words):
-    with pytest.raises((TypeError, ValueError)) as err:
-        call(three.share(OPERANDS["x"][0]))
-    for w in words:
-        assert w in str(err.value)
-
-
-# -- semantics that a table row cannot show -------------------------------------------------------------------
-
-
-def test_in_place_rebinds_the_handle(three):
-    value = OPERANDS["x"][0]
-    x = three.share(value)
-    alias, view = x, x[0]  # the alias sees updates, as in torch; the view taken before does not
-    out = x.add_(1)
-    x.relu_()
-    x *= 2
-    assert out is x and alias is x
-    got_x, got_view = three.reveal(x, view)
-    assert_close(got_x, torch.relu(value + 1) * 2, 2 * ULP, "x after add_, relu_, *=")
-    assert_close(got_view, value[0], ULP, "view taken before the updates")
-    y = x.clone()
-    y.sub_(1)
-    assert_close(x.reveal(), torch.relu(value + 1) * 2, 2 * ULP, "a clone's update leaves x alone")
-
-
-@pytest.mark.parametrize("n, revealed_rounds", [(2, 1), (3, 3), (4, 3), (5, 5), (7, 5), (8, 5)])
-def test_power_rounds_are_as_documented(three, n, revealed_rounds):
-    """2 * ceil(log2 n) rounds, one fewer when revealed at once (SecretTensor.__pow__)."""
-    y = three.share(OPERANDS["y"][0])
-    (y ** n).reveal()
-    assert max(s.rounds for s in three.last_stats) == revealed_rounds
-    (y ** n + 1).reveal()
-    assert max(s.rounds for s in three.last_stats) == revealed_rounds + 1
-
-
-def test_square_opens_one_value_where_a_product_opens_two(three):
-    x = three.share(_randn(1000, seed=11))
-    (x.square() + 0).reveal()
-    square_bytes = sum(s.bytes_sent for s in three.last_stats)
-    (x * x + 0).reveal()
-    assert sum(s.bytes_sent for s in three.last_stats) > 1.3 * square_bytes
-
-
-def test_public_first_operands_and_parameters_dispatch(three):
-    value, weight = OPERANDS["x"][0], torch.nn.Parameter(OPERANDS["w"][0].clone())
-    x = three.share(value)
-    got = three.reveal(F.linear(x, weight), weight @ x.t(), torch.ones(4, 5) - x, 1.0 / (x.abs() + 1))
-    assert_close(got[0], F.linear(value, weight.detach()), 2e-4, "F.linear(secret, Parameter)")
-    assert_close(got[1], weight.detach() @ value.t(), 2e-4, "Parameter @ secret")
-    assert_close(got[2], 1 - value, ULP, "public - secret")
-    assert_close(got[3], 1 / (value.abs() + 1), 1e-4, "number / secret")
-    assert (torch.zeros(4, 5) == x) is False  # `==` keeps Python's identity meaning, as secret == public does
-
-
-def test_dtype_and_device_are_the_public_view(three):
-    x = three.share(OPERANDS["x"][0].float())
-    assert x.dtype == torch.float64 == x.reveal().dtype
-    assert x.device == torch.device("cpu") == x.reveal().device
-    assert x.is_floating_point()
