@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from mpc import ring
+from mpc import torch_api
 from mpc.api_functions import FunctionsMixin
+from mpc.api_methods import TensorMethodsMixin
 from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
 from mpc.inference import InferenceMixin, SharedModel
@@ -45,10 +47,16 @@ class _Pending:
     value: torch.Tensor
 
 
-class SecretTensor(FunctionsMixin):
+class SecretTensor(TensorMethodsMixin, FunctionsMixin):
     """A secret-shared tensor: a node in the cluster's graph. Ops follow torch semantics."""
 
     __array_priority__ = 1000  # let our reflected operators win over numpy's
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """torch.*, torch.nn.functional.* and tensor methods given a secret tensor anywhere
+        in their arguments: see mpc.torch_api (an unsupported one raises TypeError)."""
+        return torch_api.dispatch(func, args, kwargs or {})
 
     def __init__(self, cluster: "_Cluster", node: Node):
         self._cluster = cluster
@@ -69,9 +77,6 @@ class SecretTensor(FunctionsMixin):
 
     def numel(self) -> int:
         return self.shape.numel()
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return f"SecretTensor(shape={tuple(self.shape)}, node={self._node.id}, op={self._node.op})"

@@ -57,10 +57,11 @@ CASES = {
 
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
+TRAINING_OPS = {"relu_bit", "gather_rows", "rescale"}  # test_prediction_equals_measurement_for_training
 
 
 def test_every_op_is_covered():
-    covered = set().union(*(ops for ops, _ in CASES.values())) | {"input", "take"} | MODEL_OPS  # take: test_compiler
+    covered = set().union(*(ops for ops, _ in CASES.values())) | {"input", "take"} | MODEL_OPS | TRAINING_OPS  # take: test_compiler
     assert set(OPS) - covered == set(), "add a cost-model case for these ops"
 
 
@@ -102,6 +103,24 @@ def test_prediction_equals_measurement_for_models(name, options, n_parties):
     cluster = mpc.InMemoryCluster(n_parties=n_parties)
     cluster.infer(compiled, x)
     cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,))
+    stats = cluster.last_stats
+    assert [s.bytes_sent for s in stats] == cost.bytes_sent
+    assert max(s.rounds for s in stats) == cost.total_rounds
+    assert stats[0].dealer_bytes == cost.dealer_bytes
+
+
+@pytest.mark.parametrize("n_parties", [2, 3, 5])
+@pytest.mark.parametrize("reveal_loss", [False, True])
+def test_prediction_equals_measurement_for_training(n_parties, reveal_loss):
+    from mpc.compiler.training import SGD
+
+    torch.manual_seed(0)
+    cluster = mpc.InMemoryCluster(n_parties=n_parties)
+    x, y = _t(40, 6), (_t(40) > 0).long()
+    data = cluster.share_data({0: (x[:20], y[:20]), 1: (x[20:], y[20:])}, n_classes=2)
+    cluster.train(models.MLP((6, 5, 5, 2)), data, optimizer=SGD(0.1, momentum=0.9), batch_size=10, epochs=1,
+                  reveal_loss_every=1 if reveal_loss else 0)
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,) * len(cluster.last_program.outputs))
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert max(s.rounds for s in stats) == cost.total_rounds

@@ -6,7 +6,7 @@ into a Program; schedule.py fuses rounds; cost.py predicts rounds and bytes at c
 time; validate.py is what a party checks in a program it is sent.
 """
 
-from mpc.compiler import layer_ops, nonlinear_ops, ops  # noqa: F401  (register their ops)
+from mpc.compiler import layer_ops, nonlinear_ops, ops, train_ops  # noqa: F401  (register their ops)
 from mpc.compiler.cost import Cost, estimate
 from mpc.compiler.extract import Extracted, extract
 from mpc.compiler.graph import GraphBuilder
