@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from mpc.net import framing, serde
+from mpc.net import framing, serde, tls
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
@@ -26,23 +26,50 @@ SERVICE = "mpc.net.proto.Dealer"
 
 
 class DealerService:
-    """Holds one seed per party and turns correlation specs into party 0's corrections."""
+    """Holds one seed per party and turns correlation specs into party 0's corrections.
 
-    def __init__(self, n_parties: int):
+    `authenticated`: callers are who their TLS certificate says (party-K); without it
+    (plaintext on loopback) the pid in the request is taken at its word."""
+
+    def __init__(self, n_parties: int, authenticated: bool = True):
         self.n_parties = n_parties
+        self.authenticated = authenticated
         self.seeds = [new_seed() for _ in range(n_parties)]
         self.bytes_sent = 0
 
+    async def _caller(self, context, claimed: int, method: str) -> int:
+        """The calling party's id, from its certificate; a request claiming another is refused."""
+        if not self.authenticated:
+            return claimed
+        identity = tls.peer_identity(context)
+        pid = tls.party_id(identity)
+        if pid is None or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method} from {identity or 'an unidentified peer'}: not a party of this cluster")
+        if claimed != pid:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method}: certificate {identity} claims to be party {claimed}")
+        return pid
+
+    async def _refuse(self, context, code: grpc.StatusCode, why: str) -> None:
+        message = f"dealer refused {why}"
+        log.warning("%s", message)
+        await context.abort(code, message)
+
     async def hello(self, request: pb.DealerHello, context) -> pb.DealerSeed:
-        if request.n_parties != self.n_parties or request.pid >= self.n_parties:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"dealer serves {self.n_parties} parties; party {request.pid} of {request.n_parties} said hello")
-        log.info("seed sent to party %d", request.pid)
-        return pb.DealerSeed(seed=self.seeds[request.pid])
+        pid = await self._caller(context, request.pid, "Hello")
+        if request.n_parties != self.n_parties or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Hello: dealer serves {self.n_parties} parties; party {pid} of "
+                               f"{request.n_parties} said hello")
+        log.info("seed sent to party %d", pid)
+        return pb.DealerSeed(seed=self.seeds[pid])
 
     async def correlations(self, request: pb.CorrelationRequest, context):
-        if request.pid != 0:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only party 0 receives corrections")
+        pid = await self._caller(context, request.pid, "Correlations")
+        if pid != 0:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"Correlations to party {pid}: only party 0 receives corrections")
         try:
             specs = [serde.spec_from_proto(s) for s in request.specs]
             pieces = await asyncio.to_thread(
@@ -66,10 +93,10 @@ class DealerService:
 
 
 class GrpcDealerLink(DealerLink):
-    def __init__(self, pid: int, n_parties: int, address: str, credentials=None):
+    def __init__(self, pid: int, n_parties: int, address: str, creds: tls.Credentials | None = None):
         super().__init__()
         self.pid, self.n_parties, self.address = pid, n_parties, address
-        self._channel = client_channel(address, credentials)
+        self._channel = client_channel(address, creds, tls.DEALER)
         self._seed: bytes | None = None
 
     async def connect(self, timeout: float) -> None:

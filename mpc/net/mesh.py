@@ -22,7 +22,7 @@ from typing import Callable
 
 import grpc
 
-from mpc.net import framing
+from mpc.net import framing, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
 from mpc.runtime.transport import PeerFailure, Transport
@@ -42,22 +42,24 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def client_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
-    """A channel with the runtime's message limits and keepalive; TLS when given credentials."""
-    if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+def client_channel(address: str, creds: tls.Credentials | None = None, server: str | None = None) -> grpc.aio.Channel:
+    """A channel with the runtime's message limits and keepalive. With `creds`, mutual TLS
+    that accepts only the server whose certificate names `server` (e.g. "party-1")."""
+    if creds is not None:
+        return grpc.aio.secure_channel(address, creds.channel_credentials(),
+                                       options=CHANNEL_OPTIONS + tls.channel_options(server))
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class GrpcMesh(Transport):
     def __init__(self, pid: int, n_parties: int, addresses: dict[int, str], *,
-                 credentials: grpc.ChannelCredentials | None = None,
+                 creds: tls.Credentials | None = None,
                  chunk_bytes: int = framing.DEFAULT_CHUNK_BYTES, round_timeout: float = 120.0,
                  known_job: Callable[[str], bool] = lambda job: True,
                  on_dead: Callable[[str], None] = lambda reason: None):
         super().__init__(pid, n_parties)
         self.addresses = addresses
-        self.credentials = credentials
+        self.creds = creds  # None: plaintext, where a stream's HELLO is taken at its word
         self.chunk_bytes = chunk_bytes
         self.round_timeout = round_timeout
         self.known_job = known_job
@@ -97,7 +99,7 @@ class GrpcMesh(Transport):
 
     async def _open(self, peer: int, timeout: float) -> None:
         addr = self.addresses[peer]
-        channel = client_channel(addr, self.credentials)
+        channel = client_channel(addr, self.creds, tls.party_name(peer))
         self._channels[peer] = channel
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
@@ -137,11 +139,15 @@ class GrpcMesh(Transport):
 
     async def handle_exchange(self, request_iterator, context):
         sender = None
+        certified = await self._certified_sender(context)
         try:
             async for msg in request_iterator:
                 try:
                     header, payload = framing.decode_frame(msg)
                     if sender is None:
+                        if certified is not None and header.sender != certified:
+                            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                                               f"certificate party-{certified} claims sender {header.sender}")
                         sender = self._accept_hello(header, payload)
                         continue
                     if header.sender != sender:
@@ -159,6 +165,22 @@ class GrpcMesh(Transport):
             if sender is not None:
                 self._inbound.discard(sender)
                 self._mark_dead(sender, "connection lost")
+
+    async def _certified_sender(self, context) -> int | None:
+        """The peer's party id from its certificate (None in plaintext); anyone else is refused."""
+        if self.creds is None:
+            return None
+        identity = tls.peer_identity(context)
+        pid = tls.party_id(identity)
+        if pid is None or pid == self.pid or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{identity or 'a peer without an identity'} is not a peer of party {self.pid}")
+        return pid
+
+    async def _refuse(self, context, code: grpc.StatusCode, why: str) -> None:
+        message = f"party {self.pid} refused an Exchange stream: {why}"
+        log.warning("%s", message)
+        await context.abort(code, message)
 
     def _accept_hello(self, header, payload) -> int:
         if header.tag != pb.FRAME_HELLO:

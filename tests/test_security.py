@@ -1,0 +1,155 @@
+"""Attacks, run as an attacker would: real party and dealer processes on loopback, and
+this test process as the outsider (no certificate, another CA's, a client's) or as a
+party that asks for what is not its own. Each attack must be refused with a gRPC status
+that names what and why, and a legitimate job run beside it must still come out right."""
+
+import asyncio
+import subprocess
+import sys
+
+import grpc
+import pytest
+import torch
+
+import mpc
+from mpc.net import framing, tls
+from mpc.net.mesh import CHANNEL_OPTIONS
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+from tests.conftest import ULP, assert_close
+
+pytestmark = pytest.mark.slow
+
+HELLO = "/mpc.net.proto.Dealer/Hello"
+CORRELATIONS = "/mpc.net.proto.Dealer/Correlations"
+EXCHANGE = "/mpc.net.proto.Party/Exchange"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with mpc.LocalCluster(n_parties=3, connect_timeout=20) as c:
+        yield c
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def still_works(cluster, seed=0):
+    """A legitimate job beside the attack: a product of two parties' inputs, revealed."""
+    x, y = rand(5, seed=seed), rand(5, seed=seed + 1)
+    assert_close((cluster.share(x, 0) * cluster.share(y, 1)).reveal(), x * y, 4 * ULP, "job beside the attack")
+
+
+def call(address, fn, creds: tls.Credentials | None = None, expect: str | None = None):
+    """Run `await fn(channel)` on a fresh channel: plaintext, or TLS with `creds` dialing `expect`."""
+    async def go():
+        if creds is None:
+            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            ch = grpc.aio.secure_channel(address, creds.channel_credentials(),
+                                         options=CHANNEL_OPTIONS + tls.channel_options(expect))
+        async with ch:
+            return await fn(ch)
+    return asyncio.run(go())
+
+
+def hello(pid, n=3):
+    async def fn(ch):
+        return await ch.unary_unary(HELLO, request_serializer=pb.DealerHello.SerializeToString,
+                                    response_deserializer=pb.DealerSeed.FromString)(
+            pb.DealerHello(pid=pid, n_parties=n), timeout=10)
+    return fn
+
+
+def refused(address, fn, creds=None, expect=None) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        call(address, fn, creds, expect)
+    return info.value
+
+
+def exchange(frames):
+    async def fn(ch):
+        c = ch.stream_stream(EXCHANGE, request_serializer=None, response_deserializer=pb.ExchangeReply.FromString)(
+            iter(frames), timeout=10)
+        return [r async for r in c]
+    return fn
+
+
+# -- who may connect at all (mutual TLS) --------------------------------------------------------------
+
+
+def test_plaintext_outsider_reaches_neither_dealer_nor_parties(cluster):
+    err = refused(cluster.config.dealer, hello(1))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no handler ever runs
+    err = refused(cluster.config.parties[0], exchange(list(framing.encode_frames(b"", tag=pb.FRAME_HELLO,
+                                                                                   sender=1))))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    still_works(cluster)
+
+
+def test_certificate_of_another_ca_is_refused(cluster, tmp_path):
+    other = tls.CertificateAuthority.create("mallory CA").issue("party-1")
+    err = refused(cluster.config.dealer, hello(1), other, tls.DEALER)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    still_works(cluster)
+
+
+def test_client_certificate_gets_no_seed_and_no_stream(cluster):
+    eve = cluster.ca.issue("client-eve")
+    err = refused(cluster.config.dealer, hello(1), eve, tls.DEALER)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client-eve" in err.details() and "not a party" in err.details()
+    err = refused(cluster.config.parties[0], exchange(list(framing.encode_frames(b"", tag=pb.FRAME_HELLO,
+                                                                                   sender=2))), eve, "party-0")
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client-eve" in err.details()
+    still_works(cluster)
+
+
+def test_party_certificate_cannot_claim_another_party(cluster):
+    mallory = cluster.ca.issue("party-2")  # a stolen or colluding party-2 key, claiming party 1
+    err = refused(cluster.config.dealer, hello(1), mallory, tls.DEALER)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "party-2" in err.details() and "party 1" in err.details()
+    err = refused(cluster.config.parties[0], exchange(list(framing.encode_frames(b"", tag=pb.FRAME_HELLO,
+                                                                                   sender=1))), mallory, "party-0")
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "party-2" in err.details() and "sender 1" in err.details()
+    still_works(cluster)
+
+
+def test_client_checks_it_reached_the_party_it_dialed(cluster):
+    """Dialing party 0's address while expecting party 1 fails: a server is who its certificate says."""
+    me = cluster.ca.issue("client-probe")
+    health = lambda ch: pb_grpc.PartyStub(ch).Health(pb.HealthRequest(), timeout=10)  # noqa: E731
+    assert call(cluster.config.parties[0], health, me, "party-0").pid == 0
+    err = refused(cluster.config.parties[0], health, me, "party-1")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("module,args", [
+    ("parties.dealer", ["--listen", "0.0.0.0:0", "--n-parties", "2", "--insecure"]),
+    ("parties.party", ["--pid", "0", "--listen", "127.0.0.1:0", "--config", "-", "--insecure"]),
+])
+def test_plaintext_off_loopback_is_refused_at_start(module, args):
+    config = ('n_parties = 2\n[dealer]\naddress = "127.0.0.1:9"\n[[parties]]\npid = 0\naddress = "127.0.0.1:0"\n'
+              '[[parties]]\npid = 1\naddress = "10.9.8.7:5000"\n')
+    proc = subprocess.run([sys.executable, "-m", module, *args], input=config, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "plaintext refused" in proc.stderr and "only loopback" in proc.stderr, proc.stderr
+    assert ("0.0.0.0:0" if module == "parties.dealer" else "party 1 at 10.9.8.7:5000") in proc.stderr
+
+
+def test_processes_without_certificates_or_insecure_flag_do_not_start():
+    proc = subprocess.run([sys.executable, "-m", "parties.dealer", "--n-parties", "2"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--certs" in proc.stderr and "--insecure" in proc.stderr, proc.stderr
+
+
+def test_plaintext_cluster_on_loopback_only_when_asked():
+    x = rand(4)
+    with mpc.LocalCluster(n_parties=2, tls=False) as c:
+        assert_close((c.share(x, 0) * 2).reveal(), x * 2, ULP)
+        assert c.ca is None
