@@ -117,12 +117,12 @@ def machine_info(threads: int) -> dict:
 
 
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print) -> dict:
+        progress=print, tls: bool = True) -> dict:
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     results = []
-    with LocalCluster(n_parties=n_parties, torch_threads=threads) as cluster:
+    with LocalCluster(n_parties=n_parties, torch_threads=threads, tls=tls) as cluster:
         for name in names:
             progress(f"running {name} ({WORKLOADS[name].describe}) on {n_parties} parties")
             results.append({"name": name, "parties": n_parties, **run_ours(cluster, WORKLOADS[name], reps)})

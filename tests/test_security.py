@@ -153,3 +153,105 @@ def test_plaintext_cluster_on_loopback_only_when_asked():
     with mpc.LocalCluster(n_parties=2, tls=False) as c:
         assert_close((c.share(x, 0) * 2).reveal(), x * 2, ULP)
         assert c.ca is None
+
+
+# -- the dealer: its own seed once, corrections to party 0 once per job ----------------------------------
+
+
+@pytest.fixture
+def dealer(tmp_path):
+    """A dealer process on its own, with a CA whose every certificate this test holds."""
+    from mpc.launcher import _Process
+
+    tls.make_cluster_certs(tmp_path, 3, clients=("eve",))
+    proc = _Process("dealer", [sys.executable, "-m", "parties.dealer", "--listen", "127.0.0.1:0", "--n-parties", "3",
+                               "--certs", str(tmp_path)], dict(__import__("os").environ))
+    try:
+        port = proc.expect("LISTENING", __import__("time").monotonic() + 60)
+        yield f"127.0.0.1:{port}", {i: tls.Credentials.load(tmp_path, i) for i in
+                                    ["party-0", "party-1", "party-2", "client-eve"]}
+    finally:
+        proc.stop(5)
+
+
+def correlations(job, specs, epoch=b""):
+    from mpc.net import serde
+
+    async def fn(ch):
+        request = pb.CorrelationRequest(job_id=job, pid=0, specs=[serde.spec_to_proto(s) for s in specs], epoch=epoch)
+        c = ch.unary_stream(CORRELATIONS, request_serializer=pb.CorrelationRequest.SerializeToString,
+                            response_deserializer=None)(request, timeout=10)
+        part = None
+        async for msg in c:
+            header, payload = framing.decode_frame(msg)
+            part = part or framing.Reassembly(header)
+            if part.add(header, payload):
+                return bytes(part.buffer)
+    return fn
+
+
+def test_each_party_gets_its_own_seed_once_with_a_checkable_fingerprint(dealer):
+    from mpc.net.dealer import session_fingerprint, seed_commitment
+
+    address, creds = dealer
+    replies = {p: call(address, hello(p), creds[f"party-{p}"], tls.DEALER) for p in range(3)}
+    epochs = {r.epoch for r in replies.values()}
+    assert len(epochs) == 1 and len(epochs.pop()) == 16
+    for p, r in replies.items():
+        assert r.commitments == replies[0].commitments  # every party sees the same session
+        assert r.commitments[p] == seed_commitment(r.epoch, p, r.seed) and len(r.seed) == 16
+    assert len({r.seed for r in replies.values()}) == 3
+    assert len({session_fingerprint(r.epoch, list(r.commitments)) for r in replies.values()}) == 1
+    err = refused(address, hello(1), creds["party-1"], tls.DEALER)  # a second Hello, e.g. with a stolen key
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "party 1 already received its seed" in err.details()
+
+
+def test_corrections_go_to_party_0_only_once_per_job(dealer):
+    from mpc.protocols import correlations as corr
+
+    address, creds = dealer
+    epoch = call(address, hello(0), creds["party-0"], tls.DEALER).epoch
+    specs = [corr.mul_triple((4,), (4,))]
+    for who in ["party-1", "client-eve"]:
+        err = refused(address, correlations("job-a", specs, epoch), creds[who], tls.DEALER)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, who
+    assert len(call(address, correlations("job-a", specs, epoch), creds["party-0"], tls.DEALER)) == 32
+    err = refused(address, correlations("job-a", [corr.matmul_triple((2, 3), (3, 2))], epoch), creds["party-0"],
+                  tls.DEALER)  # a replayed job id would hand out the same streams again, under other shapes
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and "job id 'job-a'" in err.details()
+    err = refused(address, correlations("job-b", specs, b"\0" * 16), creds["party-0"], tls.DEALER)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "session" in err.details()
+
+
+@pytest.mark.parametrize("spec", [("matmul", (2, 0), (0, 3)), ("conv2d", (1, 0, 4, 4), (2, 0, 3, 3))])
+def test_degenerate_spec_does_not_leak_other_parties_streams(dealer, spec):
+    """(2x0) @ (0x3) has c = 0, so its correction would be minus the other parties' c streams."""
+    from mpc.protocols import correlations as corr
+
+    address, creds = dealer
+    epoch = call(address, hello(0), creds["party-0"], tls.DEALER).epoch
+    kind, a, b = spec
+    s = corr.matmul_triple(a, b) if kind == "matmul" else corr.conv2d_triple(a, b, (1, 1), (0, 0), (1, 1), 1)
+    err = refused(address, correlations("job-d", [corr.mul_triple((2,), (2,)), s], epoch), creds["party-0"],
+                  tls.DEALER)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec 1" in err.details() and "empty" in err.details()
+
+
+def test_restarted_dealer_fails_the_job_naming_the_dealer():
+    from mpc.launcher import _Process
+
+    x = rand(6)
+    with mpc.LocalCluster(n_parties=3, round_timeout=20) as c:
+        assert_close((c.share(x, 0) * c.share(x, 1)).reveal(), x * x, 4 * ULP)
+        old = c.processes[0]
+        old.stop(5)
+        new = _Process("dealer again", [sys.executable, "-m", "parties.dealer", "--listen", c.config.dealer,
+                                        "--n-parties", "3", "--certs", c.certs_dir.name],
+                       dict(__import__("os").environ))
+        c.processes.append(new)
+        new.expect("LISTENING", __import__("time").monotonic() + 60)
+        with pytest.raises(mpc.MPCError, match="dealer") as info:
+            (c.share(x, 0) * c.share(x, 1)).reveal()
+        assert "restarted" in str(info.value)

@@ -65,7 +65,7 @@ class PartyServer:
                              round_timeout=config.round_timeout, known_job=self._known_job,
                              on_dead=self._lose)
         self._mesh_ready.set()
-        self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.creds)
+        self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.creds, config.round_timeout)
         await asyncio.gather(self.dealer.connect(config.connect_timeout), self.mesh.connect(config.connect_timeout))
         self.session = PartySession(self.mesh, self.dealer)
         self.ready.set()
