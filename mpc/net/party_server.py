@@ -24,6 +24,7 @@ from mpc.runtime.transport import PeerFailure, ProtocolViolation
 log = logging.getLogger(__name__)
 
 SERVICE = "mpc.net.proto.Party"
+MESH_WAIT_S = 60.0
 SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
                                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
@@ -63,10 +64,15 @@ class PartyServer:
         self.config = config
         self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, creds=self.creds,
                              round_timeout=config.round_timeout, known_job=self._known_job,
-                             on_dead=self._lose)
+                             on_dead=self._lose, session=None)
         self._mesh_ready.set()
         self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.creds, config.round_timeout)
-        await asyncio.gather(self.dealer.connect(config.connect_timeout), self.mesh.connect(config.connect_timeout))
+        # The dealer first: every HELLO to a peer carries the dealer session's fingerprint,
+        # so parties served by different dealer sessions never start computing together.
+        start = asyncio.get_running_loop().time()
+        await self.dealer.connect(config.connect_timeout)
+        self.mesh.set_session(self.dealer.fingerprint)
+        await self.mesh.connect(max(1.0, config.connect_timeout - (asyncio.get_running_loop().time() - start)))
         self.session = PartySession(self.mesh, self.dealer)
         self.ready.set()
 
@@ -85,7 +91,11 @@ class PartyServer:
     # -- servicer methods ----------------------------------------------------------------------
 
     async def exchange(self, request_iterator, context):
-        await self._mesh_ready.wait()
+        try:  # a stream that comes before join() waits for it, within a deadline
+            await asyncio.wait_for(self._mesh_ready.wait(), MESH_WAIT_S)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} has not joined its cluster "
+                                                             f"after {MESH_WAIT_S:.0f} s")
         async for reply in self.mesh.handle_exchange(request_iterator, context):
             yield reply
 
