@@ -3,9 +3,12 @@ this test process as the outsider (no certificate, another CA's, a client's) or 
 party that asks for what is not its own. Each attack must be refused with a gRPC status
 that names what and why, and a legitimate job run beside it must still come out right."""
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -14,7 +17,9 @@ import pytest
 import mpc
 from mpc.launcher import _Process
 from mpc.net import framing, serde, tls
-from mpc.net.dealer import seed_commitment, session_fingerprint
+from mpc.net.config import ClusterConfig
+from mpc.net.dealer import GrpcDealerLink, seed_commitment, session_fingerprint
+from mpc.net.mesh import EXCHANGE_METHOD, client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 from mpc.protocols import correlations as corr
@@ -211,3 +216,128 @@ def test_oversized_and_truncated_frames_get_a_status_while_a_job_runs_beside(clu
         err = refused(cluster.config.parties[0], exchange(frames), mallory, "party-0")
         assert err.code() == code and words in err.details() and "party 0" in err.details(), err.details()
     still_works(cluster)
+
+
+# -- a party that is in, misbehaving: a real cluster whose party 2 is this test ---------------------------------
+
+
+class FakeParty:
+    """Party 2 of a real 3-party cluster, played by this test: it says hello to the dealer
+    and to parties 0 and 1 as an honest party would, then sends what it likes."""
+
+    def __init__(self, certs):
+        self.creds = tls.Credentials.load(certs, "party-2")
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.queues, self.calls, self.channels = {}, {}, []
+        self.port = self.run(self._serve())
+
+    def run(self, coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _serve(self):
+        async def drain(requests, context):  # accept the parties' streams, answer nothing
+            async for _ in requests:
+                pass
+            return
+            yield
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("mpc.net.proto.Party", {
+            "Exchange": grpc.stream_stream_rpc_method_handler(drain)}),))
+        port = self.server.add_secure_port("127.0.0.1:0", self.creds.server_credentials())
+        await self.server.start()
+        return port
+
+    async def _join(self, dealer, parties, session=None):
+        link = GrpcDealerLink(2, 3, dealer, self.creds)
+        await link.connect(30)
+        await link.close()
+        self.fingerprint = session or link.fingerprint
+        for p, address in parties.items():
+            ch = client_channel(address, self.creds, tls.party_name(p))
+            self.channels.append(ch)
+            q = self.queues[p] = asyncio.Queue()
+
+            async def frames(q=q):
+                while (item := await q.get()) is not None:
+                    yield item
+            self.calls[p] = ch.stream_stream(EXCHANGE_METHOD, request_serializer=None,
+                                             response_deserializer=pb.ExchangeReply.FromString)(frames())
+            self.send(p, list(framing.encode_frames(self.fingerprint, tag=pb.FRAME_HELLO, sender=2)))
+
+    def join(self, dealer, parties, session=None):
+        self.run(self._join(dealer, parties, session))
+
+    def send(self, p, frames):
+        for f in frames:
+            self.loop.call_soon_threadsafe(self.queues[p].put_nowait, f)
+
+    def status(self, p):
+        async def wait():
+            try:
+                async for _ in self.calls[p]:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), exc.details()
+            return grpc.StatusCode.OK, ""
+        return self.run(wait())
+
+    def stop(self):
+        async def close():
+            for p, q in self.queues.items():
+                q.put_nowait(None)
+                self.calls[p].cancel()
+            for ch in self.channels:
+                await ch.close()
+            await self.server.stop(0)
+        self.run(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@contextlib.contextmanager
+def cluster_with_fake_party_2(certs, session=None):
+    """A dealer and parties 0 and 1 as processes, party 2 played by this test (HELLOs sent)."""
+    tls.make_cluster_certs(certs, 3)
+    env = dict(os.environ)
+    procs = [_Process("dealer", [sys.executable, "-m", "parties.dealer", "--listen", "127.0.0.1:0", "--n-parties", "3",
+                                 "--certs", str(certs)], env)]
+    fake = FakeParty(certs)
+    try:
+        deadline = time.monotonic() + 60
+        dealer = f"127.0.0.1:{procs[0].expect('LISTENING', deadline)}"
+        for p in (0, 1):
+            procs.append(_Process(f"party {p}", [sys.executable, "-m", "parties.party", "--pid", str(p), "--listen",
+                                                 "127.0.0.1:0", "--config", "-", "--certs", str(certs)], env))
+        ports = [proc.expect("LISTENING", deadline) for proc in procs[1:]]
+        parties = {0: f"127.0.0.1:{ports[0]}", 1: f"127.0.0.1:{ports[1]}", 2: f"127.0.0.1:{fake.port}"}
+        config = ClusterConfig(3, dealer, parties, connect_timeout=20).to_toml()
+        for proc in procs[1:]:
+            proc.proc.stdin.write(config)
+            proc.proc.stdin.close()
+        fake.join(dealer, {0: parties[0], 1: parties[1]}, session)
+        yield procs, fake
+    finally:
+        fake.stop()
+        for proc in procs:
+            proc.stop(5)
+
+
+def test_re_hello_from_an_established_party_is_fatal_for_the_pair(tmp_path):
+    with cluster_with_fake_party_2(tmp_path) as (procs, fake):
+        for proc in procs[1:]:
+            proc.expect("READY", time.monotonic() + 60)
+        # The attack: a second HELLO on party 2's established stream to party 0, with a fresh key.
+        fake.send(0, list(framing.encode_frames(fake.fingerprint + bytes(16), tag=pb.FRAME_HELLO, sender=2)))
+        code, details = fake.status(0)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "second HELLO from party 2" in details, details
+        assert procs[1].proc.wait(timeout=30) == 3  # party 0 stops, naming party 2 and the cause
+        assert "party 2" in procs[1].stderr_tail() and "second HELLO" in procs[1].stderr_tail()
+
+
+def test_party_of_another_dealer_session_is_refused_at_start(tmp_path):
+    with cluster_with_fake_party_2(tmp_path, session=bytes(32)) as (procs, fake):
+        for proc in procs[1:]:
+            assert proc.proc.wait(timeout=60) == 2
+            assert "party 2" in proc.stderr_tail() and "dealer session" in proc.stderr_tail()
+        code, details = fake.status(0)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "dealer session" in details
