@@ -116,6 +116,18 @@ def test_plaintext_cluster_on_loopback_only_when_asked():
 # -- the dealer: its own seed once, corrections to party 0 once per job ----------------------------------
 
 
+def test_stolen_party_keys_get_nothing_more_from_a_running_clusters_dealer(cluster):
+    """Every party already said hello: its seed is not served again, and corrections are
+    served only for the dealer's current session, to party 0."""
+    for p in range(3):
+        err = refused(cluster.config.dealer, hello(p), cluster.ca.issue(f"party-{p}"), tls.DEALER)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS and f"party {p} already received its seed" in err.details()
+    err = refused(cluster.config.dealer, correlations("job-x", [corr.mul_triple((4,), (4,))], bytes(16)),
+                  cluster.ca.issue("party-0"), tls.DEALER)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    still_works(cluster)
+
+
 @pytest.fixture
 def dealer(tmp_path):
     """A dealer process on its own, with a CA whose every certificate this test holds."""
