@@ -165,3 +165,33 @@ def test_stalled_dealer_stream_fails_within_its_deadline():
             await server.stop(0)
     err, took = asyncio.run(go())
     assert took < 10 and "dealer at 127.0.0.1" in str(err) and "sent nothing for 1 s" in str(err)
+
+
+def test_a_replayed_round_is_refused_and_allocates_nothing():
+    async def go():
+        mesh, dead = victim()
+        q = asyncio.Queue()
+
+        async def stream():
+            while (f := await q.get()) is not None:
+                yield f
+        replies = []
+
+        async def serve():
+            async for r in mesh.handle_exchange(stream(), PeerContext("party-0")):
+                replies.append(r)
+        task = asyncio.create_task(serve())
+        for f in hello_frames(0, bytes(16)) + open_frames(0, 0, b"A" * 8):
+            q.put_nowait(f)
+        got = await mesh.exchange("j", 0, {}, {0})  # round 0 consumed by the job
+        for f in open_frames(0, 0, b"B" * 8):  # the same round again
+            q.put_nowait(f)
+        await asyncio.sleep(0.1)
+        pending = dict(mesh._inbox), dict(mesh._buffered)
+        q.put_nowait(None)
+        await task
+        return bytes(got[0]), replies, pending
+    got, replies, (inbox, buffered) = asyncio.run(go())
+    assert got == b"A" * 8
+    assert len(replies) == 1 and not replies[0].ok and "replayed round 0 of job 'j'" in replies[0].error
+    assert inbox == {} and buffered == {}

@@ -109,6 +109,7 @@ class GrpcMesh(Transport):
         self._inbound: set[int] = set()
         self._established: set[int] = set()  # a pair is established once, for the mesh's life
         self._buffered: dict[tuple, int] = {}  # (job, round, sender) -> bytes held for it
+        self._consumed: set[tuple] = set()  # (job, round, sender) handed to the job already
         self.max_frame_bytes, self.max_buffered_bytes = max_frame_bytes, max_buffered_bytes
         self.max_pending_rounds = max_pending_rounds
         self.connect_timeout = 30.0
@@ -298,6 +299,9 @@ class GrpcMesh(Transport):
         key = (header.job, header.round, header.sender)
         part = self._partial.get(key)
         if part is None:
+            if key in self._consumed:
+                raise framing.FrameError(f"replayed round {header.round} of job {header.job!r} from party "
+                                         f"{header.sender}: that round was already received")
             self._check_room(header)
             part = self._partial[key] = framing.Reassembly(header, payload)
             self._buffered[key] = header.total_bytes
@@ -368,12 +372,14 @@ class GrpcMesh(Transport):
             finally:
                 self._inbox.pop(key, None)
                 self._buffered.pop(key, None)
+                self._consumed.add(key)  # until the job is forgotten: a replay would sit in the inbox
         return received
 
     def _forget(self, job: str) -> None:
         for table in (self._inbox, self._partial, self._buffered):
             for key in [k for k in table if k[0] == job]:
                 table.pop(key)
+        self._consumed = {k for k in self._consumed if k[0] != job}
 
     def abort(self, reason: str) -> None:
         """Tell every live peer that this party is stopping, and why (ahead of closing the streams)."""
