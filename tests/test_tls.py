@@ -29,6 +29,30 @@ def test_a_certificate_under_another_name_is_not_loaded(tmp_path):
         tls.Credentials.load(tmp_path, "party-0")
     with pytest.raises(tls.TLSError, match="cannot read TLS material for party-7"):
         tls.Credentials.load(tmp_path, "party-7")
+    other = tls.CertificateAuthority.create("another CA").issue("dealer")
+    tls.write_credentials(tmp_path, other)
+    with pytest.raises(tls.TLSError, match="dealer.pem was not issued by the CA"):
+        tls.Credentials.load(tmp_path, "dealer")
+
+
+class Context:
+    def __init__(self, auth):
+        self.auth = auth
+
+    def auth_context(self):
+        return self.auth
+
+
+@pytest.mark.parametrize("auth,identity", [
+    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"party-1"], "peer_uri": [b"mpc://party-1"]},
+     "party-1"),
+    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"party-1"], "peer_uri": [b"mpc://party-0"]}, None),
+    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"party-1", b"party-2"]}, None),
+    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"Mallory"]}, None),
+    ({"transport_security_type": [b"insecure"], "x509_common_name": [b"party-1"]}, None),
+    ({}, None)])
+def test_peer_identity_is_the_certificate_name_or_nothing(auth, identity):
+    assert tls.peer_identity(Context(auth)) == identity
 
 
 def test_identities():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -89,9 +90,17 @@ class Credentials:
             ca, cert, key = ((d / name).read_bytes() for name in (CA_CERT, f"{identity}.pem", f"{identity}.key"))
         except OSError as exc:
             raise TLSError(f"cannot read TLS material for {identity} in {d}: {exc.strerror}: {exc.filename}") from None
-        got = _cert_identity(x509.load_pem_x509_certificate(cert))
+        try:
+            parsed, ca_cert = x509.load_pem_x509_certificate(cert), x509.load_pem_x509_certificate(ca)
+        except ValueError as exc:
+            raise TLSError(f"cannot parse the certificates for {identity} in {d}: {exc}") from None
+        got = _cert_identity(parsed)
         if got != identity:
             raise TLSError(f"{d / (identity + '.pem')} is the certificate of {got!r}, not of {identity!r}")
+        try:  # caught here, it is a clear start-up error; at the handshake, an opaque UNAVAILABLE
+            parsed.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise TLSError(f"{d / (identity + '.pem')} was not issued by the CA in {d / CA_CERT}") from None
         return cls(identity, ca, cert, key)
 
 
