@@ -34,7 +34,7 @@ from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import PRG, derive_key, new_seed
 from mpc.protocols import correlations
-from mpc.runtime.transport import DealerLink, PeerFailure, ProtocolViolation
+from mpc.runtime.transport import DealerLink, PeerFailure
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,12 @@ class GrpcDealerLink(DealerLink):
             raise self._failure(f"unreachable: no connection within {timeout:.0f} s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._failure(exc.details() or exc.code().name) from None
+        # A PeerFailure, like every start-up failure: the party names the dealer and exits 2.
         if len(reply.seed) != 16 or len(reply.epoch) != 16 or len(reply.commitments) != self.n_parties:
-            raise ProtocolViolation(f"dealer sent a {len(reply.seed)}-byte seed, a {len(reply.epoch)}-byte epoch "
-                                    f"and {len(reply.commitments)} commitments for {self.n_parties} parties")
+            raise self._failure(f"sent a {len(reply.seed)}-byte seed, a {len(reply.epoch)}-byte epoch and "
+                                f"{len(reply.commitments)} commitments for {self.n_parties} parties")
         if reply.commitments[self.pid] != seed_commitment(reply.epoch, self.pid, reply.seed):
-            raise ProtocolViolation("dealer's seed does not match its own commitment to it")
+            raise self._failure("sent a seed that does not match its own commitment to it")
         self._seed, self.epoch = reply.seed, reply.epoch
         self.fingerprint = session_fingerprint(reply.epoch, list(reply.commitments))
 
