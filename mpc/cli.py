@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="directory to write ca.pem, ca.key, IDENTITY.pem and IDENTITY.key")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--host", action="append", help="extra DNS name or IP for every certificate's SANs (repeatable)")
-    p.add_argument("--client", action="append", help="client name: a certificate client-NAME (repeatable; default local)")
+    p.add_argument("--client", action="append",
+                   help="client name: a certificate client-NAME (repeatable; default local)")
     p.set_defaults(fn=_certs)
 
     args = parser.parse_args(argv)
