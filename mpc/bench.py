@@ -132,13 +132,13 @@ def _describe(name: str) -> str:
 
 
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print, scaling: bool = False) -> dict:
+        progress=print, scaling: bool = False, tls: bool = True) -> dict:
     known = {**WORKLOADS, **MODEL_WORKLOADS}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = []
-    with LocalCluster(n_parties=n_parties, torch_threads=threads) as cluster:
+    with LocalCluster(n_parties=n_parties, torch_threads=threads, tls=tls) as cluster:
         for name in names:
             progress(f"running {name} ({_describe(name)}) on {n_parties} parties")
             results.append({"name": name, "parties": n_parties, **_run_on(cluster, name, reps)})
@@ -146,7 +146,7 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
         for n in SCALING_PARTIES:
             if n == n_parties:
                 continue
-            with LocalCluster(n_parties=n, torch_threads=threads) as cluster:
+            with LocalCluster(n_parties=n, torch_threads=threads, tls=tls) as cluster:
                 progress(f"running mlp_infer on {n} parties (scaling)")
                 results.append({"name": "mlp_infer", "parties": n, **_run_on(cluster, "mlp_infer", reps)})
     if crypten:
