@@ -30,7 +30,8 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
-    names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS}.items()
+    names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS,
+                                                                     **bench.TRAIN_WORKLOADS}.items()
                                                       if args.scaling or not w.scaling]
     try:
         report = bench.run(names, n_parties=args.parties, reps=args.reps, crypten=not args.no_crypten,

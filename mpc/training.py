@@ -49,7 +49,9 @@ class TrainResult:
     shared: SharedModel  # the trained weights, still secret-shared
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) where revealed
     steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of all steps, at the caller
+    online_s: float = 0.0  # the parties' online phases, summed over the jobs (slowest party each)
+    offline_s: float = 0.0  # their offline phases (dealer material), likewise
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
@@ -171,6 +173,8 @@ class TrainingMixin:
             with_loss = bool(reveal_loss_every) and any(s % reveal_loss_every == 0 for s in range(step + 1, last + 1))
             value = self._steps(tp, data, handles, step, [b for _, b in group], with_loss)
             stats = self.last_stats
+            result.online_s += max(s.online_s for s in stats)
+            result.offline_s += max(s.offline_s for s in stats)
             if step == 0:
                 result.rounds_per_step = max(s.rounds for s in stats) / len(group)
                 result.bytes_per_step = max(s.bytes_sent for s in stats) / len(group)

@@ -48,9 +48,19 @@ def hello(pid, n=3):
 
 
 def refused(address, fn, creds=None, expect=None) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        call(address, fn, creds, expect)
+    """The error the server answers `fn` with. A client whose send races the server's early
+    end of the call sees gRPC's own INTERNAL ("execute_batch") instead of the server's
+    status: that is the client library, not the server, so the attack is made again."""
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            call(address, fn, creds, expect)
+        if not _client_race(info.value):
+            return info.value
     return info.value
+
+
+def _client_race(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() == grpc.StatusCode.INTERNAL and "execute_batch" in (err.debug_error_string() or "")
 
 
 def exchange(frames):
