@@ -317,6 +317,13 @@ class _Cluster(InferenceMixin, TrainingMixin):
     def _execute(self, program: Program, job: Job, inputs) -> list[JobOutcome]:
         raise NotImplementedError
 
+    def _execute_many(self, items):
+        """Run (program, job, inputs) items in order, yielding each one's outcomes. Here one
+        after the other; LocalCluster overlaps each job's offline phase with the previous
+        job's online phase."""
+        for program, job, inputs in items:
+            yield self._execute(program, job, inputs)
+
 
 class InMemoryCluster(_Cluster):
     """N parties in this process over the in-memory transport (for fast tests)."""

@@ -122,6 +122,7 @@ class LocalCluster(_Cluster):
         self._stubs: list[pb_grpc.PartyStub] = []
         self._channels: list[grpc.aio.Channel] = []
         self._loaded: list[set[str]] = [set() for _ in range(n_parties)]  # program digests each party holds
+        self._last_submitted: asyncio.Future | None = None  # see _submit_and_run
         self.last_overhead: dict = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -221,6 +222,46 @@ class LocalCluster(_Cluster):
     def _execute(self, program, job, inputs):
         return self._call(self._run_job(program, job, inputs), timeout=self.job_timeout + 10)
 
+    def _execute_many(self, items, depth: int = 2):
+        """Jobs in order with up to `depth` in flight: job k+1 is submitted while job k is
+        online, so its offline phase (dealer material, PRG expansion) overlaps job k's rounds;
+        the parties start its online phase once job k has kept what it reads."""
+        items = iter(items)
+        flight: list = []
+
+        def launch():
+            item = next(items, None)
+            if item is None:
+                return False
+            program, job, inputs = item
+            flight.append(asyncio.run_coroutine_threadsafe(self._submit_and_run(program, job, inputs), self._loop))
+            return True
+
+        more = True
+        try:
+            while more or flight:
+                while more and len(flight) < depth:
+                    more = launch()
+                if flight:
+                    yield flight.pop(0).result(self.job_timeout + 10)
+        finally:
+            for future in flight:
+                future.cancel()
+
+    async def _submit_and_run(self, program, job, inputs):
+        # Every party must see the jobs submitted in order (a party lets a job read kept
+        # values only after the jobs submitted before it keep theirs): wait for the previous
+        # job's submissions to be acknowledged before sending ours.
+        previous, mine = self._last_submitted, asyncio.get_running_loop().create_future()
+        self._last_submitted = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            return await self._run_job(program, job, inputs, submitted=mine)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+
     async def _upload(self, p, job, inputs):
         call = self._channels[p].stream_unary("/mpc.net.proto.Party/Upload", request_serializer=None,
                                               response_deserializer=pb.ExchangeReply.FromString)
@@ -239,7 +280,7 @@ class LocalCluster(_Cluster):
             raise MPCError(f"party {p} computed digest {reply.digest[:16]}… for program {program.digest[:16]}…")
         self._loaded[p].add(program.digest)
 
-    async def _run_job(self, program, job, inputs):
+    async def _run_job(self, program, job, inputs, submitted: asyncio.Future | None = None):
         overhead = {"program_s": 0.0, "submit_s": 0.0, "program_sent": False}
 
         async def submit(p):
@@ -283,6 +324,8 @@ class LocalCluster(_Cluster):
             raise MPCError(f"party {p} ended job {job.job_id} without a result")
 
         await _gather_or_raise([submit(p) for p in range(self.n_parties)])
+        if submitted is not None and not submitted.done():
+            submitted.set_result(None)
         self.last_overhead = overhead
         return await _gather_or_raise([run(p) for p in range(self.n_parties)])
 

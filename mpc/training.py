@@ -165,23 +165,32 @@ class TrainingMixin:
             batches += [(epoch, order[k * tp.batch_size:(k + 1) * tp.batch_size])
                         for k in range(n_rows // tp.batch_size)]
         result = TrainResult(self._trained_model(tp, handles))
+        k = max(1, int(steps_per_job))
+        groups = [(first, batches[first:first + k]) for first in range(0, len(batches), k)]
+
+        def wants_loss(first, group):
+            return bool(reveal_loss_every) and any(s % reveal_loss_every == 0
+                                                   for s in range(first + 1, first + len(group) + 1))
+
+        items = (self._step_job(tp, data, handles, first, [b for _, b in group], wants_loss(first, group))
+                 for first, group in groups)
         start = time.perf_counter()
-        step, k = 0, max(1, int(steps_per_job))
-        while step < len(batches):
-            group = batches[step:step + k]
-            last = step + len(group)
-            with_loss = bool(reveal_loss_every) and any(s % reveal_loss_every == 0 for s in range(step + 1, last + 1))
-            value = self._steps(tp, data, handles, step, [b for _, b in group], with_loss)
-            stats = self.last_stats
+        step = 0
+        for (first, group), ((program, _, _), outcomes) in zip(groups, self._execute_many_with_items(items)):
+            stats = [o.stats for o in outcomes]
+            self.last_program, self.last_stats = program, stats
             result.online_s += max(s.online_s for s in stats)
             result.offline_s += max(s.offline_s for s in stats)
-            if step == 0:
+            if first == 0:
                 result.rounds_per_step = max(s.rounds for s in stats) / len(group)
                 result.bytes_per_step = max(s.bytes_sent for s in stats) / len(group)
                 result.dealer_bytes_per_step = stats[0].dealer_bytes / len(group)
-            if value is not None:
-                result.losses.append((last, value))
-            step = last
+            step = first + len(group)
+            value = None
+            if program.outputs:
+                nid, scale = program.outputs[0], program.output_scales[0]
+                value = float(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+                result.losses.append((step, value))
             if on_step:
                 on_step(group[-1][0], step, value)
         result.steps = step
@@ -202,8 +211,21 @@ class TrainingMixin:
         self._execute(program, job, inputs)
         return handles
 
-    def _steps(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], first: int,
-               batches: list[torch.Tensor], with_loss: bool) -> float | None:
+    def _execute_many_with_items(self, items):
+        """Pairs of (item, outcomes), in order; items are made as the pipeline needs them."""
+        taken = []
+
+        def tap():
+            for item in items:
+                taken.append(item)
+                yield item
+
+        for outcomes in self._execute_many(tap()):
+            yield taken.pop(0), outcomes
+
+    def _step_job(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], first: int,
+                  batches: list[torch.Tensor], with_loss: bool):
+        """The (program, job, inputs) of the steps first, first + 1, ... on `batches`."""
         program, roles = tp.program(len(batches), with_loss)
         kept = {}
         for name, nid in roles["inputs"].items():
@@ -216,13 +238,7 @@ class TrainingMixin:
         keep = {nid: handles[name] for name, nid in roles["updates"].items()}
         job = Job(uuid.uuid4().hex, program.digest, kept=kept, recipients=tuple(TO_CALLER for _ in program.outputs),
                   keep=keep, public=tp.public_values(roles, first, batches))
-        outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
-        self.last_program = program
-        self.last_stats = [o.stats for o in outcomes]
-        if not program.outputs:
-            return None
-        nid, scale = program.outputs[0], program.output_scales[0]
-        return float(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+        return program, job, {p: {} for p in range(self.n_parties)}
 
     def _trained_model(self, tp: TrainingProgram, handles: dict[str, int]) -> SharedModel:
         """The trained weights as a SharedModel that `infer` can run (compiled lazily per

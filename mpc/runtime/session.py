@@ -67,6 +67,8 @@ class _Job:
     loaded: Loaded
     inputs: dict[int, torch.Tensor]
     started: bool = False
+    waits: list = field(default_factory=list)  # events of earlier jobs that write what this one reads
+    writes: dict = field(default_factory=dict)  # handle -> event set when this job's values are kept
 
 
 def input_mask(transport: Transport, job: str, node: int, owner: int, shape) -> torch.Tensor:
@@ -92,6 +94,10 @@ class PartySession:
         self.programs: OrderedDict[str, Loaded] = OrderedDict()
         self.jobs: dict[str, _Job] = {}
         self._seen: set[str] = set()  # every job id submitted in this session: ids are never reused
+        # handle -> event of the latest submitted job that keeps a value under it: a job
+        # submitted while an earlier one is still running (a pipeline of training steps)
+        # runs its offline phase at once but reads those values only once they are kept.
+        self._writers: dict[int, asyncio.Event] = {}
 
     def knows(self, job: str) -> bool:
         return job in self.jobs
@@ -134,7 +140,10 @@ class PartySession:
             if owner == self.pid and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
         self._seen.add(job.job_id)
-        self.jobs[job.job_id] = _Job(job, loaded, encoded)
+        waits = list({id(e): e for h in job.kept.values() if (e := self._writers.get(h)) is not None}.values())
+        writes = {h: asyncio.Event() for h in job.keep.values()}
+        self._writers.update(writes)
+        self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes)
         return loaded.dry
 
     def _check(self, job: Job, program: Program) -> None:
@@ -151,6 +160,8 @@ class PartySession:
                            f"inputs are {sorted(kept)}")
         for nid, handle in job.kept.items():
             value = self.kept.get(handle)
+            if value is None and handle in self._writers:
+                continue  # an earlier job, still running, keeps it
             if value is None:
                 raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which party "
                                f"{self.pid} does not hold (never kept, or freed)")
@@ -192,6 +203,10 @@ class PartySession:
         try:
             return await self._run(entry)
         finally:
+            for handle, event in entry.writes.items():
+                event.set()  # also on failure: a later job then fails on what it finds, never waits forever
+                if self._writers.get(handle) is event:
+                    del self._writers[handle]
             self.jobs.pop(job_id, None)
             self.transport.forget(job_id)
 
@@ -204,8 +219,16 @@ class PartySession:
 
         t0 = time.perf_counter()
         pool = await self._offline(job.job_id, dry)
+        t_wait = time.perf_counter()
+        for event in entry.waits:
+            await event.wait()
+        waited = time.perf_counter() - t_wait  # the previous job's online phase: neither ours nor offline
         await self._barrier(job.job_id, program.digest)
         t1 = time.perf_counter()
+        missing = [h for h in job.kept.values() if h not in self.kept]
+        if missing:
+            raise JobError(f"job {job.job_id} reads kept value {missing[0]}, which an earlier job did not keep at "
+                           f"party {self.pid}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
         executor = Executor(program, self.pid, self.n_parties,
                             {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
@@ -215,7 +238,7 @@ class PartySession:
             make_exchange(self.transport, job.job_id),
         )
         stats.online_s = time.perf_counter() - t1
-        stats.offline_s = t1 - t0
+        stats.offline_s = t1 - t0 - waited
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
 
         for nid, to in zip(program.outputs, job.recipients):
