@@ -4,13 +4,16 @@
 once and the step program compiled and sent once (a warm-up group of steps loads it at
 the parties), then the timed run trains from the same initial weights as plaintext torch
 and CrypTen (built by hand from CrypTensors, reference.TRAIN_OPS), in the same batch
-order. Reported per run: wall seconds of all steps (`total_s`: what a user waits,
+order. Each training-specific saving is also turned off in turn and its effect on one
+step reported from the cost model (`saves_*`: rounds, bytes per party, dealer bytes;
+the cost model equals the measured counters, tests/test_cost.py). Reported per run: wall seconds of all steps (`total_s`: what a user waits,
 offline work included), the parties' online seconds summed over the jobs, rounds,
 bytes and dealer bytes per step, and accuracy beside plaintext.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +21,7 @@ from typing import Callable
 import torch
 
 from mpc import reference
+from mpc.compiler import estimate
 from mpc.compiler.training import SGD, compile_training
 
 
@@ -125,7 +129,15 @@ def run_ours(cluster, w: TrainWorkload, reps: int = 1) -> dict:
     plain_model = plain_train(w, x, y)
     with torch.no_grad():
         plain = plain_model(x_test)
-    return {"total_s": wall, "online_s": result.online_s, "offline_s": result.offline_s, "steps": result.steps,
+    savings = {}
+    full = estimate(tp.program(1)[0], cluster.n_parties)
+    for saving in sorted(tp.savings):  # each one off in turn: what it saves per step (exact cost model)
+        without = estimate(dataclasses.replace(tp, savings=tp.savings - {saving}, variants={}).program(1)[0],
+                           cluster.n_parties)
+        savings[f"saves_{saving}"] = {"rounds": without.rounds - full.rounds,
+                                      "bytes_per_party": max(without.bytes_sent) - max(full.bytes_sent),
+                                      "dealer_bytes": without.dealer_bytes - full.dealer_bytes}
+    return {**savings, "total_s": wall, "online_s": result.online_s, "offline_s": result.offline_s, "steps": result.steps,
             "rounds_per_step": result.rounds_per_step, "bytes_per_step": result.bytes_per_step,
             "dealer_bytes_per_step": result.dealer_bytes_per_step, "accuracy": _accuracy(w, logits, y_test),
             "plain_accuracy": _accuracy(w, plain, y_test), "max_abs_err": (logits - plain).abs().max().item()}

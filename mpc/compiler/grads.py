@@ -155,8 +155,12 @@ def _relu_bit(b, n, gouts, needs):
     if g is None:
         return (None,)
     bit = b.add("take", (n.id,), {"index": 1}, name=n.name, source="")
-    # bit is an exact 0/1 ring integer: the product needs no truncation
-    return (b.add("mul", (g, bit.id), {"truncate": False}, name=n.name, source="").id,)
+    if n.attrs.get("exact_bit", True):  # an exact 0/1 ring integer: the product needs no truncation
+        return (b.add("mul", (g, bit.id), {"truncate": False}, name=n.name, source="").id,)
+    # (for measuring that saving: the bit as a fixed-point value, and a truncated product)
+    fixed = b.add("mul_public", (bit.id,), {"value": torch.tensor(float(1 << b.frac_bits), dtype=torch.float64)},
+                  name=n.name, source="")
+    return (b.add("mul", (g, fixed.id), name=n.name, source="").id,)
 
 
 def _getitem(b, n, gouts, needs):

@@ -28,7 +28,7 @@ def _relu_bit(ctx, a, x):
     return out, bit.view(x.shape)
 
 
-register("relu_bit", 1, lambda a, x: (x, x), _relu_bit, n_outputs=2,
+register("relu_bit", 1, lambda a, x: (x, x.to(torch.int64)), _relu_bit, n_outputs=2,
          doc="(relu(x), [x >= 0] as a 0/1 ring integer) from one comparison")
 
 

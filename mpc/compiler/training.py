@@ -38,6 +38,9 @@ from mpc.ir import Program
 
 LOSSES = ("mse", "bce_with_logits", "cross_entropy")
 V_SHIFT = 12  # Adam's second moment is kept times 2^V_SHIFT (see _update)
+# "bit_products": ReLU's backward product with its 0/1 bit untruncated; "fold_step_size": the
+# step size folded into the weight gradient's truncation. `mpc bench` turns each off to measure it.
+SAVINGS = frozenset({"bit_products", "fold_step_size"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class TrainingProgram:
     frac_bits: int
     model: torch.nn.Module = field(repr=False, default=None)
     graph: object = field(repr=False, default=None)  # the captured forward pass (trainable layout)
+    savings: frozenset = SAVINGS  # which training-specific savings are on (all, unless measuring them)
     variants: dict[tuple[int, bool], tuple[Program, dict]] = field(default_factory=dict, repr=False)
 
     @property
@@ -140,9 +144,9 @@ def _double_product(b: GraphBuilder, nid: int) -> int | None:
     return out
 
 
-def _scaled(b: GraphBuilder, grad: int, factor: float, name: str) -> int:
+def _scaled(b: GraphBuilder, grad: int, factor: float, name: str, fold: bool = True) -> int:
     """factor * grad, folding the factor into the gradient product's truncation when it can."""
-    double = _double_product(b, grad)
+    double = _double_product(b, grad) if fold else None
     if double is not None:
         return b.add("rescale", (double,), {"value": float(factor), "bits": train_ops.factor_bits(factor, b.frac_bits)},
                      name=name, source="").id
@@ -186,23 +190,23 @@ def _loss_value(b: GraphBuilder, loss: str, z: int, y: int, batch: int) -> int:
 
 
 def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float, states: dict[str, int],
-            scalars: dict[str, int]) -> dict[str, int]:
+            scalars: dict[str, int], fold: bool = True) -> dict[str, int]:
     """New values of parameter `name` and of its optimizer state."""
     if isinstance(opt, SGD):
         if not opt.momentum:
-            step = _scaled(b, grad, opt.lr * c_over_b, name)
+            step = _scaled(b, grad, opt.lr * c_over_b, name, fold)
             if opt.weight_decay:
                 step = b.add("add", (step, _mul_public(b, w, opt.lr * opt.weight_decay, name)), name=name,
                              source="").id
             return {name: b.add("sub", (w, step), name=name, source="").id}
-        v = _scaled(b, grad, c_over_b, name)
+        v = _scaled(b, grad, c_over_b, name, fold)
         if opt.weight_decay:
             v = b.add("add", (v, _mul_public(b, w, opt.weight_decay, name)), name=name, source="").id
         key = f"{name}:momentum"
         v = b.add("add", (_mul_public(b, states[key], opt.momentum, name), v), name=name, source="").id
         return {key: v, name: b.add("sub", (w, _mul_public(b, v, opt.lr, name)), name=name, source="").id}
     b1, b2 = opt.betas
-    d = _scaled(b, grad, c_over_b, name)
+    d = _scaled(b, grad, c_over_b, name, fold)
     m = b.add("add", (_mul_public(b, states[f"{name}:m"], b1, name), _mul_public(b, d, 1 - b1, name)), name=name,
               source="").id
     # v is kept as v * 2^V_SHIFT: (1 - b2) d^2 of small gradients is below 2^-16 and would vanish.
@@ -224,7 +228,7 @@ def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float,
 
 def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: int, n_outputs: int,
                      loss: str = "cross_entropy", optimizer=None, batch_size: int = 64,
-                     frac_bits: int = 16) -> TrainingProgram:
+                     frac_bits: int = 16, savings: frozenset = SAVINGS) -> TrainingProgram:
     """Compile the training step of `model` on batches of `batch_size` rows out of a kept
     data set of `n_rows` rows shaped like `example`'s rows; targets have `n_outputs`
     columns (one-hot classes for cross-entropy)."""
@@ -248,12 +252,12 @@ def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: i
     params = {graph.builder.nodes[nid].name: v for nid, v in graph.params.items()}
     state_shapes = {key: tuple(v.shape) for name, v in params.items() for key in optimizer.state_names(name)}
     tp = TrainingProgram(params, state_shapes, loss, optimizer, batch_size, n_rows, (n_rows, *features),
-                         (n_rows, n_outputs), frac_bits, copy.deepcopy(model), graph)
+                         (n_rows, n_outputs), frac_bits, copy.deepcopy(model), graph, frozenset(savings))
     tp.program(1, False)  # build (and validate) the plain step now: errors surface at compile time
     return tp
 
 
-def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int]) -> int:
+def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit: bool = True) -> int:
     """The captured forward pass on input node x with the given weight nodes; relu keeps
     its comparison bit for the backward pass."""
     mapped: dict[int, int] = {}
@@ -264,7 +268,8 @@ def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int]) -> int:
         elif nid in graph.params:
             mapped[nid] = weights[node.name]
         elif node.op == "relu":
-            both = b.add("relu_bit", (mapped[node.inputs[0]],), name=node.name, source=node.source)
+            both = b.add("relu_bit", (mapped[node.inputs[0]],), {} if exact_bit else {"exact_bit": False},
+                         name=node.name, source=node.source)
             mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
         else:
             mapped[nid] = b.add(node.op, tuple(mapped[i] for i in node.inputs), node.attrs, name=node.name,
@@ -293,7 +298,7 @@ def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]
                                                                name=f"{key}[{i}]", source="").id
         x = b.add("gather_rows", (data_x, batch), name="input", source="").id
         y = b.add("gather_rows", (data_y, batch), name="labels", source="").id
-        z = _forward(b, tp.graph, x, current)
+        z = _forward(b, tp.graph, x, current, "bit_products" in tp.savings)
         g, c = _loss_grad(b, tp.loss, z, y)
         weights = [current[name] for name in tp.params]
         grads = autodiff.backward(b, {z: g}, weights)
@@ -301,7 +306,7 @@ def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]
         for name in tp.params:
             states = {key: current[key] for key in tp.optimizer.state_names(name)}
             updates.update(_update(b, tp.optimizer, name, current[name], grads[current[name]],
-                                   c / tp.batch_size, states, scalars))
+                                   c / tp.batch_size, states, scalars, "fold_step_size" in tp.savings))
         current = updates
         if with_loss and i == k - 1:
             loss_node = _loss_value(b, tp.loss, z, y, tp.batch_size)
