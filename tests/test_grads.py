@@ -20,6 +20,7 @@ def _t(*shape, seed=0, scale=1.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
 
 
+KERNEL = _t(3, 2, 2, 2, seed=7)
 P = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
 
 # name: (ops covered, input shapes, fn(*tensors) working on torch and secret tensors alike, tolerance)
@@ -41,6 +42,10 @@ CASES = {
     "sigmoid": ({"sigmoid"}, [(6,)], lambda a: a.sigmoid(), 2e-3),
     "tanh": ({"tanh"}, [(6,)], lambda a: a.tanh(), 2e-3),
     "cat": ({"cat"}, [(2, 3), (1, 3)], lambda a, b: (mpc.cat if isinstance(a, SecretTensor) else torch.cat)([a, b]), 1e-4),
+    "conv2d": ({"conv2d", "flip"}, [(2, 2, 5, 5), (3, 2, 3, 3)],
+               lambda a, b: torch.nn.functional.conv2d(a, b, padding=1), 3e-3),
+    "conv2d_public": ({"conv2d_public"}, [(2, 2, 5, 5)],
+                      lambda a: torch.nn.functional.conv2d(a, KERNEL), 3e-3),
     "avg_pool2d": ({"avg_pool2d"}, [(2, 3, 4, 4)], lambda a: torch.nn.functional.avg_pool2d(a, 2), 1e-3),
 }
 

@@ -194,3 +194,20 @@ def test_bad_training_input_is_refused():
         cluster.train(_mlp(d=4, out=3), data, batch_size=10)
     with pytest.raises(CompileError, match="unknown loss 'hinge'"):
         cluster.train(_mlp(d=4), data, loss="hinge", batch_size=10)
+
+
+def test_cnn_training_against_torch():
+    """Convolution, ReLU, average pooling and a linear layer, trained from the same start."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(48, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = (x[:, 0, :3].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).long()
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(27, 2))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    cluster = mpc.InMemoryCluster(n_parties=3)
+    data = cluster.share_data(_split(x, y), n_classes=2)
+    result = cluster.train(model, data, optimizer=SGD(0.5), epochs=2, batch_size=16)
+    model.load_state_dict(init)
+    _check(cluster.reveal_model(result), _plain(model, x, y, "cross_entropy", SGD(0.5), _batches(48, 16, 2)), 2e-3,
+           "cnn")

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from mpc.compiler.registry import CompileError, register
+from mpc.compiler.registry import CompileError, local, register
 from mpc.protocols import arithmetic, nonlinear
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
@@ -53,6 +53,9 @@ def _scatter(a, g):
 
 register("scatter", 1, lambda a, g: _scatter(a, g), lambda ctx, a, g: _scatter(a, g),
          doc="zeros with g at a basic index (getitem's gradient): local")
+
+
+local("flip", 1, lambda a, x: x.flip(tuple(a["dims"])), doc="reverse the order along dims: local")
 
 
 def factor_bits(value: float, frac_bits: int) -> int:
