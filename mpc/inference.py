@@ -112,10 +112,13 @@ class InferenceMixin:
         outcomes = self._execute(program, job, inputs)
         self.last_program = program
         self.last_stats = [o.stats for o in outcomes]
-        results = []
+        values = []
         for nid, scale in zip(program.outputs, program.output_scales):
             if to == TO_CALLER:
-                results.append(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+                values.append(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
             else:
-                results.append(None)
-        return results
+                values.append(None)
+        per = len(values) // len(xs)  # outputs per request: a model with several heads gives a tuple
+        if per == 1:
+            return values
+        return [None if to != TO_CALLER else tuple(values[k * per:(k + 1) * per]) for k in range(len(xs))]

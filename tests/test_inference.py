@@ -157,3 +157,30 @@ def test_digits_classes_match_plaintext(cluster, kind):
     secure = cluster.infer(compile_model(model, x_test), x_test).argmax(1)
     agreement = (secure == plain).double().mean().item()
     assert agreement >= 0.99, f"{kind}: secure and plaintext classes agree on {agreement:.3f} of the test split"
+
+
+class TwoHeads(torch.nn.Module):
+    """A shared trunk and two heads: their rounds are shared (scheduling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.a, self.b = torch.nn.Linear(10, 8), torch.nn.Linear(8, 3), torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return self.a(h), torch.sigmoid(self.b(h))
+
+
+def test_multi_output_model_heads_share_rounds(cluster):
+    torch.manual_seed(0)
+    model, x = TwoHeads().eval(), torch.randn(4, 10)
+    compiled = compile_model(model, x)
+    assert compiled.output_shapes == [(4, 3), (4, 2)]
+    a, b = cluster.infer(compiled, x)
+    with torch.no_grad():
+        want_a, want_b = model.double()(x.double())
+    assert_close(a, want_a, 1e-3, "head a")
+    assert_close(b, want_b, 1e-3, "head b")
+    head_b_alone = compiler.estimate(compile_model(torch.nn.Sequential(model.trunk, torch.nn.ReLU(), model.b,
+                                                                       torch.nn.Sigmoid()), x).program, 3)
+    assert max(s.rounds for s in cluster.last_stats) == head_b_alone.rounds  # the linear head rides along

@@ -315,10 +315,13 @@ def capture(model: torch.nn.Module, example: torch.Tensor, frac_bits: int = 16, 
                                f"says {cx.shape}")  # a handler bug: never let a wrong shape through
         env[fx_node.name] = value
     outputs = [torch.fx.node.map_arg(r, lambda n: env[n.name]) for r in (result or ())]
-    if len(outputs) != 1:
-        raise CompileError(f"the model must return exactly one tensor, it returns {len(outputs)} values")
-    if not isinstance(outputs[0], Secret):
-        raise CompileError("the model's output does not depend on its input: there is nothing to compute privately")
+    if not outputs:
+        raise CompileError("the model returns nothing")
+    for k, out in enumerate(outputs):
+        if not isinstance(out, Secret):
+            raise CompileError(f"the model's output {k} does not depend on its input: there is nothing to compute "
+                               "privately" if len(outputs) > 1 else "the model's output does not depend on its input: "
+                               "there is nothing to compute privately")
     out_id = outputs[0].id
-    graph = ModelGraph(builder, input_id, out_id, cx.params)
+    graph = ModelGraph(builder, input_id, out_id, cx.params, tuple(o.id for o in outputs[1:]))
     return Captured(graph, frozenset(aten_ops), tuple(example.shape), tuple(builder.nodes[out_id].shape))

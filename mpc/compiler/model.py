@@ -34,12 +34,16 @@ class CompiledModel:
     params: dict[str, torch.Tensor]  # parameter input node name -> plaintext value (the owner's)
     input_name: str
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]  # of the first output; output_shapes for a model with several heads
     ops: frozenset[str]  # the captured ATen op set
     public: bool = False
     replace: dict = field(default_factory=dict)
     _model: torch.nn.Module | None = field(default=None, repr=False)
     _example: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(self.program.nodes[o].shape) for o in self.program.outputs]
 
     @property
     def input_node(self) -> int:
@@ -126,7 +130,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, *, public: bool
     graph = bn_fold.apply(graph)
     if public:
         graph = public_weights.apply(graph)
-    extracted = extract(graph.builder, [graph.output])
+    extracted = extract(graph.builder, graph.outputs)
     program = _unique_param_names(extracted.program)
     validate(program)
     params = {}

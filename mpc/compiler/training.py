@@ -242,6 +242,8 @@ def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: i
     features = tuple(example.shape[1:])
     captured = capture(model, torch.zeros((batch_size, *features), dtype=example.dtype), frac_bits, trainable=True)
     graph = captured.graph
+    if graph.extra_outputs:
+        raise CompileError(f"training needs a model with one output, this one has {1 + len(graph.extra_outputs)}")
     for node in graph.builder.nodes.values():
         if node.op == "batch_norm":
             raise CompileError(f"{node.describe()}: BatchNorm is not supported in training (eval-mode BatchNorm is "

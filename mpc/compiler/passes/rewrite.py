@@ -26,6 +26,11 @@ class ModelGraph:
     input_id: int
     output: int
     params: dict[int, torch.Tensor] = field(default_factory=dict)  # param input node -> plaintext value
+    extra_outputs: tuple[int, ...] = ()  # the other outputs of a model with several (heads)
+
+    @property
+    def outputs(self) -> list[int]:
+        return [self.output, *self.extra_outputs]
 
     def users(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {nid: [] for nid in self.builder.nodes}
@@ -78,4 +83,5 @@ class Rewriter:
             node = self.old[nid]
             new = visit(self, node)
             self.mapped[nid] = self.copy(node) if new is None else new
-        return ModelGraph(self.new, self.mapped[self.graph.input_id], self.mapped[self.graph.output], self.params)
+        return ModelGraph(self.new, self.mapped[self.graph.input_id], self.mapped[self.graph.output], self.params,
+                          tuple(self.mapped[o] for o in self.graph.extra_outputs))
