@@ -14,9 +14,14 @@ def _launch(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalCluster(n_parties=args.parties, frac_bits=args.frac_bits, verbose=args.verbose) as cluster:
+    with LocalCluster(n_parties=args.parties, frac_bits=args.frac_bits, verbose=args.verbose,
+                      tls=not args.insecure) as cluster:
         for name, address in cluster.addresses.items():
             print(f"{name:>8}  {address}")
+        if cluster.certs_dir is not None:
+            print(f"certificates (mutual TLS; clients use client-local): {cluster.certs_dir.name}")
+        else:
+            print("plaintext gRPC on loopback (--insecure): anyone on this machine can connect")
         print(f"{args.parties} parties and the dealer are running; Ctrl-C stops them.", flush=True)
         while not stop.wait(0.5):
             dead = [p.name for p in cluster.processes if p.proc.poll() is not None]
@@ -146,6 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--frac-bits", type=int, default=16)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC on loopback instead of mutual TLS")
     p.set_defaults(fn=_launch)
 
     p = sub.add_parser("bench", help="run the benchmark workloads beside CrypTen")

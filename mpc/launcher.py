@@ -155,6 +155,8 @@ class LocalCluster(_Cluster):
                 for identity in [tls_.DEALER] + [tls_.party_name(p) for p in range(self.n_parties)]:
                     tls_.write_credentials(self.certs_dir.name, self.ca.issue(identity))
                 self._client_creds = self.ca.issue(tls_.client_name("local"))
+                # a client of `mpc launch` in another process uses the same identity
+                tls_.write_credentials(self.certs_dir.name, self._client_creds)
                 security = ["--certs", self.certs_dir.name]
             dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
                                  "--n-parties", str(self.n_parties), *security)

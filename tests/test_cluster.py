@@ -198,8 +198,10 @@ def test_launch_prints_addresses_and_stops_on_sigterm():
     proc = subprocess.Popen([sys.executable, "-m", "mpc.cli", "launch", "--parties", "3"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        lines = [proc.stdout.readline() for _ in range(5)]
+        lines = [proc.stdout.readline() for _ in range(6)]
         assert lines[0].split()[0] == "dealer" and all("127.0.0.1:" in line for line in lines[:4]), lines
+        certs = lines[4].rsplit(" ", 1)[-1].strip()
+        assert lines[4].startswith("certificates (mutual TLS") and os.path.exists(f"{certs}/client-local.key"), lines
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 4
         proc.send_signal(signal.SIGTERM)
