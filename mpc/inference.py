@@ -22,6 +22,7 @@ import torch
 from mpc import ring
 from mpc.compiler.variants import replicate, with_kept
 from mpc.ir import TO_CALLER, Job, Node, Program
+from mpc.prg import PRG, new_seed
 
 
 @dataclass
@@ -40,6 +41,20 @@ class SharedModel:
         return self.programs[batch]
 
 
+CALLER = "caller"  # as model_owner or data_owner: the caller secret-shares the value itself
+
+
+def caller_shares(value: torch.Tensor, n_parties: int, frac_bits: int) -> list[torch.Tensor]:
+    """The caller's own additive sharing of `value`: n-1 uniform shares from a fresh AES-CTR
+    stream and the difference; no party ever receives the plaintext."""
+    enc = ring.encode(value.detach().to(torch.float64), frac_bits)
+    others = [PRG(new_seed()).ring(tuple(enc.shape)) for _ in range(n_parties - 1)]
+    first = enc.clone()
+    for share in others:
+        first -= share
+    return [first, *others]
+
+
 def _fingerprint(params: dict[str, torch.Tensor]) -> str:
     """Identifies the weights, so that new weights (same program) are shared anew."""
     h = hashlib.sha256()
@@ -50,14 +65,15 @@ def _fingerprint(params: dict[str, torch.Tensor]) -> str:
 
 
 class InferenceMixin:
-    def share_model(self, compiled, owner: int = 0) -> SharedModel:
-        """Secret-share `compiled`'s weights from party `owner`; the parties keep the shares."""
+    def share_model(self, compiled, owner: int | str = 0) -> SharedModel:
+        """Secret-share `compiled`'s weights from party `owner` (or, with owner="caller",
+        shared by the caller itself: no party sees them); the parties keep the shares."""
         key = (compiled.program.digest, owner, _fingerprint(compiled.params))
         shared = self._shared_models.get(key)
         if shared is not None:
             return shared
-        if not 0 <= owner < self.n_parties:
-            raise ValueError(f"model_owner must be a party id in 0..{self.n_parties - 1}, got {owner}")
+        if owner != CALLER and not (isinstance(owner, int) and 0 <= owner < self.n_parties):
+            raise ValueError(f"model_owner must be a party id in 0..{self.n_parties - 1} or 'caller', got {owner!r}")
         params = [n for n in compiled.program.inputs if n.name in compiled.params]
         nodes = tuple(Node(k, "input", (), {"shape": n.shape, "kind": "private"}, n.shape, n.name, n.source)
                       for k, n in enumerate(params))
@@ -68,9 +84,16 @@ class InferenceMixin:
             value = compiled.params[node.name].detach().to(torch.float64)
             ring.check_encodable(value, program.frac_bits, what=f"parameter {node.name}")
             values[node.id] = value
-        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner for n in nodes},
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: TO_CALLER if owner == CALLER else owner
+                                                            for n in nodes},
                   keep={n.id: handles[n.name] for n in nodes})
-        inputs = {p: (values if p == owner else {}) for p in range(self.n_parties)}
+        if owner == CALLER:
+            inputs = {p: {} for p in range(self.n_parties)}
+            for nid, value in values.items():
+                for p, share in enumerate(caller_shares(value, self.n_parties, program.frac_bits)):
+                    inputs[p][nid] = share
+        else:
+            inputs = {p: (values if p == owner else {}) for p in range(self.n_parties)}
         if nodes:
             self._execute(program, job, inputs)
         shared = self._shared_models[key] = SharedModel(compiled, owner, handles)
@@ -93,8 +116,8 @@ class InferenceMixin:
             shared = shared.compiled.shared_for(tuple(xs[0].shape), shared.handles)
         compiled = shared.compiled if shared else model
         xs = [compiled.check_input(x) for x in xs]
-        if not 0 <= data_owner < self.n_parties:
-            raise ValueError(f"data_owner must be a party id in 0..{self.n_parties - 1}, got {data_owner}")
+        if data_owner != CALLER and not (isinstance(data_owner, int) and 0 <= data_owner < self.n_parties):
+            raise ValueError(f"data_owner must be a party id in 0..{self.n_parties - 1} or 'caller', got {data_owner!r}")
         to = TO_CALLER if recipient is None else int(recipient)
         if not (to == TO_CALLER or 0 <= to < self.n_parties):
             raise ValueError(f"recipient must be None (the caller) or a party id, got {recipient}")
@@ -105,10 +128,16 @@ class InferenceMixin:
         program = shared.program(len(xs))
         private = [n for n in program.inputs if n.attrs["kind"] == "private"]
         kept = {n.id: shared.handles[n.name] for n in program.inputs if n.attrs["kind"] == "kept"}
-        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: data_owner for n in private}, kept=kept,
+        owner_id = TO_CALLER if data_owner == CALLER else data_owner
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner_id for n in private}, kept=kept,
                   recipients=tuple(to for _ in program.outputs))
         inputs = {p: {} for p in range(self.n_parties)}
-        inputs[data_owner] = {n.id: x.detach().to(torch.float64) for n, x in zip(private, xs)}
+        for n, x in zip(private, xs):
+            if data_owner == CALLER:
+                for p, share in enumerate(caller_shares(x, self.n_parties, self.frac_bits)):
+                    inputs[p][n.id] = share
+            else:
+                inputs[data_owner][n.id] = x.detach().to(torch.float64)
         outcomes = self._execute(program, job, inputs)
         self.last_program = program
         self.last_stats = [o.stats for o in outcomes]

@@ -334,7 +334,8 @@ class LocalCluster(_Cluster):
 
 async def _upload_frames(job, inputs):
     for nid, value in inputs.items():
-        for frame in framing.encode_frames(value.to(torch.float64).contiguous().numpy(), tag=pb.FRAME_INPUT,
+        raw = value if value.dtype == torch.int64 else value.to(torch.float64)  # a share, or the owner's plaintext
+        for frame in framing.encode_frames(raw.contiguous().numpy(), tag=pb.FRAME_INPUT,
                                            job=job, round=nid):
             yield frame
 

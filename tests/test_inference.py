@@ -121,7 +121,7 @@ def test_wrong_input_is_refused_before_anything_is_sent(cluster):
                                            r"shape \(4, 10\)"):
         cluster.infer(compiled, torch.randn(5, 10))
     assert cluster.last_stats is before
-    with pytest.raises(ValueError, match="data_owner must be a party id in 0..2, got 7"):
+    with pytest.raises(ValueError, match="data_owner must be a party id in 0..2 or 'caller', got 7"):
         cluster.infer(compiled, x, data_owner=7)
 
 
@@ -184,3 +184,20 @@ def test_multi_output_model_heads_share_rounds(cluster):
     head_b_alone = compiler.estimate(compile_model(torch.nn.Sequential(model.trunk, torch.nn.ReLU(), model.b,
                                                                        torch.nn.Sigmoid()), x).program, 3)
     assert max(s.rounds for s in cluster.last_stats) == head_b_alone.rounds  # the linear head rides along
+
+
+def test_caller_owned_weights_and_input(cluster):
+    """The caller secret-shares the weights and the input itself: each party receives one
+    uniformly random int64 share, never a plaintext."""
+    from mpc import ring
+    from mpc.inference import caller_shares
+
+    model, x = _seeded(lambda: models.MLP((10, 8, 8, 3))), torch.randn(4, 10)
+    out = cluster.infer(compile_model(model, x), x, model_owner="caller", data_owner="caller")
+    with torch.no_grad():
+        assert_close(out, model.double()(x.double()), 1e-3, "caller-owned weights and input")
+    shares = caller_shares(x, 3, 16)
+    assert torch.equal(sum(shares), ring.encode(x.double(), 16))
+    assert all(not torch.equal(s, ring.encode(x.double(), 16)) for s in shares)
+    with pytest.raises(ValueError, match="model_owner must be a party id in 0..2 or 'caller', got 'bob'"):
+        cluster.infer(compile_model(model, x), x, model_owner="bob")

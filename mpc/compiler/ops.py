@@ -10,6 +10,7 @@ import torch
 
 from mpc import ring
 from mpc.compiler.registry import OPS, CompileError, local, register
+from mpc.ir import TO_CALLER
 from mpc.protocols import arithmetic
 
 _register = register
@@ -173,6 +174,8 @@ def _input(ctx, a):
         return arithmetic.share_input(ctx, -1, torch.empty(shape, dtype=torch.int64, device="meta"), shape)
     owner = ctx.extras["owners"][ctx.label]
     enc = ctx.extras["inputs"].get(ctx.label)
+    if owner == TO_CALLER:  # shared by the caller itself: each party was sent its share
+        return enc
     if ctx.pid == owner and enc is None:
         raise CompileError(f"party {ctx.pid} owns input node {ctx.label} but was given no value for it")
     return arithmetic.share_input(ctx, owner, enc, shape)

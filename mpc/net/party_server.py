@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from mpc.compiler import CompileError
+from mpc.ir import TO_CALLER
 from mpc.net import framing, serde, tls
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
@@ -140,7 +141,8 @@ class PartyServer:
         try:
             job, inputs = serde.job_from_proto(request)
             uploads = self._uploads.pop(job.job_id, {})
-            inputs.update(serde.inputs_from_uploads(loaded.program, uploads))
+            shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
+            inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
             dry = await self.session.submit(job, inputs)
         except (serde.SerdeError, CompileError, JobError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)

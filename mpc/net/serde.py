@@ -187,8 +187,10 @@ def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
     return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 
-def inputs_from_uploads(program: Program, uploads: dict[int, bytearray]) -> dict[int, torch.Tensor]:
-    """Uploaded float64 payloads as tensors shaped as the program's input nodes."""
+def inputs_from_uploads(program: Program, uploads: dict[int, bytearray], shares: set[int] = frozenset()
+                        ) -> dict[int, torch.Tensor]:
+    """Uploaded payloads as tensors shaped as the program's input nodes: float64 plaintext
+    for an input this party owns, int64 for a share of an input the caller shared itself."""
     out = {}
     for nid, buf in uploads.items():
         node = program.nodes[nid] if 0 <= nid < len(program.nodes) else None
@@ -197,5 +199,6 @@ def inputs_from_uploads(program: Program, uploads: dict[int, bytearray]) -> dict
         if len(buf) != math.prod(node.shape) * 8:
             raise SerdeError(f"upload for input node {nid} has {len(buf)} bytes; shape {node.shape} needs "
                              f"{math.prod(node.shape) * 8}")
-        out[nid] = torch.frombuffer(buf, dtype=torch.float64).reshape(node.shape) if buf else torch.empty(node.shape, dtype=torch.float64)
+        dtype = torch.int64 if nid in shares else torch.float64
+        out[nid] = torch.frombuffer(buf, dtype=dtype).reshape(node.shape) if buf else torch.empty(node.shape, dtype=dtype)
     return out

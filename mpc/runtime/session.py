@@ -126,6 +126,13 @@ class PartySession:
         nodes = loaded.program.nodes
         encoded = {}
         for nid, value in inputs.items():
+            if 0 <= nid < len(nodes) and job.owners.get(nid) == TO_CALLER:
+                # the caller owns this input and secret-shared it itself: this is our share
+                if value.dtype != torch.int64 or tuple(value.shape) != tuple(nodes[nid].shape):
+                    raise JobError(f"share for {nodes[nid].describe()}: int64 of shape {tuple(nodes[nid].shape)} "
+                                   f"expected, got {value.dtype} {tuple(value.shape)}")
+                encoded[nid] = value
+                continue
             if not 0 <= nid < len(nodes) or job.owners.get(nid) != self.pid:
                 raise JobError(f"party {self.pid} was sent a value for node {nid}, which is not an input it owns")
             if tuple(value.shape) != tuple(nodes[nid].shape):
@@ -137,7 +144,7 @@ class PartySession:
             except ring.RangeError as exc:
                 raise JobError(f"input {nodes[nid].describe()}: {exc}") from None
         for nid, owner in job.owners.items():
-            if owner == self.pid and nid not in encoded:
+            if owner in (self.pid, TO_CALLER) and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
         self._seen.add(job.job_id)
         waits = list({id(e): e for h in job.kept.values() if (e := self._writers.get(h)) is not None}.values())
@@ -152,7 +159,7 @@ class PartySession:
         if set(job.owners) != private:
             raise JobError(f"job {job.job_id} names owners for nodes {sorted(job.owners)}, the program's private "
                            f"inputs are {sorted(private)}")
-        bad = {nid: o for nid, o in job.owners.items() if not 0 <= o < self.n_parties}
+        bad = {nid: o for nid, o in job.owners.items() if not (0 <= o < self.n_parties or o == TO_CALLER)}
         if bad:
             raise JobError(f"job {job.job_id}: owner {next(iter(bad.values()))} is not a party of {self.n_parties}")
         if set(job.kept) != kept:
