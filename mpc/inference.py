@@ -121,8 +121,9 @@ class InferenceMixin:
         to = TO_CALLER if recipient is None else int(recipient)
         if not (to == TO_CALLER or 0 <= to < self.n_parties):
             raise ValueError(f"recipient must be None (the caller) or a party id, got {recipient}")
+        frac_bits = compiled.program.frac_bits  # the program's, which may differ from the cluster's default
         for x in xs:
-            ring.check_encodable(x, self.frac_bits, what=f"input owned by party {data_owner}")
+            ring.check_encodable(x, frac_bits, what=f"input owned by party {data_owner}")
         if shared is None:
             shared = self.share_model(compiled, model_owner)
         program = shared.program(len(xs))
@@ -134,7 +135,7 @@ class InferenceMixin:
         inputs = {p: {} for p in range(self.n_parties)}
         for n, x in zip(private, xs):
             if data_owner == CALLER:
-                for p, share in enumerate(caller_shares(x, self.n_parties, self.frac_bits)):
+                for p, share in enumerate(caller_shares(x, self.n_parties, frac_bits)):
                     inputs[p][n.id] = share
             else:
                 inputs[data_owner][n.id] = x.detach().to(torch.float64)
@@ -144,7 +145,7 @@ class InferenceMixin:
         values = []
         for nid, scale in zip(program.outputs, program.output_scales):
             if to == TO_CALLER:
-                values.append(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+                values.append(ring.decode(sum(o.shares[nid] for o in outcomes), program.frac_bits * scale))
             else:
                 values.append(None)
         per = len(values) // len(xs)  # outputs per request: a model with several heads gives a tuple

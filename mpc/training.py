@@ -111,6 +111,17 @@ class TrainingMixin:
                 raise DataError(f"a column split needs the same rows at every party, got row counts {sorted(rows)}")
         elif len({tuple(x.shape[1:]) for _, x in xs}) != 1:
             raise DataError(f"a row split needs the same columns at every party, got {[tuple(x.shape[1:]) for _, x in xs]}")
+        if normalize:
+            # inv_sqrt, which normalisation uses, is accurate for variances in [0.1, 100]: each
+            # owner checks its own columns (its own plaintext) with a margin, or the result
+            # would be wrong without any error
+            for p, x in xs:
+                var = x.reshape(len(x), -1).var(0, unbiased=False) if len(x) > 1 else torch.ones(1)
+                bad = ((var < 0.2) | (var > 50)).nonzero()
+                if len(bad):
+                    col = int(bad[0])
+                    raise DataError(f"party {p}'s data: column {col} has variance {float(var[col]):.3g}; secure "
+                                    "normalisation needs variances in [0.2, 50]: scale that column first")
         as_int = loss == "cross_entropy"
         nodes: list[Node] = []
         inputs: dict[int, dict[int, torch.Tensor]] = {p: {} for p in range(self.n_parties)}

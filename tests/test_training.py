@@ -162,7 +162,10 @@ def test_mse_on_a_column_split(n_parties):
 
 def test_secure_normalisation():
     x, y = _data(n=60, d=4)
-    x = x * torch.tensor([10.0, 0.5, 3.0, 1.0], dtype=torch.float64) + 4.0
+    with pytest.raises(DataError, match=r"column 0 has variance .*; secure normalisation needs variances in "
+                                        r"\[0.2, 50\]"):
+        mpc.InMemoryCluster(n_parties=3).share_data(_split(x * 20, y), n_classes=2, normalize=True)
+    x = x * torch.tensor([5.0, 0.6, 3.0, 1.0], dtype=torch.float64) + 4.0
     cluster = mpc.InMemoryCluster(n_parties=3)
     data = cluster.share_data(_split(x, y), n_classes=2, normalize=True)
     from mpc.api import SecretTensor

@@ -33,6 +33,11 @@ def validate(program: Program) -> None:
             shapes = (outs[k_out],)
         else:
             shapes = infer_shapes(node.op, node.attrs, [program.nodes[i].shape for i in node.inputs], node.describe())
+        if node.op == "gather_rows":
+            idx = program.nodes[node.inputs[1]]
+            if idx.op != "input" or idx.attrs.get("kind") != "public" or not idx.attrs.get("index"):
+                raise CompileError(f"{node.describe()} takes its row indices from {idx.describe()}, which is not a "
+                                   "public index input")
         if (tuple(node.shape), *map(tuple, node.extra_shapes)) != shapes:
             raise CompileError(f"{node.describe()}: declared shape {tuple(node.shape)}, computed {shapes[0]}")
     if len(program.output_scales) != len(program.outputs) or any(s not in (1, 2) for s in program.output_scales):

@@ -13,6 +13,7 @@ under their handles for later jobs until a job's `free` drops them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +32,21 @@ from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 # The round number of the barrier between the offline and online phases; programs never reach it.
 READY_ROUND = (1 << 32) - 1
 MAX_PROGRAMS = 256
+UNSTARTED_TTL_S = 120.0  # a job submitted but not run within this is dropped (its writes marked failed)
+WAIT_DEADLINE_S = 900.0  # the longest a job waits for an earlier job's kept values
+
+
+class _Write:
+    """A pending write of a kept value by a submitted job: done when it ends, ok if it kept it."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.event = asyncio.Event()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.event.set()
 
 
 class JobError(RuntimeError):
@@ -67,8 +83,22 @@ class _Job:
     loaded: Loaded
     inputs: dict[int, torch.Tensor]
     started: bool = False
-    waits: list = field(default_factory=list)  # events of earlier jobs that write what this one reads
-    writes: dict = field(default_factory=dict)  # handle -> event set when this job's values are kept
+    waits: dict = field(default_factory=dict)  # handle -> _Write of the earlier job that keeps what this one reads
+    writes: dict = field(default_factory=dict)  # handle -> _Write of this job
+
+
+def job_digest(job: Job) -> str:
+    """SHA-256 of everything a job binds: program, owners, kept values, recipients, what is
+    kept and freed, public values. Parties compare it before the online phase."""
+    h = hashlib.sha256()
+    for part in (job.job_id, job.program, sorted(job.owners.items()), sorted(job.kept.items()), list(job.recipients),
+                 sorted(job.keep.items()), sorted(job.free)):
+        h.update(repr(part).encode())
+    for nid in sorted(job.public):
+        t = job.public[nid].detach().contiguous()
+        h.update(f"{nid}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def input_mask(transport: Transport, job: str, node: int, owner: int, shape) -> torch.Tensor:
@@ -97,7 +127,7 @@ class PartySession:
         # handle -> event of the latest submitted job that keeps a value under it: a job
         # submitted while an earlier one is still running (a pipeline of training steps)
         # runs its offline phase at once but reads those values only once they are kept.
-        self._writers: dict[int, asyncio.Event] = {}
+        self._writers: dict[int, _Write] = {}
 
     def knows(self, job: str) -> bool:
         return job in self.jobs
@@ -147,10 +177,11 @@ class PartySession:
             if owner in (self.pid, TO_CALLER) and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
         self._seen.add(job.job_id)
-        waits = list({id(e): e for h in job.kept.values() if (e := self._writers.get(h)) is not None}.values())
-        writes = {h: asyncio.Event() for h in job.keep.values()}
+        waits = {h: w for h in job.kept.values() if (w := self._writers.get(h)) is not None}
+        writes = {h: _Write(job.job_id) for h in job.keep.values()}
         self._writers.update(writes)
         self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes)
+        asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._expire, job.job_id)
         return loaded.dry
 
     def _check(self, job: Job, program: Program) -> None:
@@ -184,9 +215,17 @@ class PartySession:
             if tuple(value.shape) != tuple(node.shape):
                 raise JobError(f"public value for {node.describe()} has shape {tuple(value.shape)}, the program "
                                f"says {tuple(node.shape)}")
-            if node.attrs.get("index") and (value.is_floating_point() or value.numel() and (
-                    int(value.min()) < 0)):
-                raise JobError(f"public indices for {node.describe()} must be non-negative integers")
+            if node.attrs.get("index"):
+                rows = [program.nodes[u.inputs[0]].shape[0] for u in program.nodes
+                        if u.op == "gather_rows" and u.inputs[1] == nid]
+                bound = min(rows) if rows else 0
+                if value.is_floating_point() or (value.numel() and (int(value.min()) < 0 or int(value.max()) >= bound)):
+                    raise JobError(f"public indices for {node.describe()} must be integers in [0, {bound})")
+            else:
+                try:
+                    ring.encode(value, 0 if node.attrs.get("int") else program.frac_bits)
+                except ring.RangeError as exc:
+                    raise JobError(f"public value for {node.describe()}: {exc}") from None
         if len(job.recipients) != len(program.outputs):
             raise JobError(f"job {job.job_id} names {len(job.recipients)} recipients for {len(program.outputs)} outputs")
         for to in job.recipients:
@@ -195,6 +234,20 @@ class PartySession:
         for nid in job.keep:
             if not 0 <= nid < len(program.nodes) or program.nodes[nid].extra_shapes:
                 raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
+
+    def _expire(self, job_id: str) -> None:
+        """Drop a job submitted but never run (another party refused it, or its client went
+        away), so that no later job waits on what it would have kept."""
+        entry = self.jobs.get(job_id)
+        if entry is not None and not entry.started:
+            self._end_writes(entry, ok=False)
+            self.jobs.pop(job_id, None)
+
+    def _end_writes(self, entry: _Job, ok: bool) -> None:
+        for handle, write in entry.writes.items():
+            write.finish(ok)
+            if self._writers.get(handle) is write:
+                del self._writers[handle]
 
     def free(self, handles) -> None:
         for h in handles:
@@ -207,13 +260,13 @@ class PartySession:
         if entry.started:
             raise JobError(f"job {job_id} already ran")
         entry.started = True
+        ok = False
         try:
-            return await self._run(entry)
+            outcome = await self._run(entry)
+            ok = True
+            return outcome
         finally:
-            for handle, event in entry.writes.items():
-                event.set()  # also on failure: a later job then fails on what it finds, never waits forever
-                if self._writers.get(handle) is event:
-                    del self._writers[handle]
+            self._end_writes(entry, ok)  # a later job reading these learns whether they were kept
             self.jobs.pop(job_id, None)
             self.transport.forget(job_id)
 
@@ -227,15 +280,25 @@ class PartySession:
         t0 = time.perf_counter()
         pool = await self._offline(job.job_id, dry)
         t_wait = time.perf_counter()
-        for event in entry.waits:
-            await event.wait()
+        for handle, write in entry.waits.items():
+            try:
+                await asyncio.wait_for(write.event.wait(), WAIT_DEADLINE_S)
+            except asyncio.TimeoutError:
+                raise JobError(f"job {job.job_id} waited {WAIT_DEADLINE_S:.0f} s for kept value {handle} from job "
+                               f"{write.job_id} at party {self.pid}") from None
+            if not write.ok:
+                raise JobError(f"job {job.job_id} reads kept value {handle}, which job {write.job_id} was to keep but "
+                               f"did not (it failed or never ran) at party {self.pid}")
         waited = time.perf_counter() - t_wait  # the previous job's online phase: neither ours nor offline
-        await self._barrier(job.job_id, program.digest)
+        await self._barrier(job.job_id, job_digest(job))
         t1 = time.perf_counter()
-        missing = [h for h in job.kept.values() if h not in self.kept]
-        if missing:
-            raise JobError(f"job {job.job_id} reads kept value {missing[0]}, which an earlier job did not keep at "
-                           f"party {self.pid}")
+        for nid, h in job.kept.items():
+            value = self.kept.get(h)
+            if value is None:
+                raise JobError(f"job {job.job_id} reads kept value {h}, which party {self.pid} does not hold")
+            if tuple(value.shape) != tuple(program.nodes[nid].shape):
+                raise JobError(f"kept value {h} has shape {tuple(value.shape)}, {program.nodes[nid].describe()} needs "
+                               f"{tuple(program.nodes[nid].shape)}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
         executor = Executor(program, self.pid, self.n_parties,
                             {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
@@ -271,20 +334,20 @@ class PartySession:
                 outcome.plaintexts[nid] = ring.decode(value, program.frac_bits * scale)
 
     async def _barrier(self, job: str, digest: str) -> None:
-        """Wait until every party holds its correlations, and check all run the same program.
+        """Wait until every party holds its correlations, and check all run the same job.
 
         Party 0 fetches the dealer's corrections while the others only expand seeds; without
         this, the others' first online round would include that wait. One 32-byte message
-        (the program digest) to each peer, counted as offline traffic (the job's counters
-        restart after it).
+        (job_digest: the program and every binding of the job) to each peer, counted as
+        offline traffic (the job's counters restart after it).
         """
         peers = set(self.transport.peers)
         mine = bytes.fromhex(digest)
         received = await self.transport.exchange(job, READY_ROUND, {p: mine for p in peers}, peers)
         for p in sorted(peers):
             if bytes(received[p]) != mine:
-                raise ProtocolViolation(f"party {p} runs program {bytes(received[p]).hex()[:16]}… in job {job}, "
-                                        f"party {self.pid} runs {digest[:16]}…: the parties were sent different programs")
+                raise ProtocolViolation(f"party {p} runs job {job} as {bytes(received[p]).hex()[:16]}…, party {self.pid} "
+                                        f"as {digest[:16]}…: the parties were sent different programs or bindings")
         self.transport.reset_counters(job)
 
     async def _offline(self, job: str, dry: DryRun) -> dict:
