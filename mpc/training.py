@@ -53,6 +53,13 @@ class TrainResult:
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
+    handles: dict[str, int] = field(default_factory=dict)  # weights and optimizer state at the parties, by name
+
+
+def batch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The public row order of one epoch: every party (and the plaintext reference,
+    mpc.plain_training) draws the same permutation from the job's seed."""
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
@@ -144,26 +151,40 @@ class TrainingMixin:
 
     def train(self, model: torch.nn.Module, data: SharedData, *, loss: str = "cross_entropy", optimizer=None,
               epochs: int = 1, batch_size: int = 64, seed: int = 0, model_owner: int = 0,
-              reveal_loss_every: int = 0, on_step: Callable | None = None, program: TrainingProgram | None = None
-              ) -> TrainResult:
-        """Train `model` (its current weights are the model owner's starting point) on `data`."""
+              reveal_loss_every: int = 0, on_step: Callable | None = None, program: TrainingProgram | None = None,
+              resume: tuple[int, dict[str, int]] | None = None, checkpoint_every: int = 0,
+              on_checkpoint: Callable | None = None, stop_after: int | None = None) -> TrainResult:
+        """Train `model` (its current weights are the model owner's starting point) on `data`.
+
+        `resume=(step, handles)` continues after `step` completed steps from weights and
+        optimizer state the parties already keep under `handles` (by name: see
+        mpc.checkpoints); the batch order depends only on the seed and the epoch, so the
+        remaining steps read the same rows as an uninterrupted run. Every `checkpoint_every`
+        steps `on_checkpoint(step, handles)` is called; `stop_after` ends the run early
+        after that many steps in total (an interruption, for tests)."""
         n_rows = data.x_shape[0]
         tp = program or compile_training(model, torch.zeros((1, *data.x_shape[1:])), n_rows=n_rows,
                                          n_outputs=data.y_shape[1], loss=loss, optimizer=optimizer,
                                          batch_size=batch_size, frac_bits=self.frac_bits)
-        handles = self._share_initial(tp, model_owner)
+        start_step, handles = resume if resume else (0, self._share_initial(tp, model_owner))
         steps_per_epoch = n_rows // tp.batch_size
         result = TrainResult(self._trained_model(tp, handles))
+        result.handles = handles
         start = time.perf_counter()
-        step = 0
-        for epoch in range(epochs):
-            order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-            for k in range(steps_per_epoch):
+        step = start_step
+        last = epochs * steps_per_epoch if stop_after is None else min(stop_after, epochs * steps_per_epoch)
+        for epoch in range(start_step // steps_per_epoch, epochs):
+            if step >= last:
+                break
+            order = batch_order(n_rows, seed, epoch)
+            for k in range(step - epoch * steps_per_epoch, steps_per_epoch):
+                if step >= last:
+                    break
                 indices = order[k * tp.batch_size:(k + 1) * tp.batch_size]
                 with_loss = bool(reveal_loss_every) and (step + 1) % reveal_loss_every == 0
                 value = self._step(tp, data, handles, step, indices, with_loss)
                 stats = self.last_stats
-                if step == 0:
+                if step == start_step:
                     result.rounds_per_step = max(s.rounds for s in stats)
                     result.bytes_per_step = max(s.bytes_sent for s in stats)
                     result.dealer_bytes_per_step = stats[0].dealer_bytes
@@ -172,6 +193,8 @@ class TrainingMixin:
                 step += 1
                 if on_step:
                     on_step(epoch, step, value)
+                if checkpoint_every and on_checkpoint and step % checkpoint_every == 0:
+                    on_checkpoint(step, handles)
         result.steps = step
         result.seconds = time.perf_counter() - start
         return result
