@@ -129,13 +129,13 @@ def _train(args) -> int:
     from mpc.api import MPCError
     from mpc.compiler.registry import CompileError
     from mpc.launcher import LocalCluster
-    from mpc.train_job import train_job
+    from mpc.train_jobs import train_job
     from mpc.training import DataError
 
     try:
         spec = jobfile.load(args.job)
         jobfile.check_parties(spec, args.local)
-        from mpc.train_job import load_parts
+        from mpc.train_jobs import load_parts
 
         load_parts(spec, args.frac_bits)  # every data file checked before any process starts
     except (jobfile.JobFileError, DataError) as exc:
