@@ -13,6 +13,7 @@ model where the job sends it, accuracy if asked for, the metrics JSON and the lo
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from mpc import data_files, jobfile, model_files, plain_training, train_report
+from mpc.api import MPCError
 from mpc.checkpoints import Checkpointer
 from mpc.compiler.training import compile_training
 from mpc.ir import Job, Node, Program
@@ -55,6 +57,34 @@ def build_model(spec: jobfile.JobSpec) -> torch.nn.Module:
     except TypeError as exc:
         raise jobfile.JobFileError(f"{spec.source}: [model] kwargs: the factory refused them: {exc}") from None
     return model.train()
+
+
+class DivergenceError(MPCError):
+    """The revealed loss says the run diverged or left the fixed-point range."""
+
+
+class _DivergenceCheck:
+    """Stop on a revealed loss that no healthy run produces: not finite, negative (these
+    losses cannot be: a value wrapped around the ring), or above max(100, 10x the first
+    revealed loss). It looks only at losses the job already reveals: it reveals nothing
+    more, and with the loss never revealed there is nothing to check."""
+
+    def __init__(self, source: str, progress, checkpoints):
+        self.source, self.progress, self.checkpoints, self.first = source, progress, checkpoints, None
+
+    def __call__(self, epoch: int, step: int, loss: float | None) -> None:
+        self.progress(epoch, step, loss)
+        if loss is None:
+            return
+        self.first = loss if self.first is None else self.first
+        if not math.isfinite(loss) or loss < -1e-3 or loss > max(100.0, 10 * self.first):
+            self.progress.close()
+            last = f"the last checkpoint is step {self.checkpoints.written[-1]}" if self.checkpoints and \
+                self.checkpoints.written else "no checkpoint was written"
+            raise DivergenceError(
+                f"{self.source}: stopped at step {step}: the revealed loss is {loss:.6g} (the first revealed loss was "
+                f"{self.first:.6g}): the training diverged or a value left the fixed-point range (|x| < 2^30 at 16 "
+                f"fractional bits). Lower [optimizer] lr, or set [data] normalize = true; {last}")
 
 
 class _Progress:
@@ -133,7 +163,8 @@ def train_job(job, cluster, *, resume: bool = False, progress: bool = True, out=
     try:
         result = cluster.train(model, data, loss=spec.loss, optimizer=spec.optimizer, epochs=spec.epochs,
                                batch_size=spec.batch_size, seed=spec.seed, model_owner=spec.model_owner,
-                               reveal_loss_every=spec.reveal_loss_every, on_step=bar, program=tp, resume=restored,
+                               reveal_loss_every=spec.reveal_loss_every, on_step=_DivergenceCheck(spec.source, bar, ckpt),
+                               program=tp, resume=restored,
                                checkpoint_every=spec.checkpoint_every if ckpt else 0,
                                on_checkpoint=ckpt.save if ckpt else None, stop_after=stop_after)
     finally:

@@ -221,3 +221,35 @@ def test_demo_training_reaches_plaintext_accuracy(tmp_path):
     assert report.plain_accuracy > 0.93
     assert abs(report.accuracy - report.plain_accuracy) <= 0.02, (report.accuracy, report.plain_accuracy)
     assert os.path.exists(report.files["plot"])
+
+
+def test_a_divergent_run_is_stopped_with_a_clear_message(tmp_path):
+    from mpc.train_jobs import DivergenceError
+
+    _write_parties(tmp_path)
+    job = _job(tmp_path, reveal_loss_every=1)
+    job["optimizer"] = {"name": "sgd", "lr": 200.0}
+    with pytest.raises(DivergenceError, match=r"stopped at step \d+: the revealed loss is .*the training diverged or "
+                                              r"a value left the fixed-point range .*Lower \[optimizer\] lr"):
+        _run(tmp_path, job=job)
+
+
+def test_column_split_normalized_and_model_revealed_to_one_party(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) * 3 + 1
+    y = (x[:, 0] - x[:, 4] > 0).long()
+    data_files.write_csv(str(tmp_path / "left.csv"), x[:, :3], y)  # party 1: three columns and the labels
+    data_files.write_csv(str(tmp_path / "right.csv"), x[:, 3:], None)  # party 2: two columns, no labels
+    job = _job(tmp_path, classes=2, reveal_loss_every=2)
+    job["model"]["kwargs"] = {"sizes": [5, 4, 4, 2]}
+    job["data"] = {"split": "columns", "label_owner": 1, "normalize": True,
+                   "parties": [{"party": 1, "file": "left.csv", "label": "label"}, {"party": 2, "file": "right.csv"}]}
+    job["output"] = {"model": 2, "directory": "out"}
+    run = _run(tmp_path, job=job, stop_after=4)
+    assert run.state is None and run.report.model == "revealed to party 2 only"
+    state = torch.load(tmp_path / "out" / "party-2" / "model.pt", weights_only=True)
+    assert state["fc1.weight"].shape == (4, 5)
+    plain = dict(run.report.plain_losses)
+    assert [s for s, _ in run.report.losses] == [1, 3]
+    for step, value in run.report.losses:
+        assert abs(value - plain[step]) < 0.02, (step, value, plain[step])
