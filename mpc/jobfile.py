@@ -213,6 +213,10 @@ def load(path_or_dict, base: str | None = None) -> JobSpec:
                                r.path(r.get(ev, "[evaluate]", "file", str)), r.get(ev, "[evaluate]", "label", (str, int)))
     if training_spec["reveal_accuracy"] and evaluate is None:
         r.fail("[training] reveal_accuracy", "needs an [evaluate] table naming the test data and its owner")
+    if training_spec["reveal_accuracy"] and data.get("normalize"):
+        # the normalisation statistics stay secret, so the test data cannot be normalised the same way
+        r.fail("[training] reveal_accuracy", "cannot be used with [data] normalize = true (the test data would "
+                                             "not be normalised like the training data)")
 
     out = r.table("output", required=False)
     model_to = r.get(out, "[output]", "model", (str, int), "shared",

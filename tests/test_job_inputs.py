@@ -111,6 +111,8 @@ def test_a_valid_job_parses_with_paths_relative_to_its_file(tmp_path):
     ({"training__batch_size": 0}, "[training] batch_size: must be positive, got 0"),
     ({"training__reveal_accuracy": True}, "[training] reveal_accuracy: needs an [evaluate] table"),
     ({"training__epoch": 3}, "[training] epoch: unknown key"),
+    ({"training__reveal_accuracy": True, "evaluate": {"party": 0, "file": "t.csv", "label": "y"},
+      "data__normalize": True}, "[training] reveal_accuracy: cannot be used with [data] normalize = true"),
     ({"optimizer__name": "rmsprop"}, "[optimizer] name: must be 'sgd' or 'adam'"),
     ({"optimizer__lr": -1.0}, "[optimizer] lr: must be positive"),
     ({"optimizer__betas": [0.9, 0.999]}, "[optimizer] betas: only for adam"),
