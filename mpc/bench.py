@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from mpc import bench_models, reference
+from mpc import bench_models, bench_train, reference
+from mpc.bench_train import TRAIN_WORKLOADS
 from mpc.bench_models import MODEL_WORKLOADS
 from mpc.launcher import LocalCluster
 
@@ -124,21 +125,23 @@ SCALING_PARTIES = (2, 3, 4, 5)
 def _run_on(cluster, name: str, reps: int) -> dict:
     if name in MODEL_WORKLOADS:
         return bench_models.run_ours(cluster, MODEL_WORKLOADS[name], reps)
+    if name in TRAIN_WORKLOADS:
+        return bench_train.run_ours(cluster, TRAIN_WORKLOADS[name], reps)
     return run_ours(cluster, WORKLOADS[name], reps)
 
 
 def _describe(name: str) -> str:
-    return (MODEL_WORKLOADS.get(name) or WORKLOADS[name]).describe
+    return (MODEL_WORKLOADS.get(name) or TRAIN_WORKLOADS.get(name) or WORKLOADS[name]).describe
 
 
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print, scaling: bool = False) -> dict:
-    known = {**WORKLOADS, **MODEL_WORKLOADS}
+        progress=print, scaling: bool = False, tls: bool = True) -> dict:
+    known = {**WORKLOADS, **MODEL_WORKLOADS, **TRAIN_WORKLOADS}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = []
-    with LocalCluster(n_parties=n_parties, torch_threads=threads) as cluster:
+    with LocalCluster(n_parties=n_parties, torch_threads=threads, tls=tls) as cluster:
         for name in names:
             progress(f"running {name} ({_describe(name)}) on {n_parties} parties")
             results.append({"name": name, "parties": n_parties, **_run_on(cluster, name, reps)})
@@ -146,7 +149,7 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
         for n in SCALING_PARTIES:
             if n == n_parties:
                 continue
-            with LocalCluster(n_parties=n, torch_threads=threads) as cluster:
+            with LocalCluster(n_parties=n, torch_threads=threads, tls=tls) as cluster:
                 progress(f"running mlp_infer on {n} parties (scaling)")
                 results.append({"name": "mlp_infer", "parties": n, **_run_on(cluster, "mlp_infer", reps)})
     if crypten:
@@ -154,6 +157,8 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
             progress(f"running {row['name']} in CrypTen with {row['parties']} processes")
             if row["name"] in MODEL_WORKLOADS:
                 row.update(bench_models.run_crypten(MODEL_WORKLOADS[row["name"]], row["parties"], reps, threads))
+            elif row["name"] in TRAIN_WORKLOADS:
+                row.update(bench_train.run_crypten(TRAIN_WORKLOADS[row["name"]], row["parties"], reps, threads))
             else:
                 row.update(run_crypten(WORKLOADS[row["name"]], row["parties"], reps, threads))
             row["ratio"] = row["online_s"] / row["crypten_s"]
@@ -162,7 +167,8 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
 
 
 def format_table(report: dict) -> str:
-    cols = ["name", "parties", "online_s", "total_s", "wall_s", "rounds", "predicted_rounds", "bytes_per_party", "dealer_bytes", "max_abs_err",
+    cols = ["name", "parties", "online_s", "total_s", "wall_s", "rounds", "predicted_rounds", "rounds_per_step",
+            "crypten_rounds_per_step", "accuracy", "plain_accuracy", "crypten_accuracy", "bytes_per_party", "dealer_bytes", "max_abs_err",
             "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total",
             "predictions_per_s", "crypten_predictions_per_s"]
     rows = report["results"]

@@ -1,4 +1,5 @@
-"""The `mpc` command: launch a local cluster, train from a job file, run the demo, run the benchmarks."""
+"""The `mpc` command: launch a local cluster, train from a job file, run the demo, run the benchmarks,
+make certificates."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
-    names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS}.items()
+    names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS,
+                                                                     **bench.TRAIN_WORKLOADS}.items()
                                                       if args.scaling or not w.scaling]
     try:
         report = bench.run(names, n_parties=args.parties, reps=args.reps, crypten=not args.no_crypten,
@@ -150,6 +152,19 @@ def _train(args) -> int:
     return 0
 
 
+def _certs(args) -> int:
+    from mpc.net import tls
+
+    try:
+        tls.make_cluster_certs(args.out, args.parties, hosts=args.host or (), clients=args.client or ("local",))
+    except (tls.TLSError, OSError) as exc:
+        print(f"mpc certs: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote a CA and certificates for {args.parties} parties, the dealer, the coordinator and "
+          f"client(s) {', '.join(args.client or ['local'])} to {args.out} (keep ca.key offline)")
+    return 0
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mpc", description="Multi-party computation runtime for machine learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +212,14 @@ def main(argv=None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps (as if interrupted)")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("certs", help="make a cluster CA and a key and certificate for every process")
+    p.add_argument("--out", required=True, help="directory to write ca.pem, ca.key, IDENTITY.pem and IDENTITY.key")
+    p.add_argument("--parties", type=int, default=3)
+    p.add_argument("--host", action="append", help="extra DNS name or IP for every certificate's SANs (repeatable)")
+    p.add_argument("--client", action="append",
+                   help="client name: a certificate client-NAME (repeatable; default local)")
+    p.set_defaults(fn=_certs)
 
     args = parser.parse_args(argv)
     sys.exit(args.fn(args))

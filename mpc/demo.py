@@ -23,7 +23,7 @@ from mpc import data_files
 JOB = {
     "model": {"factory": "mpc.models:MLP", "kwargs": {"sizes": [64, 32, 32, 10]}, "init_seed": 0, "owner": 0},
     "training": {"loss": "cross_entropy", "classes": 10, "epochs": 12, "batch_size": 64, "seed": 0,
-                 "reveal_loss_every": 11, "reveal_accuracy": True},
+                 "reveal_loss_every": 20, "reveal_accuracy": True},
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
     "data": {"split": "rows", "parties": [{"party": p, "file": f"party-{p}.csv", "label": "label"} for p in range(3)]},
     "evaluate": {"party": 0, "file": "test.csv", "label": "label"},

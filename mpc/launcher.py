@@ -5,6 +5,10 @@ launcher then hands every party the cluster config on stdin and waits for `READY
 process that fails or stays silent past `connect_timeout` is named in the error, with the
 tail of its stderr. On exit (or on error, or when the launching process dies) every
 process is stopped: SIGTERM, then SIGKILL after a grace period.
+
+TLS by default: start() makes a throwaway CA (its key stays in memory) and a certificate
+per process in a private temporary directory, so the processes talk mutual TLS on
+loopback as they would between hosts. `tls=False` runs them in plaintext, loopback only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from mpc import ring
 from mpc.api import MPCError, _Cluster
 from mpc.net import framing, serde
+from mpc.net import tls as tls_
 from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
@@ -99,8 +104,13 @@ class LocalCluster(_Cluster):
 
     def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS, *,
                  connect_timeout: float = 30.0, round_timeout: float = 120.0, job_timeout: float = 900.0,
-                 torch_threads: int = 1, verbose: bool = False, defer_truncation: bool = True):
+                 torch_threads: int = 1, verbose: bool = False, defer_truncation: bool = True,
+                 tls: bool = True):
         super().__init__(n_parties, frac_bits, defer_truncation)
+        self.tls = tls
+        self.ca: tls_.CertificateAuthority | None = None  # signs this cluster's certificates (TLS only)
+        self.certs_dir: tempfile.TemporaryDirectory | None = None  # removed when the cluster is collected
+        self._client_creds: tls_.Credentials | None = None
         self.connect_timeout = connect_timeout
         self.round_timeout = round_timeout
         self.job_timeout = job_timeout
@@ -136,10 +146,19 @@ class LocalCluster(_Cluster):
     def start(self) -> None:
         try:
             deadline = time.monotonic() + self.connect_timeout + 30  # + interpreter and torch start-up
+            security = ["--insecure"]
+            if self.tls:
+                self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
+                self.certs_dir = tempfile.TemporaryDirectory(prefix="mpc-certs-")
+                self.ca.write(self.certs_dir.name, with_key=False)
+                for identity in [tls_.DEALER] + [tls_.party_name(p) for p in range(self.n_parties)]:
+                    tls_.write_credentials(self.certs_dir.name, self.ca.issue(identity))
+                self._client_creds = self.ca.issue(tls_.client_name("local"))
+                security = ["--certs", self.certs_dir.name]
             dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
-                                 "--n-parties", str(self.n_parties))
+                                 "--n-parties", str(self.n_parties), *security)
             parties = [self._spawn(f"party {p}", "parties.party", "--pid", str(p), "--listen", "127.0.0.1:0",
-                                   "--config", "-") for p in range(self.n_parties)]
+                                   "--config", "-", *security) for p in range(self.n_parties)]
             dealer_port = dealer.expect("LISTENING", deadline)
             ports = [proc.expect("LISTENING", deadline) for proc in parties]
             self.config = ClusterConfig(self.n_parties, f"127.0.0.1:{dealer_port}",
@@ -161,7 +180,8 @@ class LocalCluster(_Cluster):
         threading.Thread(target=self._loop.run_forever, daemon=True, name="mpc-client").start()
 
         async def connect():
-            self._channels = [client_channel(self.config.parties[p]) for p in range(self.n_parties)]
+            self._channels = [client_channel(self.config.parties[p], self._client_creds, tls_.party_name(p))
+                              for p in range(self.n_parties)]
             self._stubs = [pb_grpc.PartyStub(ch) for ch in self._channels]
 
         self._call(connect())

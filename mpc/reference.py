@@ -63,6 +63,44 @@ OPS = {
 }
 
 
+def _train_logreg(x, y, w, b, *, batches, lr):
+    """Logistic regression by hand: sigmoid, gradient (p - y) / B, SGD on W (1, d) and b (1,)."""
+    for idx in batches:
+        xb, yb = x[idx], y[idx]
+        g = (_linear(xb, w, b).sigmoid() - yb) * (1.0 / len(idx))
+        w = w - g.t().matmul(xb) * lr
+        b = b - g.sum(0) * lr
+    return _flat(w, b)
+
+
+def _train_mlp(x, y, w1, b1, w2, b2, *, batches, lr):
+    """One hidden ReLU layer, softmax cross-entropy: gradient softmax - onehot, by hand."""
+    for idx in batches:
+        xb, yb = x[idx], y[idx]
+        h = _linear(xb, w1, b1)
+        bit = h > 0
+        a = h * bit
+        g = (_linear(a, w2, b2).softmax(1) - yb) * (1.0 / len(idx))
+        dh = g.matmul(w2) * bit
+        w2, b2 = w2 - g.t().matmul(a) * lr, b2 - g.sum(0) * lr
+        w1, b1 = w1 - dh.t().matmul(xb) * lr, b1 - dh.sum(0) * lr
+    return _flat(w1, b1, w2, b2)
+
+
+def _flat(*ts):
+    return crypten_cat([t.flatten() for t in ts])
+
+
+def crypten_cat(ts):
+    import crypten
+
+    return crypten.cat(ts)
+
+
+# Training by hand in CrypTen: fn(*cryptensors, batches=[LongTensor], lr=float) -> flat weights.
+TRAIN_OPS = {"train_logreg": _train_logreg, "train_mlp": _train_mlp}
+
+
 def _linear(x, w, b):
     """torch.nn.Linear on CrypTensors: x W^T + b."""
     return x.matmul(w.t()) + b
@@ -102,7 +140,11 @@ def _rank_main(jobs: list[dict], reps: int, threads: int) -> None:
     rank = comm.get().get_rank()
     for job in jobs:
         plain = [torch.from_numpy(np.load(p)) for p in job["paths"]]
-        fn = OPS[job["op"]]
+        if job["op"] in TRAIN_OPS:
+            batches = [torch.from_numpy(b) for b in np.load(job["batches"])]
+            fn = (lambda train, lr: lambda *xs: train(*xs, batches=batches, lr=lr))(TRAIN_OPS[job["op"]], job["lr"])
+        else:
+            fn = OPS[job["op"]]
 
         def run_once():
             xs = [crypten.cryptensor(t.float(), src=o) for t, o in zip(plain, job["owners"])]
@@ -132,6 +174,14 @@ def _launch(jobs: list[dict], world_size: int, reps: int, threads: int) -> None:
     launcher(jobs, reps, threads)
 
 
+def train(op: str, tensors: list[torch.Tensor], batches: list[torch.Tensor], lr: float,
+          owners: list[int] | None = None, *, world_size: int = 3, reps: int = 1, threads: int = 1) -> dict:
+    """A training run of TRAIN_OPS[op] in CrypTen (same data, initial weights, batch order
+    and learning rate as ours); value: the final weights, flattened in argument order."""
+    return run_many([(op, tensors, owners, {"batches": torch.stack(batches), "lr": lr})], world_size=world_size,
+                    reps=reps, threads=threads)[0]
+
+
 def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *, world_size: int = 3,
         reps: int = 3, threads: int = 1) -> dict:
     """Run `op` in CrypTen with `world_size` processes; returns value, seconds, rounds, bytes."""
@@ -143,19 +193,24 @@ def run_many(jobs: list[tuple], *, world_size: int = 3, reps: int = 3, threads: 
 
     CrypTen forks its ranks. Forking a process in which gRPC has threads can crash the
     child, so when gRPC is loaded here the ranks are forked from a fresh interpreter."""
-    for op, _, _ in jobs:
-        if op not in OPS:
-            raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS)}")
+    jobs = [tuple(j) + (None,) * (4 - len(j)) for j in jobs]
+    for op, _, _, _ in jobs:
+        if op not in OPS and op not in TRAIN_OPS:
+            raise ValueError(f"no CrypTen reference for op {op!r}; known: {sorted(OPS) + sorted(TRAIN_OPS)}")
     import_crypten()
     with tempfile.TemporaryDirectory() as tmp:
         specs = []
-        for k, (op, tensors, owners) in enumerate(jobs):
+        for k, (op, tensors, owners, training) in enumerate(jobs):
             paths = []
             for i, t in enumerate(tensors):
                 paths.append(os.path.join(tmp, f"job{k}_in{i}.npy"))
                 np.save(paths[-1], t.detach().to(torch.float64).numpy(), allow_pickle=False)
             owners = owners or [i % world_size for i in range(len(tensors))]
             specs.append(dict(op=op, paths=paths, owners=list(owners), out=os.path.join(tmp, f"job{k}_out")))
+            if training:
+                specs[-1]["batches"] = os.path.join(tmp, f"job{k}_batches.npy")
+                specs[-1]["lr"] = float(training["lr"])
+                np.save(specs[-1]["batches"], training["batches"].numpy(), allow_pickle=False)
         args = dict(jobs=specs, world_size=world_size, reps=reps, threads=threads)
         if "grpc" in sys.modules:
             subprocess.run([sys.executable, "-m", "mpc.reference", json.dumps(args)], timeout=1800, check=False)

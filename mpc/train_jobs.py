@@ -88,31 +88,33 @@ class _DivergenceCheck:
 
 
 class _Progress:
-    """One tqdm bar per epoch: steps done, the last revealed loss, elapsed and remaining time."""
+    """One tqdm bar per epoch: steps done, the last revealed loss, elapsed and remaining time.
+    Training reports after each job (a group of steps that may cross an epoch's end)."""
 
     def __init__(self, epochs: int, per_epoch: int, enabled: bool, first_step: int = 0):
         from tqdm import tqdm
 
         self.tqdm, self.epochs, self.per_epoch, self.enabled = tqdm, epochs, per_epoch, enabled
-        self.bar, self.epoch, self.loss = None, None, None
-        self.first_step = first_step
+        self.bar, self.epoch, self.loss, self.done = None, None, None, first_step
 
     def __call__(self, epoch: int, step: int, loss: float | None) -> None:
         if not self.enabled:
             return
-        if epoch != self.epoch:
-            self.close()
-            self.epoch = epoch
-            done = max(0, self.first_step - epoch * self.per_epoch)
-            self.bar = self.tqdm(total=self.per_epoch, initial=min(done, self.per_epoch),
-                                 desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", file=sys.stderr,
-                                 dynamic_ncols=True, leave=True)
-            if self.loss is not None:
-                self.bar.set_postfix_str(f"loss {self.loss:.4f}")
         if loss is not None:
             self.loss = loss
-            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-        self.bar.update(1)
+        while self.done < step:
+            epoch = self.done // self.per_epoch
+            if epoch != self.epoch:
+                self.close()
+                self.epoch = epoch
+                self.bar = self.tqdm(total=self.per_epoch, initial=self.done - epoch * self.per_epoch,
+                                     desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", file=sys.stderr,
+                                     dynamic_ncols=True, leave=True)
+            n = min(step, (epoch + 1) * self.per_epoch) - self.done
+            if self.loss is not None:
+                self.bar.set_postfix_str(f"loss {self.loss:.4f}", refresh=False)
+            self.bar.update(n)
+            self.done += n
 
     def close(self) -> None:
         if self.bar is not None:
@@ -171,7 +173,8 @@ def train_job(job, cluster, *, resume: bool = False, progress: bool = True, out=
         bar.close()
     report = train_report.TrainReport(
         spec.source, digest, cluster.n_parties, spec.epochs, spec.batch_size, result.steps, result.seconds,
-        result.rounds_per_step, result.bytes_per_step, list(result.losses),
+        result.rounds_per_step, result.bytes_per_step,
+        [(count - 1, value) for count, value in result.losses],  # by step index, like the plaintext's
         resumed_from=restored[0] if restored else None, checkpoints=list(ckpt.written) if ckpt else [])
     if plaintext:
         x, y = plain_training.assemble(parts, spec.split, spec.label_owner, spec.normalize)

@@ -40,7 +40,7 @@ class TrainReport:
 def summary(r: TrainReport) -> str:
     plain = dict(r.plain_losses)
     lines = [f"trained {r.steps} steps ({r.epochs} epochs of batch {r.batch_size}) on {r.n_parties} parties "
-             f"in {r.seconds:.1f} s: {r.rounds_per_step} rounds and {r.bytes_per_step / 1e6:.2f} MB per party "
+             f"in {r.seconds:.1f} s: {r.rounds_per_step:g} rounds and {r.bytes_per_step / 1e6:.2f} MB per party "
              "per step" + (f"; resumed after step {r.resumed_from}" if r.resumed_from is not None else "")]
     lines.append(f"{'':22}{'final loss':>11}  {'test accuracy':>13}")
     last = r.losses[-1] if r.losses else None

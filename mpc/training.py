@@ -49,7 +49,9 @@ class TrainResult:
     shared: SharedModel  # the trained weights, still secret-shared
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) where revealed
     steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of all steps, at the caller
+    online_s: float = 0.0  # the parties' online phases, summed over the jobs (slowest party each)
+    offline_s: float = 0.0  # their offline phases (dealer material), likewise
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
@@ -151,50 +153,59 @@ class TrainingMixin:
 
     def train(self, model: torch.nn.Module, data: SharedData, *, loss: str = "cross_entropy", optimizer=None,
               epochs: int = 1, batch_size: int = 64, seed: int = 0, model_owner: int = 0,
-              reveal_loss_every: int = 0, on_step: Callable | None = None, program: TrainingProgram | None = None,
-              resume: tuple[int, dict[str, int]] | None = None, checkpoint_every: int = 0,
-              on_checkpoint: Callable | None = None, stop_after: int | None = None) -> TrainResult:
+              reveal_loss_every: int = 0, steps_per_job: int = 10, on_step: Callable | None = None,
+              program: TrainingProgram | None = None, resume: tuple[int, dict[str, int]] | None = None,
+              checkpoint_every: int = 0, on_checkpoint: Callable | None = None,
+              stop_after: int | None = None) -> TrainResult:
         """Train `model` (its current weights are the model owner's starting point) on `data`.
+
+        Steps run `steps_per_job` at a time in one job (an unrolled program): the rounds
+        per step are unchanged, the per-job overheads are paid once per group. The loss
+        is revealed on the last step of every group that contains a multiple of
+        `reveal_loss_every` (0: never).
 
         `resume=(step, handles)` continues after `step` completed steps from weights and
         optimizer state the parties already keep under `handles` (by name: see
         mpc.checkpoints); the batch order depends only on the seed and the epoch, so the
-        remaining steps read the same rows as an uninterrupted run. Every `checkpoint_every`
-        steps `on_checkpoint(step, handles)` is called; `stop_after` ends the run early
-        after that many steps in total (an interruption, for tests)."""
+        remaining steps read the same rows as an uninterrupted run. Groups also end at every
+        multiple of `checkpoint_every`, where `on_checkpoint(step, handles)` is called;
+        `stop_after` ends the run after that many steps in total (an interruption, for tests)."""
         n_rows = data.x_shape[0]
         tp = program or compile_training(model, torch.zeros((1, *data.x_shape[1:])), n_rows=n_rows,
                                          n_outputs=data.y_shape[1], loss=loss, optimizer=optimizer,
                                          batch_size=batch_size, frac_bits=self.frac_bits)
         start_step, handles = resume if resume else (0, self._share_initial(tp, model_owner))
-        steps_per_epoch = n_rows // tp.batch_size
+        batches = []
+        for epoch in range(epochs):
+            order = batch_order(n_rows, seed, epoch)
+            batches += [(epoch, order[k * tp.batch_size:(k + 1) * tp.batch_size])
+                        for k in range(n_rows // tp.batch_size)]
+        end = len(batches) if stop_after is None else min(stop_after, len(batches))
         result = TrainResult(self._trained_model(tp, handles))
         result.handles = handles
         start = time.perf_counter()
-        step = start_step
-        last = epochs * steps_per_epoch if stop_after is None else min(stop_after, epochs * steps_per_epoch)
-        for epoch in range(start_step // steps_per_epoch, epochs):
-            if step >= last:
-                break
-            order = batch_order(n_rows, seed, epoch)
-            for k in range(step - epoch * steps_per_epoch, steps_per_epoch):
-                if step >= last:
-                    break
-                indices = order[k * tp.batch_size:(k + 1) * tp.batch_size]
-                with_loss = bool(reveal_loss_every) and (step + 1) % reveal_loss_every == 0
-                value = self._step(tp, data, handles, step, indices, with_loss)
-                stats = self.last_stats
-                if step == start_step:
-                    result.rounds_per_step = max(s.rounds for s in stats)
-                    result.bytes_per_step = max(s.bytes_sent for s in stats)
-                    result.dealer_bytes_per_step = stats[0].dealer_bytes
-                if value is not None:
-                    result.losses.append((step, value))
-                step += 1
-                if on_step:
-                    on_step(epoch, step, value)
-                if checkpoint_every and on_checkpoint and step % checkpoint_every == 0:
-                    on_checkpoint(step, handles)
+        step, k = start_step, max(1, int(steps_per_job))
+        while step < end:
+            last = min(step + k, end)
+            if checkpoint_every:  # a checkpoint needs a job boundary at its step
+                last = min(last, (step // checkpoint_every + 1) * checkpoint_every)
+            group = batches[step:last]
+            with_loss = bool(reveal_loss_every) and any(s % reveal_loss_every == 0 for s in range(step + 1, last + 1))
+            value = self._steps(tp, data, handles, step, [b for _, b in group], with_loss)
+            stats = self.last_stats
+            result.online_s += max(s.online_s for s in stats)
+            result.offline_s += max(s.offline_s for s in stats)
+            if step == start_step:
+                result.rounds_per_step = max(s.rounds for s in stats) / len(group)
+                result.bytes_per_step = max(s.bytes_sent for s in stats) / len(group)
+                result.dealer_bytes_per_step = stats[0].dealer_bytes / len(group)
+            if value is not None:
+                result.losses.append((last, value))
+            step = last
+            if on_step:
+                on_step(group[-1][0], step, value)
+            if checkpoint_every and on_checkpoint and step % checkpoint_every == 0:
+                on_checkpoint(step, handles)
         result.steps = step
         result.seconds = time.perf_counter() - start
         return result
@@ -213,10 +224,9 @@ class TrainingMixin:
         self._execute(program, job, inputs)
         return handles
 
-    def _step(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], step: int,
-              indices: torch.Tensor, with_loss: bool) -> float | None:
-        variant = "step_with_loss" if with_loss else "step"
-        program, roles = getattr(tp, variant), tp.roles[variant]
+    def _steps(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], first: int,
+               batches: list[torch.Tensor], with_loss: bool) -> float | None:
+        program, roles = tp.program(len(batches), with_loss)
         kept = {}
         for name, nid in roles["inputs"].items():
             if name == "data.x":
@@ -227,7 +237,7 @@ class TrainingMixin:
                 kept[nid] = handles[name]
         keep = {nid: handles[name] for name, nid in roles["updates"].items()}
         job = Job(uuid.uuid4().hex, program.digest, kept=kept, recipients=tuple(TO_CALLER for _ in program.outputs),
-                  keep=keep, public=tp.public_values(variant, step, indices))
+                  keep=keep, public=tp.public_values(roles, first, batches))
         outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
         self.last_program = program
         self.last_stats = [o.stats for o in outcomes]
@@ -271,7 +281,7 @@ class _TrainedLayout:
     def shared_for(self, shape: tuple[int, ...], handles: dict[str, int]) -> SharedModel:
         if shape not in self._compiled:
             compiled = compile_model(self.tp.model, torch.zeros(shape), trainable=True,
-                                     frac_bits=self.tp.step.frac_bits)
+                                     frac_bits=self.tp.frac_bits)
             self._compiled[shape] = SharedModel(compiled, -1, handles)
         return self._compiled[shape]
 

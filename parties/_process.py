@@ -44,3 +44,28 @@ def announce(line: str) -> None:
     """A line for the launcher on stdout (LISTENING <port>, READY, ...)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def add_tls_arguments(parser) -> None:
+    """--certs DIR (mutual TLS) or --insecure (plaintext, loopback only): one must be chosen."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--certs", help="directory with ca.pem and this process's IDENTITY.pem/.key (`mpc certs`)")
+    group.add_argument("--insecure", action="store_true",
+                       help="plaintext without authentication; only on loopback addresses")
+
+
+def credentials(parser, args, identity: str):
+    """This process's TLS material, or None when --insecure was asked for; exits 2 otherwise."""
+    from mpc.net import tls
+
+    if args.insecure:
+        logging.getLogger(__name__).warning("%s runs in plaintext: no peer is authenticated (loopback only)",
+                                            identity)
+        return None
+    if not args.certs:
+        parser.error("give --certs DIR (mutual TLS, from `mpc certs`) or --insecure (plaintext, loopback only)")
+    try:
+        return tls.Credentials.load(args.certs, identity)
+    except tls.TLSError as exc:
+        print(f"{identity}: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -6,7 +6,9 @@ The second form (used by `mpc launch`) binds first, prints `LISTENING <port>`, t
 the cluster config from standard input. It prints `READY` once connected to every peer
 and to the dealer; a peer or dealer that cannot be reached within the config's
 `connect_timeout` is named on stderr and the process exits with status 2. It exits with
-status 3 when a peer is lost later, and 0 on SIGTERM or SIGINT.
+status 3 when a peer is lost later, and 0 on SIGTERM or SIGINT. `--certs DIR` gives it
+mutual TLS as "party-K"; `--insecure` (plaintext) is refused unless every address is
+loopback (status 2, naming the address).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import sys
 
 from mpc.net.config import ClusterConfig, ConfigError
 from mpc.net.party_server import PartyServer
+from mpc.net.tls import TLSError, party_name
 from mpc.runtime.transport import PeerFailure
 from parties import _process
 
 
-async def serve(args) -> int:
-    server = PartyServer(args.pid)
+async def serve(args, creds) -> int:
+    server = PartyServer(args.pid, creds)
     stop = _process.stop_event()
     if args.config == "-":
         port = await server.listen(args.listen)
@@ -43,7 +46,7 @@ async def serve(args) -> int:
             joined.cancel()
             return 0
         joined.result()
-    except PeerFailure as exc:
+    except (PeerFailure, TLSError) as exc:
         print(f"party {args.pid}: cannot start: {exc}", file=sys.stderr)
         await server.close()
         return 2
@@ -65,13 +68,15 @@ def main(argv=None) -> None:
     parser.add_argument("--config", required=True, help="cluster TOML file, or - to read it from stdin after binding")
     parser.add_argument("--listen", default=None, help="address to serve on (default: the config's)")
     parser.add_argument("--verbose", action="store_true")
+    _process.add_tls_arguments(parser)
     args = parser.parse_args(argv)
     if args.config == "-" and not args.listen:
         parser.error("--config - needs --listen")
     _process.setup(f"party{args.pid}", args.verbose)
+    creds = _process.credentials(parser, args, party_name(args.pid))
     try:
-        sys.exit(asyncio.run(serve(args)))
-    except ConfigError as exc:
+        sys.exit(asyncio.run(serve(args, creds)))
+    except (ConfigError, TLSError) as exc:
         print(f"party {args.pid}: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import mpc
+from tests import attack
 from mpc import reference
-from mpc.net import framing
+from mpc.net import framing, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 from tests.conftest import ULP, assert_close
@@ -92,31 +93,35 @@ def test_product_costs_are_counted_by_the_transport(cluster):
     assert sum(s.dealer_bytes for s in stats) == 8 * n
 
 
-def _call(address, coro_fn):
+def _call(cluster, pid, coro_fn):
+    """Run `await coro_fn(channel)` as a client of the cluster (its CA's certificate) talking to party pid."""
+    creds = cluster.ca.issue("client-test")
+
     async def go():
-        async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        async with grpc.aio.secure_channel(cluster.config.parties[pid], creds.channel_credentials(),
+                                           options=[("grpc.max_send_message_length", 64 << 20),
+                                                    *tls.channel_options(tls.party_name(pid))]) as ch:
             return await coro_fn(ch)
     return asyncio.run(go())
 
 
 def test_impostor_stream_is_rejected_and_serving_goes_on(cluster):
-    address = cluster.config.parties[1]
+    frames = [*framing.encode_frames(b"", tag=pb.FRAME_HELLO, sender=2),
+              *framing.encode_frames(b"\0" * 16, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=2)]
+    send = attack.exchange(frames)  # writes one by one: the server may end the call before reading all
 
-    async def send(ch):
-        frames = [*framing.encode_frames(b"", tag=pb.FRAME_HELLO, sender=2),
-                  *framing.encode_frames(b"\0" * 16, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=2)]
-        call = ch.stream_stream("/mpc.net.proto.Party/Exchange", request_serializer=None,
-                                response_deserializer=pb.ExchangeReply.FromString)(iter(frames))
-        return [r async for r in call]
-
-    errors = [r.error for r in _call(address, send) if not r.ok]
-    assert any("party 2 already has a stream open to party 1" in e for e in errors), errors
+    for _ in range(5):  # see attack.refused: a client-side send race is retried
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _call(cluster, 1, send)
+        err = info.value
+        if not attack._client_race(err):
+            break
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client-test is not a peer of party 1" in err.details()
     assert_close((cluster.share(rand(3), 0) * 2).reveal(), rand(3) * 2, ULP)
 
 
 def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
-    address = cluster.config.parties[0]
-
     async def submit(ch):
         stub = pb_grpc.PartyStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -125,14 +130,12 @@ def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
         health = await stub.Health(pb.HealthRequest())
         return info.value.code(), health
 
-    code, health = _call(address, submit)
+    code, health = _call(cluster, 0, submit)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert health.ready and health.pid == 0
 
 
 def test_bad_program_is_refused_with_the_node(cluster):
-    address = cluster.config.parties[2]
-
     async def load(ch):
         program = pb.ProgramProto(nodes=[pb.NodeProto(id=0, op="teleport", shape=[2], name="fc1", source="m.py:3")],
                                   outputs=[0], output_scales=[1], frac_bits=16)
@@ -140,7 +143,7 @@ def test_bad_program_is_refused_with_the_node(cluster):
             await pb_grpc.PartyStub(ch).LoadProgram(program)
         return info.value
 
-    err = _call(address, load)
+    err = _call(cluster, 2, load)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown op 'teleport' at node 0 (teleport 'fc1') at m.py:3" in err.details()
 
@@ -151,7 +154,7 @@ def test_job_for_an_unknown_program_is_refused(cluster):
             await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="x", program="ab" * 32, recipients=[-1]))
         return info.value
 
-    err = _call(cluster.config.parties[1], submit)
+    err = _call(cluster, 1, submit)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"party 1 has no program {'ab' * 32}: load it first" in err.details()
 
@@ -169,7 +172,8 @@ def test_unreachable_party_is_named_within_bounded_time(tmp_path):
     cfg.write_text('n_parties = 2\nconnect_timeout = 2.0\n[dealer]\naddress = "127.0.0.1:9"\n'
                    '[[parties]]\npid = 0\naddress = "127.0.0.1:0"\n[[parties]]\npid = 1\naddress = "127.0.0.1:9"\n')
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "parties.party", "--pid", "0", "--config", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "parties.party", "--pid", "0", "--config", str(cfg),
+                           "--insecure"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert time.monotonic() - start < 20

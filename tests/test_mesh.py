@@ -2,10 +2,11 @@
 
 import asyncio
 
+import grpc
 import pytest
 
 from mpc.net import framing
-from mpc.net.mesh import GrpcMesh
+from mpc.net.mesh import GrpcMesh, StreamRefused
 from mpc.net.proto import mpc_pb2 as pb
 
 
@@ -17,28 +18,31 @@ def test_rejects_bad_frames_and_delivers_good_ones():
                   *framing.encode_frames(b"\0" * 8, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=0),
                   *framing.encode_frames(b"\0" * 8, tag=9, job="known", round=0, sender=0),
                   *framing.encode_frames(b"\0" * 8, tag=pb.FRAME_OPEN, job="known", round=0, sender=2),
-                  b"\x01\x00",
                   *framing.encode_frames(bytes(range(24)), chunk_bytes=10, tag=pb.FRAME_OPEN, job="known",
-                                         round=4, sender=0)]
+                                         round=4, sender=0),
+                  b"\x01\x00"]
 
         async def stream():
             for f in frames:
                 yield f
 
-        replies = [r async for r in mesh.handle_exchange(stream(), None)]
+        replies = []
+        with pytest.raises(StreamRefused) as info:  # bytes that are not a frame end the stream
+            async for r in mesh.handle_exchange(stream(), None):
+                replies.append(r)
         delivered = await asyncio.wait_for(mesh._future(("known", 4, 0)), 1)
-        return mesh, replies, delivered, key
+        return mesh, replies, delivered, key, info.value
 
-    mesh, replies, delivered, key = asyncio.run(go())
+    mesh, replies, delivered, key, refusal = asyncio.run(go())
     errors = [r.error for r in replies]
-    assert len(errors) == 4 and all(not r.ok for r in replies)
+    assert len(errors) == 3 and all(not r.ok for r in replies)  # well-formed frames of no job: the stream goes on
     assert "unknown job 'no-such-job'" in errors[0]
     assert "unknown frame tag 9" in errors[1]
     assert "claims sender 2 on party 0's stream" in errors[2]
-    assert "shorter than its length prefix" in errors[3]
+    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT and "shorter than its length prefix" in refusal.details
     assert bytes(delivered) == bytes(range(24))  # three chunks reassembled
     assert mesh.pairwise_key(0) == key
-    assert mesh.rejected_frames == 4
+    assert mesh.rejected_frames == 3
 
 
 def test_abort_names_the_root_cause_to_waiting_receives():

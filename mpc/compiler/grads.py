@@ -159,6 +159,19 @@ def _relu_bit(b, n, gouts, needs):
     return (b.add("mul", (g, bit.id), {"truncate": False}, name=n.name, source="").id,)
 
 
+def _getitem(b, n, gouts, needs):
+    shape = _shape(b, n.inputs[0])
+    return (b.add("scatter", (gouts[0],), {"shape": shape, "index": n.attrs["index"]}, name=n.name, source="").id,)
+
+
+def _relu(b, n, gouts, needs):
+    """Plain relu keeps no comparison bit, so its gradient compares again (4 rounds); the
+    training compiler uses relu_bit instead, which reuses the forward comparison."""
+    bit = b.add("cmp_public", (n.inputs[0],), {"cmp": "ge", "value": torch.tensor(0.0, dtype=torch.float64)},
+                name=n.name, source="")
+    return (b.add("mul", (gouts[0], bit.id), name=n.name, source="").id,)
+
+
 def _sigmoid(b, n, gouts, needs):
     """d sigmoid = s (1 - s)."""
     one_minus = b.add("add_public", (b.add("neg", (n.id,), name=n.name, source="").id,),
@@ -211,7 +224,7 @@ RULES = {
     "add": _add, "sub": _sub, "neg": _neg, "add_public": _add_public, "mul_public": _mul_public, "mul": _mul,
     "square": _square, "matmul": _matmul, "matmul_public": _matmul_public, "reshape": _reshape,
     "transpose": _transpose, "permute": _permute, "expand": _expand, "sum": _sum, "mean": _mean,
-    "relu_bit": _relu_bit, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
+    "relu_bit": _relu_bit, "relu": _relu, "getitem": _getitem, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
 }
 
 for _op, _rule in RULES.items():

@@ -42,6 +42,19 @@ register("gather_rows", 2, _gather_shape, lambda ctx, a, x, idx: x.index_select(
          doc="x[idx] for public row indices: local")
 
 
+def _scatter(a, g):
+    """The adjoint of basic indexing: zeros shaped like the indexed tensor, g at the index."""
+    from mpc.compiler.ops import decode_index
+
+    out = torch.zeros(a["shape"], dtype=g.dtype, device=g.device)
+    out[decode_index(a["index"])] = g
+    return out
+
+
+register("scatter", 1, lambda a, g: _scatter(a, g), lambda ctx, a, g: _scatter(a, g),
+         doc="zeros with g at a basic index (getitem's gradient): local")
+
+
 def factor_bits(value: float, frac_bits: int) -> int:
     """Bits k with which `value` is encoded for `rescale`: enough for 20 significant bits,
     capped so that the product's scale 2^(2f + k) keeps clear of the ring (k <= 62 - 2f - 6)."""

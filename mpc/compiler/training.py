@@ -32,12 +32,12 @@ from mpc.compiler import autodiff, train_ops
 from mpc.compiler.capture import capture
 from mpc.compiler.extract import extract
 from mpc.compiler.graph import GraphBuilder
-from mpc.compiler.passes.rewrite import Rewriter
 from mpc.compiler.registry import CompileError
 from mpc.compiler.validate import validate
-from mpc.ir import Node, Program
+from mpc.ir import Program
 
 LOSSES = ("mse", "bce_with_logits", "cross_entropy")
+V_SHIFT = 12  # Adam's second moment is kept times 2^V_SHIFT (see _update)
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,14 @@ def _scalar(v: float) -> torch.Tensor:
 
 @dataclass
 class TrainingProgram:
-    """A compiled training step and what a job needs to bind its inputs and keep results."""
+    """A compiled training step (and unrolled groups of steps) and what a job needs to bind
+    its inputs and keep its results.
 
-    step: Program
-    step_with_loss: Program
+    `program(k, with_loss)` is k consecutive steps in one program (step i+1 reads step
+    i's updated weights inside the program), so per-job costs (submission, the ready
+    barrier, the dealer's latency) are paid once per k steps while the rounds per step
+    stay those of one step. Each variant is built once and reused for every group."""
+
     params: dict[str, torch.Tensor]  # initial values (the model owner's), by parameter name
     state_shapes: dict[str, tuple[int, ...]]  # optimizer state (starts at zero), by name
     loss: str
@@ -81,19 +85,39 @@ class TrainingProgram:
     n_rows: int
     x_shape: tuple[int, ...]  # of the whole kept data set
     y_shape: tuple[int, ...]
+    frac_bits: int
     model: torch.nn.Module = field(repr=False, default=None)
-    # program node ids by role, for each variant: {"inputs": {name: id}, "updates": {name: id}, "loss": id}
-    roles: dict[str, dict] = field(default_factory=dict)
+    graph: object = field(repr=False, default=None)  # the captured forward pass (trainable layout)
+    variants: dict[tuple[int, bool], tuple[Program, dict]] = field(default_factory=dict, repr=False)
 
-    def public_values(self, variant: str, step: int, indices: torch.Tensor) -> dict[int, torch.Tensor]:
-        """The public inputs of step number `step` (0-based) reading rows `indices`."""
-        ids = self.roles[variant]["inputs"]
-        values = {ids["batch"]: indices.to(torch.int64)}
-        if isinstance(self.optimizer, Adam):
-            b1, b2 = self.optimizer.betas
-            t = step + 1
-            values[ids["adam.lr"]] = _scalar(self.optimizer.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t))
-            values[ids["adam.eps"]] = _scalar(self.optimizer.eps * math.sqrt(1 - b2 ** t))
+    @property
+    def step(self) -> Program:
+        return self.program(1, False)[0]
+
+    @property
+    def step_with_loss(self) -> Program:
+        return self.program(1, True)[0]
+
+    def program(self, k: int = 1, with_loss: bool = False) -> tuple[Program, dict]:
+        """k steps in one program, revealing the last step's loss if `with_loss`; and its
+        roles: {"inputs": {name: node}, "updates": {name: node}, "loss": node or None}."""
+        if (k, with_loss) not in self.variants:
+            self.variants[(k, with_loss)] = _build(self, k, with_loss)
+        return self.variants[(k, with_loss)]
+
+    def public_values(self, roles: dict, first_step: int, batches: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The public inputs of the steps first_step, first_step + 1, ... reading `batches`."""
+        ids = roles["inputs"]
+        values = {}
+        for i, indices in enumerate(batches):
+            values[ids[f"batch[{i}]"]] = indices.to(torch.int64)
+            if isinstance(self.optimizer, Adam):
+                b1, b2 = self.optimizer.betas
+                t = first_step + i + 1
+                root_scale = 2.0 ** (V_SHIFT / 2)  # v is kept times 2^V_SHIFT
+                values[ids[f"adam.lr[{i}]"]] = _scalar(
+                    self.optimizer.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * root_scale)
+                values[ids[f"adam.eps[{i}]"]] = _scalar(self.optimizer.eps * math.sqrt(1 - b2 ** t) * root_scale)
         return values
 
 
@@ -181,15 +205,19 @@ def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float,
     d = _scaled(b, grad, c_over_b, name)
     m = b.add("add", (_mul_public(b, states[f"{name}:m"], b1, name), _mul_public(b, d, 1 - b1, name)), name=name,
               source="").id
-    d2 = b.add("square", (d,), name=name, source="").id
-    v = b.add("add", (_mul_public(b, states[f"{name}:v"], b2, name), _mul_public(b, d2, 1 - b2, name)), name=name,
-              source="").id
+    # v is kept as v * 2^V_SHIFT: (1 - b2) d^2 of small gradients is below 2^-16 and would vanish.
+    # d^2 stays untruncated and (1 - b2) 2^V_SHIFT folds into its one truncation.
+    d2 = b.add("square", (d,), {"truncate": False}, name=name, source="").id
+    factor = (1 - b2) * (1 << V_SHIFT)
+    fresh = b.add("rescale", (d2,), {"value": factor, "bits": train_ops.factor_bits(factor, b.frac_bits)},
+                  name=name, source="").id
+    v = b.add("add", (_mul_public(b, states[f"{name}:v"], b2, name), fresh), name=name, source="").id
     root = b.add("sqrt", (b.add("add_public", (v,), {"value": _scalar(2.0 ** -b.frac_bits)}, name=name,
-                                source="").id,), name=name, source="").id
+                                source="").id,), name=name, source="").id  # sqrt(v) * 2^(V_SHIFT / 2)
     shape = b.nodes[w].shape
-    eps = b.add("expand", (scalars["adam.eps"],), {"shape": shape}, name=name, source="").id
+    eps = b.add("expand", (scalars["adam.eps"],), {"shape": shape}, name=name, source="").id  # eps_t 2^(V_SHIFT/2)
     inv = b.add("reciprocal", (b.add("add", (root, eps), name=name, source="").id,), name=name, source="").id
-    lr = b.add("expand", (scalars["adam.lr"],), {"shape": shape}, name=name, source="").id
+    lr = b.add("expand", (scalars["adam.lr"],), {"shape": shape}, name=name, source="").id  # lr_t 2^(V_SHIFT/2)
     step = b.add("mul", (b.add("mul", (m, inv), name=name, source="").id, lr), name=name, source="").id
     return {f"{name}:m": m, f"{name}:v": v, name: b.add("sub", (w, step), name=name, source="").id}
 
@@ -197,71 +225,90 @@ def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float,
 def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: int, n_outputs: int,
                      loss: str = "cross_entropy", optimizer=None, batch_size: int = 64,
                      frac_bits: int = 16) -> TrainingProgram:
-    """Compile one training step of `model` on batches of `batch_size` rows out of a kept
+    """Compile the training step of `model` on batches of `batch_size` rows out of a kept
     data set of `n_rows` rows shaped like `example`'s rows; targets have `n_outputs`
     columns (one-hot classes for cross-entropy)."""
     if loss not in LOSSES:
         raise CompileError(f"unknown loss {loss!r}; supported: {', '.join(LOSSES)}")
     optimizer = optimizer or SGD(lr=0.1)
+    if not isinstance(optimizer, (SGD, Adam)):
+        raise CompileError(f"unknown optimizer {optimizer!r}: use mpc.SGD or mpc.Adam")
     if not 1 <= batch_size <= n_rows:
         raise CompileError(f"batch size {batch_size} does not fit a data set of {n_rows} rows")
     features = tuple(example.shape[1:])
     captured = capture(model, torch.zeros((batch_size, *features), dtype=example.dtype), frac_bits, trainable=True)
     graph = captured.graph
-    param_names = {nid: graph.builder.nodes[nid].name for nid in graph.params}
-    rw = Rewriter(graph)
-    b = rw.new
-    data_x = b.input((n_rows, *features), name="data.x", kind="kept", source="")
-    data_y = b.input((n_rows, n_outputs), name="data.y", kind="kept", source="")
-    batch = b.add("input", (), {"shape": (batch_size,), "kind": "public", "index": True}, name="batch", source="")
-    inputs = {"data.x": data_x.id, "data.y": data_y.id, "batch": batch.id}
-
-    def visit(rw, node: Node):
-        if node.id == graph.input_id:
-            return b.add("gather_rows", (data_x.id, batch.id), name="input", source="").id
-        if node.id in graph.params:
-            nid = b.input(node.shape, name=node.name, kind="kept", source="").id
-            inputs[node.name] = nid
-            return nid
-        if node.op == "relu":
-            both = b.add("relu_bit", (rw[node.inputs[0]],), name=node.name, source=node.source)
-            return b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
+    for node in graph.builder.nodes.values():
         if node.op == "batch_norm":
             raise CompileError(f"{node.describe()}: BatchNorm is not supported in training (eval-mode BatchNorm is "
                                "folded for inference only)")
-        return None
-
-    forward = rw.run(visit)
-    z = forward.output
-    if b.nodes[z].shape != (batch_size, n_outputs):
-        raise CompileError(f"the model's output has shape {b.nodes[z].shape}; the targets need "
+    if captured.output_shape != (batch_size, n_outputs):
+        raise CompileError(f"the model's output has shape {captured.output_shape}; the targets need "
                            f"({batch_size}, {n_outputs})")
-    y = b.add("gather_rows", (data_y.id, batch.id), name="labels", source="").id
-    g, c = _loss_grad(b, loss, z, y)
-    params = [inputs[name] for name in param_names.values()]
-    grads = autodiff.backward(b, {z: g}, params)
-    state_shapes, scalars = {}, {}
-    if isinstance(optimizer, Adam):
-        for key in ("adam.lr", "adam.eps"):
-            scalars[key] = inputs[key] = b.add("input", (), {"shape": (), "kind": "public"}, name=key, source="").id
-    updates: dict[str, int] = {}
-    for name in param_names.values():
-        states = {}
-        for key in optimizer.state_names(name):
-            state_shapes[key] = b.nodes[inputs[name]].shape
-            states[key] = inputs[key] = b.input(state_shapes[key], name=key, kind="kept", source="").id
-        updates.update(_update(b, optimizer, name, inputs[name], grads[inputs[name]], c / batch_size, states,
-                               scalars))
-    loss_node = _loss_value(b, loss, z, y, batch_size)
-    tp = TrainingProgram(None, None, {param_names[nid]: v for nid, v in graph.params.items()}, state_shapes, loss,
-                         optimizer, batch_size, n_rows, (n_rows, *features), (n_rows, n_outputs),
-                         copy.deepcopy(model))
-    for variant, outputs in (("step", []), ("step_with_loss", [loss_node])):
-        ex = extract(b, outputs, also=list(updates.values()))
-        index = ex.program_id()
-        validate(ex.program)
-        setattr(tp, variant, ex.program)
-        tp.roles[variant] = {"inputs": {k: index[v] for k, v in inputs.items() if v in index},
-                             "updates": {k: index[v] for k, v in updates.items()},
-                             "loss": index.get(loss_node)}
+    params = {graph.builder.nodes[nid].name: v for nid, v in graph.params.items()}
+    state_shapes = {key: tuple(v.shape) for name, v in params.items() for key in optimizer.state_names(name)}
+    tp = TrainingProgram(params, state_shapes, loss, optimizer, batch_size, n_rows, (n_rows, *features),
+                         (n_rows, n_outputs), frac_bits, copy.deepcopy(model), graph)
+    tp.program(1, False)  # build (and validate) the plain step now: errors surface at compile time
     return tp
+
+
+def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int]) -> int:
+    """The captured forward pass on input node x with the given weight nodes; relu keeps
+    its comparison bit for the backward pass."""
+    mapped: dict[int, int] = {}
+    for nid in sorted(graph.builder.nodes):  # ids grow in creation order: inputs first
+        node = graph.builder.nodes[nid]
+        if nid == graph.input_id:
+            mapped[nid] = x
+        elif nid in graph.params:
+            mapped[nid] = weights[node.name]
+        elif node.op == "relu":
+            both = b.add("relu_bit", (mapped[node.inputs[0]],), name=node.name, source=node.source)
+            mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
+        else:
+            mapped[nid] = b.add(node.op, tuple(mapped[i] for i in node.inputs), node.attrs, name=node.name,
+                                source=node.source).id
+    return mapped[graph.output]
+
+
+def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]:
+    b = GraphBuilder(tp.frac_bits)
+    data_x = b.input(tp.x_shape, name="data.x", kind="kept", source="").id
+    data_y = b.input(tp.y_shape, name="data.y", kind="kept", source="").id
+    inputs = {"data.x": data_x, "data.y": data_y}
+    current = {}
+    for name in [*tp.params, *tp.state_shapes]:
+        shape = tuple(tp.params[name].shape) if name in tp.params else tp.state_shapes[name]
+        current[name] = inputs[name] = b.input(shape, name=name, kind="kept", source="").id
+    loss_node = None
+    for i in range(k):
+        batch = b.add("input", (), {"shape": (tp.batch_size,), "kind": "public", "index": True}, name=f"batch[{i}]",
+                      source="").id
+        inputs[f"batch[{i}]"] = batch
+        scalars = {}
+        if isinstance(tp.optimizer, Adam):
+            for key in ("adam.lr", "adam.eps"):
+                scalars[key] = inputs[f"{key}[{i}]"] = b.add("input", (), {"shape": (), "kind": "public"},
+                                                               name=f"{key}[{i}]", source="").id
+        x = b.add("gather_rows", (data_x, batch), name="input", source="").id
+        y = b.add("gather_rows", (data_y, batch), name="labels", source="").id
+        z = _forward(b, tp.graph, x, current)
+        g, c = _loss_grad(b, tp.loss, z, y)
+        weights = [current[name] for name in tp.params]
+        grads = autodiff.backward(b, {z: g}, weights)
+        updates: dict[str, int] = {}
+        for name in tp.params:
+            states = {key: current[key] for key in tp.optimizer.state_names(name)}
+            updates.update(_update(b, tp.optimizer, name, current[name], grads[current[name]],
+                                   c / tp.batch_size, states, scalars))
+        current = updates
+        if with_loss and i == k - 1:
+            loss_node = _loss_value(b, tp.loss, z, y, tp.batch_size)
+    ex = extract(b, [loss_node] if loss_node is not None else [], also=list(current.values()))
+    validate(ex.program)
+    index = ex.program_id()
+    roles = {"inputs": {name: index[v] for name, v in inputs.items() if v in index},
+             "updates": {name: index[v] for name, v in current.items()},
+             "loss": index.get(loss_node) if loss_node is not None else None}
+    return ex.program, roles

@@ -1,58 +1,148 @@
 """The dealer over gRPC: its service (seeds, then corrections) and each party's link to it.
 
 At start-up each party says hello and receives the 128-bit seed it shares with the
-dealer. For a job, party 0 sends the list of correlation specs (from its dry run) and
-receives the corrections for all of them as one stream of raw chunks. Parties i > 0
-never hear from the dealer again: they expand their parts from the seed.
+dealer, once per dealer session, with the session's epoch and a commitment to every
+party's seed; from those every party derives the same session fingerprint, which the
+mesh compares between parties. For a job, party 0 sends the list of correlation specs
+(from its dry run) and receives the corrections for all of them as one stream of raw
+chunks, produced spec by spec. Parties i > 0 never hear from the dealer again: they
+expand their parts from the seed.
+
+What the dealer enforces, and why:
+- a caller is the party its certificate names (with TLS); a request claiming another is refused;
+- a seed is served once per party per session: a second Hello is someone else asking;
+- corrections go to party 0 only, once per job id: a replayed id under other specs would
+  hand out the same streams again, and corrections of two spec lists over one stream
+  reveal the other parties' parts;
+- a spec with an empty tensor is refused: a (m x 0) @ (0 x n) triple has c = 0, so its
+  correction is minus the other parties' streams;
+- a request for another session's epoch is refused: a restarted dealer has new seeds,
+  and corrections from them would silently break every product.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 
 import grpc
 
-from mpc.net import framing, serde
+from mpc.net import framing, serde, tls
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
-from mpc.prg import new_seed
+from mpc.prg import PRG, derive_key, new_seed
 from mpc.protocols import correlations
-from mpc.runtime.transport import DealerLink, PeerFailure, ProtocolViolation
+from mpc.runtime.transport import DealerLink, PeerFailure
 
 log = logging.getLogger(__name__)
 
 SERVICE = "mpc.net.proto.Dealer"
+MAX_JOB_ID = 128
+
+
+def seed_commitment(epoch: bytes, pid: int, seed: bytes) -> bytes:
+    return hashlib.sha256(b"mpc-dealer-seed\0" + epoch + pid.to_bytes(4, "little") + seed).digest()
+
+
+def session_fingerprint(epoch: bytes, commitments: list[bytes]) -> bytes:
+    """The same 32 bytes at every party of one dealer session (compared over the mesh)."""
+    return hashlib.sha256(b"mpc-dealer-session\0" + epoch + len(commitments).to_bytes(4, "little")
+                          + b"".join(commitments)).digest()
 
 
 class DealerService:
-    """Holds one seed per party and turns correlation specs into party 0's corrections."""
+    """Holds one seed per party and turns correlation specs into party 0's corrections.
 
-    def __init__(self, n_parties: int):
+    `authenticated`: callers are who their TLS certificate says (party-K); without it
+    (plaintext on loopback) the pid in the request is taken at its word."""
+
+    def __init__(self, n_parties: int, authenticated: bool = True):
         self.n_parties = n_parties
+        self.authenticated = authenticated
+        self.epoch = new_seed()  # names this session: a restarted dealer has another
         self.seeds = [new_seed() for _ in range(n_parties)]
+        self.commitments = [seed_commitment(self.epoch, p, s) for p, s in enumerate(self.seeds)]
         self.bytes_sent = 0
+        self._greeted: set[int] = set()
+        self._jobs: set[str] = set()
+
+    async def _caller(self, context, claimed: int, method: str) -> int:
+        """The calling party's id, from its certificate; a request claiming another is refused."""
+        if not self.authenticated:
+            return claimed
+        identity = tls.peer_identity(context)
+        pid = tls.party_id(identity)
+        if pid is None or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method} from {identity or 'an unidentified peer'}: not a party of this cluster")
+        if claimed != pid:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method}: certificate {identity} claims to be party {claimed}")
+        return pid
+
+    async def _refuse(self, context, code: grpc.StatusCode, why: str) -> None:
+        message = f"dealer refused {why}"
+        log.warning("%s", message)
+        await context.abort(code, message)
 
     async def hello(self, request: pb.DealerHello, context) -> pb.DealerSeed:
-        if request.n_parties != self.n_parties or request.pid >= self.n_parties:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"dealer serves {self.n_parties} parties; party {request.pid} of {request.n_parties} said hello")
-        log.info("seed sent to party %d", request.pid)
-        return pb.DealerSeed(seed=self.seeds[request.pid])
+        pid = await self._caller(context, request.pid, "Hello")
+        if request.n_parties != self.n_parties or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Hello: dealer serves {self.n_parties} parties; party {pid} of "
+                               f"{request.n_parties} said hello")
+        if pid in self._greeted:
+            await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
+                               f"Hello from party {pid}: party {pid} already received its seed in session "
+                               f"{self.epoch.hex()[:8]}; a seed is served once")
+        self._greeted.add(pid)
+        log.info("seed sent to party %d (session %s)", pid, self.epoch.hex()[:8])
+        return pb.DealerSeed(seed=self.seeds[pid], epoch=self.epoch, commitments=self.commitments)
 
     async def correlations(self, request: pb.CorrelationRequest, context):
-        if request.pid != 0:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only party 0 receives corrections")
+        pid = await self._caller(context, request.pid, "Correlations")
+        job = request.job_id
+        if pid != 0:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"Correlations to party {pid}: only party 0 receives corrections")
+        if request.epoch != self.epoch:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Correlations for job {job!r} in session {request.epoch.hex()[:8] or '(none)'}: "
+                               f"this dealer's session is {self.epoch.hex()[:8]} (the dealer restarted, and the "
+                               f"seeds the parties hold are gone)")
+        if not 0 < len(job) <= MAX_JOB_ID:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Correlations: a job id of {len(job)} characters (1 to {MAX_JOB_ID})")
+        if job in self._jobs:
+            await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
+                               f"Correlations for job id {job!r}: already served in this session (a reused id "
+                               f"would hand out the same correlations again)")
         try:
             specs = [serde.spec_from_proto(s) for s in request.specs]
-            pieces = await asyncio.to_thread(
-                lambda: list(correlations.dealer_stream(self.seeds, request.job_id, specs)))
+            for k, spec in enumerate(specs):
+                if any(math.prod(shape) == 0 for shape in spec.shapes):
+                    raise ValueError(f"spec {k} ({spec.kind} of shapes {list(spec.shapes)}) has an empty tensor, "
+                                     f"whose correction would be minus the other parties' streams")
+            total = sum(correlations.correction_nbytes(s) for s in specs)
         except (ValueError, KeyError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad correlation request: {exc}")
-        payload = b"".join(pieces)
-        self.bytes_sent += len(payload)
-        for frame in framing.encode_frames(payload, job=request.job_id):
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"Correlations for job {job!r}: {exc}")
+        self._jobs.add(job)  # before the first byte: a stream cut halfway is still spent
+        encoder = framing.StreamEncoder(total, job=job)
+        for k, spec in enumerate(specs):
+            # One spec at a time, off the event loop: memory stays at one correlation, not the job.
+            pieces = await asyncio.to_thread(self._correction, job, k, spec)
+            for piece in pieces:
+                for frame in encoder.feed(piece):
+                    yield frame
+        for frame in encoder.finish():
             yield frame
+        self.bytes_sent += total
+
+    def _correction(self, job: str, k: int, spec) -> list[bytes]:
+        prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in self.seeds]  # as correlations.dealer_stream
+        return correlations.dealer_correction(spec, prgs)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -66,26 +156,43 @@ class DealerService:
 
 
 class GrpcDealerLink(DealerLink):
-    def __init__(self, pid: int, n_parties: int, address: str, credentials=None):
+    """A party's link: its seed and the session fingerprint from Hello; party 0's corrections.
+    `timeout` bounds the wait for each message of the correction stream (the dealer sends
+    one at least every spec), so a stalled dealer fails the job instead of hanging it."""
+
+    def __init__(self, pid: int, n_parties: int, address: str, creds: tls.Credentials | None = None,
+                 timeout: float = 120.0):
         super().__init__()
-        self.pid, self.n_parties, self.address = pid, n_parties, address
-        self._channel = client_channel(address, credentials)
+        self.pid, self.n_parties, self.address, self.timeout = pid, n_parties, address, timeout
+        self._channel = client_channel(address, creds, tls.DEALER)
         self._seed: bytes | None = None
+        self.epoch = b""
+        self.fingerprint = b""
+
+    def _failure(self, detail: str) -> PeerFailure:
+        return PeerFailure(f"dealer at {self.address}", detail)
 
     async def connect(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout  # one deadline for connecting and the Hello together
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
             reply = await self._channel.unary_unary(
                 f"/{SERVICE}/Hello", request_serializer=pb.DealerHello.SerializeToString,
                 response_deserializer=pb.DealerSeed.FromString)(pb.DealerHello(pid=self.pid, n_parties=self.n_parties),
-                                                                timeout=timeout)
+                                                                timeout=max(0.1, deadline - loop.time()))
         except asyncio.TimeoutError:
-            raise PeerFailure(f"dealer at {self.address}", f"unreachable: no connection within {timeout:.0f} s") from None
+            raise self._failure(f"unreachable: no connection within {timeout:.0f} s") from None
         except grpc.aio.AioRpcError as exc:
-            raise PeerFailure(f"dealer at {self.address}", exc.details() or exc.code().name) from None
-        if len(reply.seed) != 16:
-            raise ProtocolViolation(f"dealer sent a {len(reply.seed)}-byte seed")
-        self._seed = reply.seed
+            raise self._failure(exc.details() or exc.code().name) from None
+        # A PeerFailure, like every start-up failure: the party names the dealer and exits 2.
+        if len(reply.seed) != 16 or len(reply.epoch) != 16 or len(reply.commitments) != self.n_parties:
+            raise self._failure(f"sent a {len(reply.seed)}-byte seed, a {len(reply.epoch)}-byte epoch and "
+                                f"{len(reply.commitments)} commitments for {self.n_parties} parties")
+        if reply.commitments[self.pid] != seed_commitment(reply.epoch, self.pid, reply.seed):
+            raise self._failure("sent a seed that does not match its own commitment to it")
+        self._seed, self.epoch = reply.seed, reply.epoch
+        self.fingerprint = session_fingerprint(reply.epoch, list(reply.commitments))
 
     @property
     def seed(self) -> bytes:
@@ -94,20 +201,31 @@ class GrpcDealerLink(DealerLink):
         return self._seed
 
     async def _corrections(self, job, specs, nbytes):
-        request = pb.CorrelationRequest(job_id=job, pid=self.pid, specs=[serde.spec_to_proto(s) for s in specs])
+        request = pb.CorrelationRequest(job_id=job, pid=self.pid, specs=[serde.spec_to_proto(s) for s in specs],
+                                        epoch=self.epoch)
         call = self._channel.unary_stream(f"/{SERVICE}/Correlations",
                                           request_serializer=pb.CorrelationRequest.SerializeToString,
                                           response_deserializer=None)(request)
         assembly = None
         try:
-            async for msg in call:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(call.read(), self.timeout)
+                except asyncio.TimeoutError:
+                    call.cancel()
+                    raise self._failure(f"sent nothing for {self.timeout:.0f} s during job {job}'s "
+                                        f"corrections") from None
+                if msg is grpc.aio.EOF:
+                    break
                 header, payload = framing.decode_frame(msg)
                 assembly = assembly or framing.Reassembly(header)
                 if assembly.add(header, payload):
                     return memoryview(assembly.buffer)
         except grpc.aio.AioRpcError as exc:
-            raise PeerFailure(f"dealer at {self.address}", exc.details() or exc.code().name) from None
-        raise PeerFailure(f"dealer at {self.address}", f"stream for job {job} ended early")
+            raise self._failure(exc.details() or exc.code().name) from None
+        except framing.FrameError as exc:
+            raise self._failure(f"sent a bad correction frame for job {job}: {exc}") from None
+        raise self._failure(f"stream for job {job} ended early")
 
     async def close(self) -> None:
         await self._channel.close(grace=0.5)

@@ -4,6 +4,10 @@ Layout of one gRPC message: [u32 little-endian header length][FrameHeader][paylo
 Payloads are split into chunks of at most `chunk_bytes` (1 MiB by default: the fastest
 size measured on grpc.aio here; the hard limit is MAX_CHUNK_BYTES). Received chunks are
 written into one preallocated buffer per message, with no join.
+
+Before a receiver allocates anything, a frame's declared size is checked against the
+receiver's limit (FrameTooLarge) and against its chunk count, and the first chunk's
+length must account for the chunk count: an 18-byte frame cannot reserve gigabytes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ class FrameError(ValueError):
     """A frame that cannot be parsed or does not fit what the receiver expects."""
 
 
+class FrameTooLarge(FrameError):
+    """A frame, or what a peer has buffered, over the receiver's limits."""
+
+
+class FrameMalformed(FrameError):
+    """Bytes that are not a frame, or chunks that do not make up their payload: the stream
+    that carries them cannot be trusted further."""
+
+
 def encode_frames(payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
     """Yield the messages that carry `payload` (bytes-like) with the given header fields."""
     if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
@@ -41,22 +54,73 @@ def encode_frames(payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
         yield b"".join((_LEN.pack(len(hdr)), hdr, piece))  # the payload's only copy
 
 
-def decode_frame(msg: bytes) -> tuple[pb.FrameHeader, memoryview]:
+class StreamEncoder:
+    """Frames for a payload whose size is known up front but whose bytes come in pieces
+    (the dealer's corrections, spec by spec), so the whole payload is never held at once."""
+
+    def __init__(self, total: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
+        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk size must be in (0, {MAX_CHUNK_BYTES}], got {chunk_bytes}")
+        self.total, self.chunk_bytes, self.header = total, chunk_bytes, header
+        self.n_chunks = max(1, -(-total // chunk_bytes))
+        self._pending = bytearray()
+        self._next = 0
+        self._sent = 0
+
+    def _frame(self, piece) -> bytes:
+        if self._next >= self.n_chunks or self._sent + len(piece) > self.total:
+            raise ValueError(f"pieces exceed the announced {self.total} bytes")
+        hdr = pb.FrameHeader(chunk=self._next, n_chunks=self.n_chunks, total_bytes=self.total,
+                             **self.header).SerializeToString()
+        self._next += 1
+        self._sent += len(piece)
+        return b"".join((_LEN.pack(len(hdr)), hdr, piece))
+
+    def feed(self, piece) -> list[bytes]:
+        """The frames completed by `piece`; a partial chunk waits for the next piece."""
+        view = memoryview(piece).cast("B")
+        frames, off = [], 0
+        if self._pending:
+            off = min(len(view), self.chunk_bytes - len(self._pending))
+            self._pending += view[:off]
+            if len(self._pending) < self.chunk_bytes:
+                return frames
+            frames.append(self._frame(self._pending))
+            self._pending = bytearray()
+        while len(view) - off >= self.chunk_bytes:
+            frames.append(self._frame(view[off:off + self.chunk_bytes]))
+            off += self.chunk_bytes
+        self._pending += view[off:]
+        return frames
+
+    def finish(self) -> list[bytes]:
+        frames = [self._frame(self._pending)] if self._pending or self._next == 0 else []
+        if self._next != self.n_chunks or self._sent != self.total:
+            raise ValueError(f"pieces came to {self._sent} bytes, {self.total} were announced")
+        return frames
+
+
+def decode_frame(msg: bytes, max_payload: int = MAX_PAYLOAD_BYTES) -> tuple[pb.FrameHeader, memoryview]:
+    """Header and payload of one message; the declared size is checked, nothing allocated."""
     if len(msg) < _LEN.size:
-        raise FrameError(f"frame of {len(msg)} bytes is shorter than its length prefix")
+        raise FrameMalformed(f"frame of {len(msg)} bytes is shorter than its length prefix")
     (n,) = _LEN.unpack_from(msg, 0)
     if n > len(msg) - _LEN.size:
-        raise FrameError(f"frame header length {n} exceeds the frame ({len(msg)} bytes)")
+        raise FrameMalformed(f"frame header length {n} exceeds the frame ({len(msg)} bytes)")
     header = pb.FrameHeader()
     try:
         header.ParseFromString(msg[_LEN.size:_LEN.size + n])
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise FrameError(f"frame header does not parse: {exc}") from None
+        raise FrameMalformed(f"frame header does not parse: {exc}") from None
     payload = memoryview(msg)[_LEN.size + n:]
     if header.n_chunks == 0 or header.chunk >= header.n_chunks:
-        raise FrameError(f"chunk {header.chunk} of {header.n_chunks} is not a valid chunk index")
-    if header.total_bytes > MAX_PAYLOAD_BYTES:
-        raise FrameError(f"payload of {header.total_bytes} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}")
+        raise FrameMalformed(f"chunk {header.chunk} of {header.n_chunks} is not a valid chunk index")
+    total, n = header.total_bytes, header.n_chunks
+    if total > max_payload:
+        raise FrameTooLarge(f"frame declares {total} bytes, over the limit of {max_payload} bytes")
+    if not max(1, -(-total // MAX_CHUNK_BYTES)) <= n <= max(1, total):
+        raise FrameMalformed(f"frame declares {total} bytes in {n} chunks, which no chunking of at most "
+                         f"{MAX_CHUNK_BYTES} bytes gives")
     return header, payload
 
 
@@ -67,7 +131,14 @@ class Reassembly:
     first chunk's size and the last ends the payload exactly. The buffer is therefore
     covered once, with no gap and no overlap, before it is handed on."""
 
-    def __init__(self, header: pb.FrameHeader):
+    def __init__(self, header: pb.FrameHeader, first: memoryview | None = None):
+        """With `first` (the first chunk's payload), the chunk count is checked against the
+        declared size before the buffer is allocated."""
+        if first is not None:
+            total, n = header.total_bytes, header.n_chunks
+            expected = 1 if total == 0 else (-(-total // len(first)) if len(first) else 0)
+            if header.chunk != 0 or n != expected:
+                raise FrameMalformed(f"a first chunk of {len(first)} bytes cannot carry {total} bytes in {n} chunks")
         # Not bytearray(n): zero-filling 16 MiB of fresh pages cost 17 ms a round, and
         # the checks below guarantee that every byte is overwritten.
         self.buffer = memoryview(np.empty(header.total_bytes, dtype=np.uint8))
@@ -78,16 +149,16 @@ class Reassembly:
     def add(self, header: pb.FrameHeader, payload: memoryview) -> bool:
         """Store one chunk; True once every chunk has arrived."""
         if header.n_chunks != self.n_chunks or header.total_bytes != len(self.buffer):
-            raise FrameError("chunk disagrees with the first chunk on the payload's size")
+            raise FrameMalformed("chunk disagrees with the first chunk on the payload's size")
         if header.chunk != self.received:
-            raise FrameError(f"chunk {header.chunk} arrived where chunk {self.received} was due")
+            raise FrameMalformed(f"chunk {header.chunk} arrived where chunk {self.received} was due")
         if header.chunk == 0:
             self.chunk_bytes = len(payload)
         start = header.chunk * self.chunk_bytes
         last = header.chunk == self.n_chunks - 1
         if (len(payload) != self.chunk_bytes and not last) or start + len(payload) > len(self.buffer) or (
                 last and start + len(payload) != len(self.buffer)):
-            raise FrameError(f"chunk {header.chunk} of {len(payload)} bytes does not fit the "
+            raise FrameMalformed(f"chunk {header.chunk} of {len(payload)} bytes does not fit the "
                              f"{len(self.buffer)}-byte payload")
         self.buffer[start:start + len(payload)] = payload
         self.received += 1

@@ -11,7 +11,17 @@ A party that stops sends ABORT with its reason first, so that its peers report t
 cause (the party that died) rather than the party that stopped because of it.
 A peer whose stream breaks is marked dead, and every receive waiting on it fails at once
 with a PeerFailure that names it; a receive that waits longer than `round_timeout` fails
-the same way. Channel credentials are a parameter, so TLS plugs in without changes here.
+the same way.
+
+With TLS (`creds`), a stream's sender is the party named by the client certificate: a
+HELLO that claims any other sender, and a stream from a non-party, are refused with
+PERMISSION_DENIED before a frame is read. A HELLO also carries the sender's dealer session
+fingerprint; parties of different dealer sessions cannot compute together, so a mismatch
+is fatal for the pair. A pair is established once: a second HELLO (on the stream or on a
+new one) never replaces the key nor revives a dead peer. What a peer can make this party
+buffer is bounded (bytes per frame, rounds and bytes per peer) and checked before any
+allocation; a stream that breaks a limit, or sends bytes that are not a frame, is ended
+with RESOURCE_EXHAUSTED or INVALID_ARGUMENT, and its pair is dead.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import Callable
 
 import grpc
 
-from mpc.net import framing
+from mpc.net import framing, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
 from mpc.runtime.transport import PeerFailure, Transport
@@ -42,22 +52,46 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def client_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
-    """A channel with the runtime's message limits and keepalive; TLS when given credentials."""
-    if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+def client_channel(address: str, creds: tls.Credentials | None = None, server: str | None = None) -> grpc.aio.Channel:
+    """A channel with the runtime's message limits and keepalive. With `creds`, mutual TLS
+    that accepts only the server whose certificate names `server` (e.g. "party-1")."""
+    if creds is not None:
+        return grpc.aio.secure_channel(address, creds.channel_credentials(),
+                                       options=CHANNEL_OPTIONS + tls.channel_options(server))
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+MAX_FRAME_BYTES = 2 << 30      # one round's payload from one peer
+MAX_BUFFERED_BYTES = 4 << 30   # everything one peer has in flight to this party
+MAX_PENDING_ROUNDS = 64        # rounds of one peer buffered, not yet consumed
+
+
+class StreamRefused(Exception):
+    """Raised out of handle_exchange when there is no gRPC context to abort (direct feeding)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+def _from(sender: int | None, certified: int | None) -> str:
+    who = sender if sender is not None else certified
+    return f"from party {who}: " if who is not None else ""
 
 
 class GrpcMesh(Transport):
     def __init__(self, pid: int, n_parties: int, addresses: dict[int, str], *,
-                 credentials: grpc.ChannelCredentials | None = None,
+                 creds: tls.Credentials | None = None,
                  chunk_bytes: int = framing.DEFAULT_CHUNK_BYTES, round_timeout: float = 120.0,
                  known_job: Callable[[str], bool] = lambda job: True,
-                 on_dead: Callable[[str], None] = lambda reason: None):
+                 on_dead: Callable[[str], None] = lambda reason: None, session: bytes | None = b"",
+                 max_frame_bytes: int = MAX_FRAME_BYTES, max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+                 max_pending_rounds: int = MAX_PENDING_ROUNDS):
+        """`session`: the dealer session fingerprint sent and checked in HELLOs; None until
+        set_session() (the party learns it from the dealer), b"" where there is no dealer."""
         super().__init__(pid, n_parties)
         self.addresses = addresses
-        self.credentials = credentials
+        self.creds = creds  # None: plaintext, where a stream's HELLO is taken at its word
         self.chunk_bytes = chunk_bytes
         self.round_timeout = round_timeout
         self.known_job = known_job
@@ -73,6 +107,20 @@ class GrpcMesh(Transport):
         self._tasks: list[asyncio.Task] = []
         self.rejected_frames = 0
         self._inbound: set[int] = set()
+        self._established: set[int] = set()  # a pair is established once, for the mesh's life
+        self._buffered: dict[tuple, int] = {}  # (job, round, sender) -> bytes held for it
+        self._consumed: set[tuple] = set()  # (job, round, sender) handed to the job already
+        self.max_frame_bytes, self.max_buffered_bytes = max_frame_bytes, max_buffered_bytes
+        self.max_pending_rounds = max_pending_rounds
+        self.connect_timeout = 30.0
+        self._session = session
+        self._session_ready = asyncio.Event()
+        if session is not None:
+            self._session_ready.set()
+
+    def set_session(self, fingerprint: bytes) -> None:
+        self._session = fingerprint
+        self._session_ready.set()
 
     def describe(self, peer: int) -> str:
         return f"party {peer} at {self.addresses.get(peer, '?')}"
@@ -80,24 +128,30 @@ class GrpcMesh(Transport):
     # -- start-up ------------------------------------------------------------------------------
 
     async def connect(self, timeout: float) -> None:
-        """Open a stream to every peer and learn every pairwise key, or name who is missing."""
+        """Open a stream to every peer and learn every pairwise key, or name who is missing.
+        One deadline covers it all."""
+        if self._session is None:
+            raise RuntimeError("set_session() comes before connect()")
+        self.connect_timeout = timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for p in self.peers:
             self._key_ready.setdefault(p, asyncio.Event())
-            if p in self._keys:
-                self._key_ready[p].set()
         await asyncio.gather(*(self._open(p, timeout) for p in self.peers))
         missing = []
         for p in self.peers:
             try:
-                await asyncio.wait_for(self._key_ready[p].wait(), timeout)
+                await asyncio.wait_for(self._key_ready[p].wait(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 missing.append(self.describe(p))
+            if p in self._dead:
+                raise PeerFailure(self.describe(p), self._dead[p])
         if missing:
             raise PeerFailure(", ".join(missing), f"did not open its stream to party {self.pid} within {timeout:.0f} s")
 
     async def _open(self, peer: int, timeout: float) -> None:
         addr = self.addresses[peer]
-        channel = client_channel(addr, self.credentials)
+        channel = client_channel(addr, self.creds, tls.party_name(peer))
         self._channels[peer] = channel
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
@@ -105,7 +159,7 @@ class GrpcMesh(Transport):
             raise PeerFailure(self.describe(peer), f"unreachable: no connection within {timeout:.0f} s") from None
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[peer] = queue
-        hello = self._keys.get(peer, b"")
+        hello = self._session + (self._keys[peer] if self.pid < peer else b"")
         for frame in framing.encode_frames(hello, tag=pb.FRAME_HELLO, sender=self.pid):
             queue.put_nowait(frame)
 
@@ -136,22 +190,36 @@ class GrpcMesh(Transport):
     # -- inbound (called by the party's server) ---------------------------------------------------
 
     async def handle_exchange(self, request_iterator, context):
-        sender = None
+        sender = None  # set once this stream's HELLO is accepted
+        certified = await self._certified_sender(context)
         try:
             async for msg in request_iterator:
                 try:
-                    header, payload = framing.decode_frame(msg)
+                    header, payload = framing.decode_frame(msg, self.max_frame_bytes)
                     if sender is None:
-                        sender = self._accept_hello(header, payload)
+                        if certified is not None and header.sender != certified:
+                            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                                               f"certificate party-{certified} claims sender {header.sender}")
+                        await self._wait_session(context)
+                        sender = await self._accept_hello(header, payload, certified is not None, context)
                         continue
                     if header.sender != sender:
                         raise framing.FrameError(f"frame claims sender {header.sender} on party {sender}'s stream")
+                    if header.tag == pb.FRAME_HELLO:
+                        await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                           f"second HELLO from party {sender} on an established pair", fatal=sender)
                     if header.tag == pb.FRAME_ABORT:
                         # The peer's own cause comes first, so every survivor names the root cause.
                         self._mark_dead(sender, "stopped: " + bytes(payload[:1000]).decode("utf-8", "replace"))
                         continue
                     self._accept_frame(header, payload)
-                except framing.FrameError as exc:
+                except framing.FrameTooLarge as exc:
+                    await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       _from(sender, certified) + str(exc), fatal=sender)
+                except framing.FrameMalformed as exc:
+                    await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                       _from(sender, certified) + str(exc), fatal=sender)
+                except framing.FrameError as exc:  # a well-formed frame that fits no job: the stream goes on
                     self.rejected_frames += 1
                     log.warning("party %d rejected a frame: %s", self.pid, exc)
                     yield pb.ExchangeReply(ok=False, error=str(exc))
@@ -160,20 +228,66 @@ class GrpcMesh(Transport):
                 self._inbound.discard(sender)
                 self._mark_dead(sender, "connection lost")
 
-    def _accept_hello(self, header, payload) -> int:
-        if header.tag != pb.FRAME_HELLO:
-            raise framing.FrameError("the first frame of a stream must be HELLO")
+    async def _wait_session(self, context) -> None:
+        """A peer may say HELLO before this party has its dealer session: wait, with a deadline."""
+        if not self._session_ready.is_set():
+            try:
+                await asyncio.wait_for(self._session_ready.wait(), self.connect_timeout)
+            except asyncio.TimeoutError:
+                await self._refuse(context, grpc.StatusCode.UNAVAILABLE,
+                                   f"party {self.pid} has no dealer session after {self.connect_timeout:.0f} s")
+
+    async def _certified_sender(self, context) -> int | None:
+        """The peer's party id from its certificate (None in plaintext); anyone else is refused."""
+        if self.creds is None:
+            return None
+        identity = tls.peer_identity(context)
+        pid = tls.party_id(identity)
+        if pid is None or pid == self.pid or pid >= self.n_parties:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{identity or 'a peer without an identity'} is not a peer of party {self.pid}")
+        return pid
+
+    async def _refuse(self, context, code: grpc.StatusCode, why: str, fatal: int | None = None) -> None:
+        """End this stream with `code`; with `fatal`, that peer's pair is dead too."""
+        message = f"party {self.pid} refused an Exchange stream: {why}"
+        log.warning("%s", message)
+        if fatal is not None:
+            self._mark_dead(fatal, why)
+        if context is None:
+            raise StreamRefused(code, message)
+        await context.abort(code, message)
+
+    async def _accept_hello(self, header, payload, certified: bool, context) -> int:
+        """Establish the pair, once. Only a certified sender's misdeeds kill its pair: in
+        plaintext anyone may claim any id, so a bad claim is refused without consequence."""
+        refuse, code = self._refuse, grpc.StatusCode
         sender = header.sender
+        blame = sender if certified else None
+        if header.tag != pb.FRAME_HELLO or header.n_chunks != 1:
+            await refuse(context, code.INVALID_ARGUMENT, "the first frame of a stream must be one HELLO")
         if sender == self.pid or sender >= self.n_parties:
-            raise framing.FrameError(f"HELLO from {sender}, not a peer of party {self.pid}")
-        if sender in self._inbound:
-            raise framing.FrameError(f"party {sender} already has a stream open to party {self.pid}")
-        if sender < self.pid:
-            if len(payload) != 16:
-                raise framing.FrameError(f"HELLO from party {sender} carries {len(payload)} key bytes, not 16")
-            self._keys[sender] = bytes(payload)
+            await refuse(context, code.PERMISSION_DENIED, f"HELLO from {sender}, not a peer of party {self.pid}")
+        if sender in self._dead:
+            await refuse(context, code.FAILED_PRECONDITION, f"HELLO from party {sender}, which is dead "
+                                                            f"({self._dead[sender]}); a new stream does not revive it")
+        if sender in self._established:
+            await refuse(context, code.FAILED_PRECONDITION, f"second HELLO from party {sender}: it already has a "
+                                                            f"stream open to party {self.pid}", fatal=blame)
+        n_key = 16 if sender < self.pid else 0
+        if len(payload) != len(self._session) + n_key:
+            await refuse(context, code.INVALID_ARGUMENT,
+                         f"HELLO from party {sender} of {len(payload)} bytes, not {len(self._session) + n_key}")
+        session = bytes(payload[:len(self._session)])
+        if session != self._session:
+            await refuse(context, code.FAILED_PRECONDITION,
+                         f"party {sender} holds dealer session {session.hex()[:8]}, party {self.pid} holds "
+                         f"{self._session.hex()[:8]}: not served by the same dealer session (a restarted dealer?)",
+                         fatal=blame)
+        if n_key:
+            self._keys[sender] = bytes(payload[len(self._session):])
+        self._established.add(sender)
         self._inbound.add(sender)
-        self._dead.pop(sender, None)
         self._key_ready.setdefault(sender, asyncio.Event()).set()
         return sender
 
@@ -185,13 +299,28 @@ class GrpcMesh(Transport):
         key = (header.job, header.round, header.sender)
         part = self._partial.get(key)
         if part is None:
-            part = self._partial[key] = framing.Reassembly(header)
+            if key in self._consumed:
+                raise framing.FrameError(f"replayed round {header.round} of job {header.job!r} from party "
+                                         f"{header.sender}: that round was already received")
+            self._check_room(header)
+            part = self._partial[key] = framing.Reassembly(header, payload)
+            self._buffered[key] = header.total_bytes
         if part.add(header, payload):
             del self._partial[key]
             fut = self._future(key)
             if fut.done():
                 raise framing.FrameError(f"second message for round {header.round} of job {header.job!r}")
             fut.set_result(memoryview(part.buffer))
+
+    def _check_room(self, header) -> None:
+        """Bound what one peer can make this party hold: rounds and bytes not yet consumed."""
+        mine = [n for (job, rnd, sender), n in self._buffered.items() if sender == header.sender]
+        if len(mine) >= self.max_pending_rounds:
+            raise framing.FrameTooLarge(f"party {header.sender} has {len(mine)} rounds buffered at party {self.pid}; "
+                                        f"the limit is {self.max_pending_rounds} rounds")
+        if sum(mine) + header.total_bytes > self.max_buffered_bytes:
+            raise framing.FrameTooLarge(f"party {header.sender} would have {sum(mine) + header.total_bytes} bytes "
+                                        f"buffered at party {self.pid}; the limit is {self.max_buffered_bytes} bytes")
 
     def _future(self, key) -> asyncio.Future:
         fut = self._inbox.get(key)
@@ -203,6 +332,10 @@ class GrpcMesh(Transport):
         if peer in self._dead:
             return
         self._dead[peer] = why
+        self._key_ready.setdefault(peer, asyncio.Event()).set()  # connect() stops waiting for it
+        for key in [k for k in self._partial if k[2] == peer]:
+            del self._partial[key]
+            self._buffered.pop(key, None)
         err = PeerFailure(self.describe(peer), why)
         for (job, rnd, sender), fut in self._inbox.items():
             if sender == peer and not fut.done():
@@ -238,12 +371,15 @@ class GrpcMesh(Transport):
                                                     f"within {self.round_timeout:.0f} s") from None
             finally:
                 self._inbox.pop(key, None)
+                self._buffered.pop(key, None)
+                self._consumed.add(key)  # until the job is forgotten: a replay would sit in the inbox
         return received
 
     def _forget(self, job: str) -> None:
-        for table in (self._inbox, self._partial):
+        for table in (self._inbox, self._partial, self._buffered):
             for key in [k for k in table if k[0] == job]:
                 table.pop(key)
+        self._consumed = {k for k in self._consumed if k[0] != job}
 
     def abort(self, reason: str) -> None:
         """Tell every live peer that this party is stopping, and why (ahead of closing the streams)."""

@@ -13,7 +13,7 @@ import logging
 import grpc
 
 from mpc.compiler import CompileError
-from mpc.net import framing, serde
+from mpc.net import framing, serde, tls
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
@@ -24,16 +24,17 @@ from mpc.runtime.transport import PeerFailure, ProtocolViolation
 log = logging.getLogger(__name__)
 
 SERVICE = "mpc.net.proto.Party"
+MESH_WAIT_S = 60.0
 SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
                                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 
 class PartyServer:
-    def __init__(self, pid: int, server_credentials: grpc.ServerCredentials | None = None,
-                 channel_credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, pid: int, creds: tls.Credentials | None = None):
+        """`creds`: this party's TLS material (mutual TLS everywhere); None for plaintext,
+        which listen() and join() allow on loopback addresses only."""
         self.pid = pid
-        self.server_credentials = server_credentials
-        self.channel_credentials = channel_credentials
+        self.creds = creds
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.server.add_generic_rpc_handlers((self._handler(),))
         self.session: PartySession | None = None
@@ -47,7 +48,9 @@ class PartyServer:
         self._uploads: dict[str, dict[int, bytearray]] = {}
 
     async def listen(self, address: str) -> int:
-        port = (self.server.add_secure_port(address, self.server_credentials) if self.server_credentials
+        if self.creds is None:
+            tls.require_loopback({f"party {self.pid} (listening)": address})
+        port = (self.server.add_secure_port(address, self.creds.server_credentials()) if self.creds
                 else self.server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"party {self.pid} cannot listen on {address}")
@@ -56,13 +59,20 @@ class PartyServer:
 
     async def join(self, config: ClusterConfig) -> None:
         """Connect to the dealer and to every peer; raise PeerFailure naming whoever is missing."""
+        if self.creds is None:
+            tls.require_loopback({"dealer": config.dealer, **{f"party {p}": a for p, a in config.parties.items()}})
         self.config = config
-        self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, credentials=self.channel_credentials,
+        self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, creds=self.creds,
                              round_timeout=config.round_timeout, known_job=self._known_job,
-                             on_dead=self._lose)
+                             on_dead=self._lose, session=None)
         self._mesh_ready.set()
-        self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.channel_credentials)
-        await asyncio.gather(self.dealer.connect(config.connect_timeout), self.mesh.connect(config.connect_timeout))
+        self.dealer = GrpcDealerLink(self.pid, config.n_parties, config.dealer, self.creds, config.round_timeout)
+        # The dealer first: every HELLO to a peer carries the dealer session's fingerprint,
+        # so parties served by different dealer sessions never start computing together.
+        start = asyncio.get_running_loop().time()
+        await self.dealer.connect(config.connect_timeout)
+        self.mesh.set_session(self.dealer.fingerprint)
+        await self.mesh.connect(max(1.0, config.connect_timeout - (asyncio.get_running_loop().time() - start)))
         self.session = PartySession(self.mesh, self.dealer)
         self.ready.set()
 
@@ -81,7 +91,11 @@ class PartyServer:
     # -- servicer methods ----------------------------------------------------------------------
 
     async def exchange(self, request_iterator, context):
-        await self._mesh_ready.wait()
+        try:  # a stream that comes before join() waits for it, within a deadline
+            await asyncio.wait_for(self._mesh_ready.wait(), MESH_WAIT_S)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} has not joined its cluster "
+                                                             f"after {MESH_WAIT_S:.0f} s")
         async for reply in self.mesh.handle_exchange(request_iterator, context):
             yield reply
 

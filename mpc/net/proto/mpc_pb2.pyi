@@ -310,10 +310,14 @@ class DealerHello(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ...) -> None: ...
 
 class DealerSeed(_message.Message):
-    __slots__ = ("seed",)
+    __slots__ = ("seed", "epoch", "commitments")
     SEED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     seed: bytes
-    def __init__(self, seed: _Optional[bytes] = ...) -> None: ...
+    epoch: bytes
+    commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, seed: _Optional[bytes] = ..., epoch: _Optional[bytes] = ..., commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CorrelationSpec(_message.Message):
     __slots__ = ("kind", "shapes", "params")
@@ -333,11 +337,13 @@ class CorrelationSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., shapes: _Optional[_Iterable[_Union[IntList, _Mapping]]] = ..., params: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CorrelationRequest(_message.Message):
-    __slots__ = ("job_id", "pid", "specs")
+    __slots__ = ("job_id", "pid", "specs", "epoch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pid: int
     specs: _containers.RepeatedCompositeFieldContainer[CorrelationSpec]
-    def __init__(self, job_id: _Optional[str] = ..., pid: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[CorrelationSpec, _Mapping]]] = ...) -> None: ...
+    epoch: bytes
+    def __init__(self, job_id: _Optional[str] = ..., pid: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[CorrelationSpec, _Mapping]]] = ..., epoch: _Optional[bytes] = ...) -> None: ...
