@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpc import data_files, jobfile, model_files, plain_training, train_report
+from mpc import data_files, jobfile, model_files, plain_training, ring, train_report
 from mpc.api import MPCError
 from mpc.checkpoints import Checkpointer
 from mpc.compiler.training import compile_training
@@ -63,11 +63,16 @@ class DivergenceError(MPCError):
     """The revealed loss says the run diverged or left the fixed-point range."""
 
 
+# A loss this close to the fixed-point range (1/64 of it) means its squares and products
+# already left it: no healthy run reports one, even as its first revealed loss.
+CEILING = ring.max_abs_value() / 64
+
+
 class _DivergenceCheck:
     """Stop on a revealed loss that no healthy run produces: not finite, negative (these
-    losses cannot be: a value wrapped around the ring), or above max(100, 10x the first
-    revealed loss). It looks only at losses the job already reveals: it reveals nothing
-    more, and with the loss never revealed there is nothing to check."""
+    losses cannot be: a value wrapped around the ring), above max(100, 10x the first
+    revealed loss), or above CEILING. It looks only at losses the job already reveals: it
+    reveals nothing more, and with the loss never revealed there is nothing to check."""
 
     def __init__(self, source: str, progress, checkpoints):
         self.source, self.progress, self.checkpoints, self.first = source, progress, checkpoints, None
@@ -77,7 +82,7 @@ class _DivergenceCheck:
         if loss is None:
             return
         self.first = loss if self.first is None else self.first
-        if not math.isfinite(loss) or loss < -1e-3 or loss > max(100.0, 10 * self.first):
+        if not math.isfinite(loss) or loss < -1e-3 or loss > min(max(100.0, 10 * self.first), CEILING):
             self.progress.close()
             last = f"the last checkpoint is step {self.checkpoints.written[-1]}" if self.checkpoints and \
                 self.checkpoints.written else "no checkpoint was written"
