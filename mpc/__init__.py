@@ -15,6 +15,7 @@ _EXPORTS = {
     "where": "mpc.api_functions",
     "max_pool2d": "mpc.api_functions",
     "compile": "mpc.compiler.model",
+    "train_job": "mpc.train_jobs",
 }
 
 __all__ = list(_EXPORTS)

@@ -32,7 +32,7 @@ from mpc.inference import InferenceMixin, SharedModel
 from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
-from mpc.runtime.session import JobOutcome, JobStats, PartySession
+from mpc.runtime.session import JobError, JobOutcome, JobStats, PartySession
 
 Public = torch.Tensor | float | int
 
@@ -348,6 +348,19 @@ class InMemoryCluster(_Cluster):
             return await asyncio.gather(*(s.run(job.job_id) for s in self.sessions))
 
         return asyncio.run(go())
+
+    # Checkpoints: each session reads and writes only its own shares, as a party process does.
+    def _save_checkpoint(self, p, directory, step, job_hash, handles):
+        return self.sessions[p].save_checkpoint(directory, step, job_hash, handles)
+
+    def _load_checkpoint(self, p, directory, step, job_hash, handles):
+        try:
+            return self.sessions[p].load_checkpoint(directory, step, job_hash, handles)
+        except JobError as exc:
+            raise MPCError(str(exc)) from None
+
+    def _list_checkpoints(self, p, directory, job_hash):
+        return self.sessions[p].list_checkpoints(directory, job_hash)
 
 
 __all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "conv2d", "cat", "stack"]

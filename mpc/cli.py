@@ -1,4 +1,5 @@
-"""The `mpc` command: launch a local cluster, run the demo, run the benchmarks, make certificates."""
+"""The `mpc` command: launch a local cluster, train from a job file, run the demo, run the benchmarks,
+make certificates."""
 
 from __future__ import annotations
 
@@ -127,7 +128,33 @@ def _infer(args) -> int:
 def _demo(args) -> int:
     from mpc import demo
 
-    return demo.main(parties=args.parties, crypten=not args.no_crypten)
+    return demo.main(parties=args.parties, crypten=not args.no_crypten, out=args.out, only_write=args.write_files)
+
+
+def _train(args) -> int:
+    from mpc import jobfile
+    from mpc.api import MPCError
+    from mpc.compiler.registry import CompileError
+    from mpc.launcher import LocalCluster
+    from mpc.train_jobs import train_job
+    from mpc.training import DataError
+
+    try:
+        spec = jobfile.load(args.job)
+        jobfile.check_parties(spec, args.local)
+        from mpc.train_jobs import load_parts
+
+        load_parts(spec, args.frac_bits)  # every data file checked before any process starts
+    except (jobfile.JobFileError, DataError) as exc:
+        print(f"mpc train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with LocalCluster(n_parties=args.local, frac_bits=args.frac_bits) as cluster:
+            train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    except (jobfile.JobFileError, DataError, CompileError, MPCError) as exc:
+        print(f"mpc train: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, MPCError) else 1
+    return 0
 
 
 def _certs(args) -> int:
@@ -175,10 +202,22 @@ def main(argv=None) -> None:
     p.add_argument("--output", help="write the output here (.npy)")
     p.set_defaults(fn=_infer)
 
-    p = sub.add_parser("demo", help="private inference on the digits data set, beside plaintext and CrypTen")
+    p = sub.add_parser("demo", help="three parties train an MLP on the digits data set they hold in thirds")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--no-crypten", action="store_true")
+    p.add_argument("--out", default="mpc-demo", help="where the party files, metrics and plot go")
+    p.add_argument("--write-files", metavar="DIR", help="only write the parties' CSV files (and test.csv) to DIR")
     p.set_defaults(fn=_demo)
+
+    p = sub.add_parser("train", help="run a training job file (TOML) on parties that each hold their own data")
+    p.add_argument("job", help="the job description, TOML (see examples/digits_train.toml)")
+    p.add_argument("--local", type=int, default=3, metavar="N",
+                   help="start N local parties and a dealer; the launcher reads each party's file on its behalf")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint every party holds")
+    p.add_argument("--frac-bits", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps (as if interrupted)")
+    p.set_defaults(fn=_train)
 
     p = sub.add_parser("certs", help="make a cluster CA and a key and certificate for every process")
     p.add_argument("--out", required=True, help="directory to write ca.pem, ca.key, IDENTITY.pem and IDENTITY.key")

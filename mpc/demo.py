@@ -1,19 +1,34 @@
-"""`mpc demo`: private inference on a real data set, beside plaintext torch and CrypTen.
+"""`mpc demo`: three parties, each holding a third of a real data set, train a model together.
 
-Party 1 (say, a hospital) holds the test images of scikit-learn's digits data set; party 0
-(a model vendor) holds a linear classifier it trained on its own data. Three parties
-compute the logits X @ W + b on secret shares; only the caller sees the result. Secure
-training comes with a later issue: until then this is what the runtime can do.
+scikit-learn's digits (shipped with the package: nothing is downloaded) is split 80/20;
+each of three parties gets a third of the training rows as its own CSV file, and party 0
+also holds the test rows. The demo writes those files and a job description, then runs it
+as `mpc train` would (mpc.train_job): an MLP 64-32-32-10 trained on secret shares over
+gRPC between three party processes and a dealer, the loss revealed every few steps, the
+test accuracy at the end beside the same training in plaintext torch (same initial
+weights, batches and learning rate), and the loss plot. `--write-files DIR` only writes
+the party files (for examples/digits_train.toml).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
-from mpc import reference
-from mpc.launcher import LocalCluster
+from mpc import data_files
+
+# The demo's job: small enough to train in about a minute on two cores.
+JOB = {
+    "model": {"factory": "mpc.models:MLP", "kwargs": {"sizes": [64, 32, 32, 10]}, "init_seed": 0, "owner": 0},
+    "training": {"loss": "cross_entropy", "classes": 10, "epochs": 12, "batch_size": 64, "seed": 0,
+                 "reveal_loss_every": 20, "reveal_accuracy": True},
+    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+    "data": {"split": "rows", "parties": [{"party": p, "file": f"party-{p}.csv", "label": "label"} for p in range(3)]},
+    "evaluate": {"party": 0, "file": "test.csv", "label": "label"},
+    "output": {"model": "shared", "directory": "."},
+}
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,41 +42,49 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
-def train_plaintext(x: torch.Tensor, y: torch.Tensor, epochs: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model owner's own (plaintext) training of a softmax-regression classifier."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(x.shape[1], 10).double()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.weight.detach().T.contiguous(), model.bias.detach().clone()
+def write_files(directory: str, parties: int = 3) -> list[str]:
+    """Each party's third of the training rows, and the test rows, as CSVs with a header."""
+    x, y, x_test, y_test = load_digits()
+    paths = []
+    bounds = [round(k * len(x) / parties) for k in range(parties + 1)]
+    for p in range(parties):
+        paths.append(os.path.join(directory, f"party-{p}.csv"))
+        data_files.write_csv(paths[-1], x[bounds[p]:bounds[p + 1]], y[bounds[p]:bounds[p + 1]], prefix="pixel")
+    paths.append(os.path.join(directory, "test.csv"))
+    data_files.write_csv(paths[-1], x_test, y_test, prefix="pixel")
+    return paths
 
 
-def main(parties: int = 3, crypten: bool = True) -> int:
-    x_train, y_train, x_test, y_test = load_digits()
-    w, b = train_plaintext(x_train, y_train)
-    plain = x_test @ w + b
-    print(f"digits: {len(x_train)} training rows (party 0's model), {len(x_test)} test rows (party 1's data)")
+def run(cluster, out: str, progress: bool = True):
+    """Write the party files to `out` and train the demo's job on `cluster` (mpc.train_job)."""
+    from mpc import jobfile
+    from mpc.train_jobs import train_job
 
+    parties = cluster.n_parties
+    write_files(out, parties)
+    job = {**JOB, "data": {"split": "rows", "parties": [
+        {"party": p, "file": f"party-{p}.csv", "label": "label"} for p in range(parties)]}}
+    spec = jobfile.load(job, base=os.path.abspath(out))
+    spec.source = os.path.join(out, "digits_train.toml")  # names the metrics and plot files
+    return train_job(spec, cluster, progress=progress)
+
+
+def main(parties: int = 3, crypten: bool = True, out: str = "mpc-demo", only_write: str | None = None) -> int:
+    if only_write:
+        for path in write_files(only_write, parties):
+            print(f"wrote {path}")
+        return 0
+    from mpc.launcher import LocalCluster
+
+    print(f"digits: {parties} parties each hold a third of the training rows (their files are in {out}/); "
+          f"party 0 also holds the test rows.\ntraining an MLP 64-32-32-10 on secret shares; revealed: the loss every "
+          f"{JOB['training']['reveal_loss_every']} steps and the final test accuracy, nothing else.", flush=True)
     start = time.perf_counter()
     with LocalCluster(n_parties=parties) as cluster:
-        started = time.perf_counter() - start
-        (cluster.share(torch.ones(2), 0) * cluster.share(torch.ones(2), 1)).reveal()  # warm up the streams
-        logits = cluster.share(x_test, owner=1) @ cluster.share(w, owner=0) + cluster.share(b, owner=0)
-        secure = logits.reveal()
-        stats = cluster.last_stats
-    rows = [("plaintext torch", plain, None)]
-    rows.append(("mpc (secret shares)", secure,
-                 f"online {max(s.online_s for s in stats) * 1e3:.1f} ms, {max(s.rounds for s in stats)} rounds, "
-                 f"{max(s.bytes_sent for s in stats) / 1e6:.2f} MB/party, cluster start {started:.1f} s"))
+        report = run(cluster, out).report
+    print(f"total {time.perf_counter() - start:.1f} s (cluster start, sharing, training, plaintext reference)")
     if crypten:
-        ref = reference.run("linear", [x_test, w, b], owners=[1, 0, 0], world_size=parties, reps=1)
-        rows.append(("CrypTen 0.4.1", ref["value"], f"{ref['seconds'] * 1e3:.1f} ms, {ref['rounds']} rounds"))
-    print(f"\n{'':22}{'accuracy':>9}  {'max |logit - plaintext|':>24}  cost")
-    for name, out, cost in rows:
-        acc = (out.argmax(1) == y_test).double().mean().item()
-        err = (out - plain).abs().max().item()
-        print(f"{name:22}{acc:9.4f}  {err:24.2e}  {cost or ''}")
-    return 0
+        # A CrypTen twin of this training (hand-built from CrypTensors) would about double the
+        # demo's time, past its 3-minute budget: CrypTen stands beside the runtime in `mpc bench`.
+        print("CrypTen: not trained here (it would double the demo's time); see `mpc bench`")
+    return 0 if report.accuracy is not None else 1

@@ -282,6 +282,31 @@ class LocalCluster(_Cluster):
             raise MPCError(f"party {p} computed digest {reply.digest[:16]}… for program {program.digest[:16]}…")
         self._loaded[p].add(program.digest)
 
+    def _checkpoint_call(self, method: str, p: int, *args):
+        """Party p's checkpoint RPC (SaveCheckpoint, LoadCheckpoint, ListCheckpoints)."""
+        async def call():
+            try:
+                if method == "ListCheckpoints":
+                    reply = await self._stubs[p].ListCheckpoints(serde.checkpoint_query_to_proto(*args),
+                                                                 timeout=self.job_timeout)
+                    return serde.checkpoint_list_from_proto(reply)
+                reply = await getattr(self._stubs[p], method)(serde.checkpoint_request_to_proto(*args),
+                                                              timeout=self.job_timeout)
+                return reply.path
+            except grpc.aio.AioRpcError as exc:
+                raise self._party_error(p, exc) from None
+
+        return self._call(call(), timeout=self.job_timeout + 10)
+
+    def _save_checkpoint(self, p, directory, step, job_hash, handles):
+        return self._checkpoint_call("SaveCheckpoint", p, directory, step, job_hash, handles)
+
+    def _load_checkpoint(self, p, directory, step, job_hash, handles):
+        return self._checkpoint_call("LoadCheckpoint", p, directory, step, job_hash, handles)
+
+    def _list_checkpoints(self, p, directory, job_hash):
+        return self._checkpoint_call("ListCheckpoints", p, directory, job_hash)
+
     async def _run_job(self, program, job, inputs, submitted: asyncio.Future | None = None):
         overhead = {"program_s": 0.0, "submit_s": 0.0, "program_sent": False}
 

@@ -55,6 +55,13 @@ class TrainResult:
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
+    handles: dict[str, int] = field(default_factory=dict)  # weights and optimizer state at the parties, by name
+
+
+def batch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The public row order of one epoch: every party (and the plaintext reference,
+    mpc.plain_training) draws the same permutation from the job's seed."""
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
@@ -158,26 +165,43 @@ class TrainingMixin:
     def train(self, model: torch.nn.Module, data: SharedData, *, loss: str = "cross_entropy", optimizer=None,
               epochs: int = 1, batch_size: int = 64, seed: int = 0, model_owner: int = 0,
               reveal_loss_every: int = 0, steps_per_job: int = 10, on_step: Callable | None = None,
-              program: TrainingProgram | None = None) -> TrainResult:
+              program: TrainingProgram | None = None, resume: tuple[int, dict[str, int]] | None = None,
+              checkpoint_every: int = 0, on_checkpoint: Callable | None = None,
+              stop_after: int | None = None) -> TrainResult:
         """Train `model` (its current weights are the model owner's starting point) on `data`.
 
         Steps run `steps_per_job` at a time in one job (an unrolled program): the rounds
         per step are unchanged, the per-job overheads are paid once per group. The loss
         is revealed on the last step of every group that contains a multiple of
-        `reveal_loss_every` (0: never)."""
+        `reveal_loss_every` (0: never).
+
+        `resume=(step, handles)` continues after `step` completed steps from weights and
+        optimizer state the parties already keep under `handles` (by name: see
+        mpc.checkpoints); the batch order depends only on the seed and the epoch, so the
+        remaining steps read the same rows as an uninterrupted run. Groups also end at every
+        multiple of `checkpoint_every`, where `on_checkpoint(step, handles)` is called;
+        `stop_after` ends the run after that many steps in total (an interruption, for tests)."""
         n_rows = data.x_shape[0]
         tp = program or compile_training(model, torch.zeros((1, *data.x_shape[1:])), n_rows=n_rows,
                                          n_outputs=data.y_shape[1], loss=loss, optimizer=optimizer,
                                          batch_size=batch_size, frac_bits=self.frac_bits)
-        handles = self._share_initial(tp, model_owner)
+        start_step, handles = resume if resume else (0, self._share_initial(tp, model_owner))
         batches = []
         for epoch in range(epochs):
-            order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            order = batch_order(n_rows, seed, epoch)
             batches += [(epoch, order[k * tp.batch_size:(k + 1) * tp.batch_size])
                         for k in range(n_rows // tp.batch_size)]
+        end = len(batches) if stop_after is None else min(stop_after, len(batches))
         result = TrainResult(self._trained_model(tp, handles))
+        result.handles = handles
         k = max(1, int(steps_per_job))
-        groups = [(first, batches[first:first + k]) for first in range(0, len(batches), k)]
+        groups, step = [], start_step
+        while step < end:
+            last = min(step + k, end)
+            if checkpoint_every:  # a checkpoint needs a job boundary at its step
+                last = min(last, (step // checkpoint_every + 1) * checkpoint_every)
+            groups.append((step, batches[step:last]))
+            step = last
 
         def wants_loss(first, group):
             return bool(reveal_loss_every) and any(s % reveal_loss_every == 0
@@ -185,14 +209,18 @@ class TrainingMixin:
 
         items = (self._step_job(tp, data, handles, first, [b for _, b in group], wants_loss(first, group))
                  for first, group in groups)
+        # With checkpoints, one job at a time: a checkpoint must save the weights of its step,
+        # before a pipelined next job overwrites them.
+        runs = (((item, self._execute(*item)) for item in items) if checkpoint_every
+                else self._execute_many_with_items(items))
         start = time.perf_counter()
-        step = 0
-        for (first, group), ((program, _, _), outcomes) in zip(groups, self._execute_many_with_items(items)):
+        step = start_step
+        for (first, group), ((program, _, _), outcomes) in zip(groups, runs):
             stats = [o.stats for o in outcomes]
             self.last_program, self.last_stats = program, stats
             result.online_s += max(s.online_s for s in stats)
             result.offline_s += max(s.offline_s for s in stats)
-            if first == 0:
+            if first == start_step:
                 result.rounds_per_step = max(s.rounds for s in stats) / len(group)
                 result.bytes_per_step = max(s.bytes_sent for s in stats) / len(group)
                 result.dealer_bytes_per_step = stats[0].dealer_bytes / len(group)
@@ -204,6 +232,8 @@ class TrainingMixin:
                 result.losses.append((step, value))
             if on_step:
                 on_step(group[-1][0], step, value)
+            if checkpoint_every and on_checkpoint and step % checkpoint_every == 0:
+                on_checkpoint(step, handles)
         result.steps = step
         result.seconds = time.perf_counter() - start
         return result

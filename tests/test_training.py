@@ -212,5 +212,6 @@ def test_cnn_training_against_torch():
     data = cluster.share_data(_split(x, y), n_classes=2)
     result = cluster.train(model, data, optimizer=SGD(0.5), epochs=2, batch_size=16)
     model.load_state_dict(init)
-    _check(cluster.reveal_model(result), _plain(model, x, y, "cross_entropy", SGD(0.5), _batches(48, 16, 2)), 2e-3,
+    # stochastic rounding of every truncation: the conv bias sums 16 x 36 gradient terms a step
+    _check(cluster.reveal_model(result), _plain(model, x, y, "cross_entropy", SGD(0.5), _batches(48, 16, 2)), 5e-3,
            "cnn")

@@ -165,6 +165,39 @@ class PartyServer:
         for event in serde.outcome_to_events(outcome):
             yield event
 
+    async def save_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
+        """Write this party's shares of the named kept values to its own checkpoint directory."""
+        await self._ready_or_abort(context)
+        try:
+            directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
+            path = await asyncio.to_thread(self.session.save_checkpoint, directory, step, job_hash, handles)
+        except (serde.SerdeError, JobError, OSError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: checkpoint not written: {exc}")
+        return pb.CheckpointReply(path=path)
+
+    async def load_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
+        await self._ready_or_abort(context)
+        try:
+            directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
+            path = await asyncio.to_thread(self.session.load_checkpoint, directory, step, job_hash, handles)
+        except (serde.SerdeError, JobError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc) if str(exc).startswith("party")
+                                else f"party {self.pid}: {exc}")
+        return pb.CheckpointReply(path=path)
+
+    async def list_checkpoints(self, request: pb.CheckpointQuery, context) -> pb.CheckpointList:
+        await self._ready_or_abort(context)
+        try:
+            directory, job_hash = serde.checkpoint_query_from_proto(request)
+        except serde.SerdeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        steps, refused = await asyncio.to_thread(self.session.list_checkpoints, directory, job_hash)
+        return serde.checkpoint_list_to_proto(steps, refused)
+
+    async def _ready_or_abort(self, context) -> None:
+        if not self.ready.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
+
     async def health(self, request, context) -> pb.HealthReply:
         n = self.config.n_parties if self.config else 0
         return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
@@ -189,6 +222,15 @@ class PartyServer:
                 response_serializer=pb.SubmitReply.SerializeToString),
             "Run": grpc.unary_stream_rpc_method_handler(
                 self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+            "SaveCheckpoint": grpc.unary_unary_rpc_method_handler(
+                self.save_checkpoint, request_deserializer=pb.CheckpointRequest.FromString,
+                response_serializer=pb.CheckpointReply.SerializeToString),
+            "LoadCheckpoint": grpc.unary_unary_rpc_method_handler(
+                self.load_checkpoint, request_deserializer=pb.CheckpointRequest.FromString,
+                response_serializer=pb.CheckpointReply.SerializeToString),
+            "ListCheckpoints": grpc.unary_unary_rpc_method_handler(
+                self.list_checkpoints, request_deserializer=pb.CheckpointQuery.FromString,
+                response_serializer=pb.CheckpointList.SerializeToString),
             "Health": grpc.unary_unary_rpc_method_handler(
                 self.health, request_deserializer=pb.HealthRequest.FromString,
                 response_serializer=pb.HealthReply.SerializeToString),

@@ -202,3 +202,33 @@ def inputs_from_uploads(program: Program, uploads: dict[int, bytearray], shares:
         dtype = torch.int64 if nid in shares else torch.float64
         out[nid] = torch.frombuffer(buf, dtype=dtype).reshape(node.shape) if buf else torch.empty(node.shape, dtype=dtype)
     return out
+
+
+def checkpoint_request_to_proto(directory: str, step: int, job_hash: str, handles: dict[str, int]) -> pb.CheckpointRequest:
+    return pb.CheckpointRequest(directory=directory, step=step, job_hash=job_hash, handles=handles)
+
+
+def checkpoint_request_from_proto(m: pb.CheckpointRequest) -> tuple[str, int, str, dict[str, int]]:
+    if not m.directory:
+        raise SerdeError("checkpoint request without a directory")
+    if len(m.job_hash) != 64:
+        raise SerdeError(f"checkpoint request names job {m.job_hash!r}, not a SHA-256 digest")
+    return m.directory, int(m.step), m.job_hash, dict(m.handles)
+
+
+def checkpoint_query_to_proto(directory: str, job_hash: str) -> pb.CheckpointQuery:
+    return pb.CheckpointQuery(directory=directory, job_hash=job_hash)
+
+
+def checkpoint_query_from_proto(m: pb.CheckpointQuery) -> tuple[str, str]:
+    if not m.directory:
+        raise SerdeError("checkpoint query without a directory")
+    return m.directory, m.job_hash
+
+
+def checkpoint_list_to_proto(steps: list[int], refused: list[str]) -> pb.CheckpointList:
+    return pb.CheckpointList(steps=steps, refused=refused)
+
+
+def checkpoint_list_from_proto(m: pb.CheckpointList) -> tuple[list[int], list[str]]:
+    return list(m.steps), list(m.refused)

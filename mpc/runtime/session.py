@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mpc.ir import TO_ALL, TO_CALLER, Job, Program
 from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
+from mpc.runtime import checkpoint
 from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 
@@ -248,6 +250,30 @@ class PartySession:
             write.finish(ok)
             if self._writers.get(handle) is write:
                 del self._writers[handle]
+
+    def save_checkpoint(self, directory: str, step: int, job_hash: str, handles: dict[str, int]) -> str:
+        """Write this party's shares of the named kept values (runtime.checkpoint); the path."""
+        missing = [name for name, h in handles.items() if h not in self.kept]
+        if missing:
+            raise JobError(f"party {self.pid} cannot checkpoint {', '.join(missing[:3])}: not kept here")
+        return checkpoint.write(directory, step, job_hash, self.pid, {n: self.kept[h] for n, h in handles.items()})
+
+    def load_checkpoint(self, directory: str, step: int, job_hash: str, handles: dict[str, int]) -> str:
+        """Keep the shares of checkpoint `step` under `handles` (by name), after every check."""
+        path = os.path.join(directory, checkpoint.file_name(step))
+        try:
+            values = checkpoint.read(path, job_hash, self.pid, step)
+        except checkpoint.CheckpointError as exc:
+            raise JobError(f"party {self.pid}: {exc}") from None
+        if set(values) != set(handles):
+            raise JobError(f"party {self.pid}: checkpoint {path} holds {sorted(values)[:4]}…, the job needs "
+                           f"{sorted(handles)[:4]}…")
+        for name, h in handles.items():
+            self.kept[h] = values[name]
+        return path
+
+    def list_checkpoints(self, directory: str, job_hash: str) -> tuple[list[int], list[str]]:
+        return checkpoint.scan(directory, job_hash, self.pid)
 
     def free(self, handles) -> None:
         for h in handles:

@@ -234,6 +234,47 @@ class HealthReply(_message.Message):
     detail: str
     def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class CheckpointRequest(_message.Message):
+    __slots__ = ("directory", "step", "job_hash", "handles")
+    class HandlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    JOB_HASH_FIELD_NUMBER: _ClassVar[int]
+    HANDLES_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    step: int
+    job_hash: str
+    handles: _containers.ScalarMap[str, int]
+    def __init__(self, directory: _Optional[str] = ..., step: _Optional[int] = ..., job_hash: _Optional[str] = ..., handles: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class CheckpointReply(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class CheckpointQuery(_message.Message):
+    __slots__ = ("directory", "job_hash")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    JOB_HASH_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    job_hash: str
+    def __init__(self, directory: _Optional[str] = ..., job_hash: _Optional[str] = ...) -> None: ...
+
+class CheckpointList(_message.Message):
+    __slots__ = ("steps", "refused")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    refused: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, steps: _Optional[_Iterable[int]] = ..., refused: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class FrameHeader(_message.Message):
     __slots__ = ("tag", "job", "round", "sender", "chunk", "n_chunks", "total_bytes")
     TAG_FIELD_NUMBER: _ClassVar[int]

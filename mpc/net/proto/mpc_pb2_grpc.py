@@ -64,6 +64,21 @@ class PartyStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.SaveCheckpoint = channel.unary_unary(
+                '/mpc.net.proto.Party/SaveCheckpoint',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.FromString,
+                _registered_method=True)
+        self.LoadCheckpoint = channel.unary_unary(
+                '/mpc.net.proto.Party/LoadCheckpoint',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/mpc.net.proto.Party/ListCheckpoints',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.FromString,
+                _registered_method=True)
 
 
 class PartyServicer:
@@ -108,6 +123,24 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +173,21 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.SerializeToString,
+            ),
+            'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpoint,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.SerializeToString,
+            ),
+            'LoadCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadCheckpoint,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +352,87 @@ class Party:
             '/mpc.net.proto.Party/Health',
             mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/SaveCheckpoint',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/LoadCheckpoint',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/ListCheckpoints',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.FromString,
             options,
             channel_credentials,
             insecure,
