@@ -29,6 +29,7 @@ from mpc.api_methods import TensorMethodsMixin
 from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
 from mpc.inference import InferenceMixin, SharedModel
+from mpc.lifetimes import FreedError, LifetimesMixin
 from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
@@ -62,6 +63,7 @@ class SecretTensor(TensorMethodsMixin, FunctionsMixin):
         self._cluster = cluster
         self._node = node
         self._known: torch.Tensor | None = None  # the plaintext of cluster.public(): cheap checks use it
+        cluster._track(self, node.id)  # its node, and what the node needs, live as long as this tensor
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -219,7 +221,7 @@ def stack(tensors, dim: int = 0) -> SecretTensor:
 # -- clusters -----------------------------------------------------------------------------------------
 
 
-class _Cluster(InferenceMixin, TrainingMixin):
+class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
     """What both clusters share: the graph, sharing, and turning outcomes into plaintexts.
 
     Graph node ids double as handles of the values the parties keep: inputs and revealed
@@ -238,6 +240,7 @@ class _Cluster(InferenceMixin, TrainingMixin):
         self.last_stats: list[JobStats] = []
         self.last_program: Program | None = None
         self._shared_models: dict[tuple, SharedModel] = {}
+        self._init_lifetimes()
 
     def _new_handle(self) -> int:
         """A fresh id for a value the parties keep (graph node ids are handles too)."""
@@ -270,11 +273,14 @@ class _Cluster(InferenceMixin, TrainingMixin):
         for t in tensors:
             if t._cluster is not self:
                 raise ValueError("cannot reveal a secret tensor of another cluster")
+        self._sweep()
+        self._check_not_freed([t._node.id for t in tensors])
         extracted = extract(self._builder, [t._node.id for t in tensors], self._available, self._double,
                             self.defer_truncation)
         program, graph_ids = extracted.program, extracted.graph_ids
         job, inputs = self._job(program, graph_ids, recipient)
-        outcomes = self._execute(program, job, inputs)
+        job.free = self._take_drop()  # values no live tensor reaches: dropped by the parties after this job
+        outcomes = self._run_with_drop(lambda: self._execute(program, job, inputs), job.free)
         self.last_program = program
         self.last_stats = [o.stats for o in outcomes]
         kept = {graph_ids[k] for k in job.keep}
@@ -350,4 +356,4 @@ class InMemoryCluster(_Cluster):
         return asyncio.run(go())
 
 
-__all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "conv2d", "cat", "stack"]
+__all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "FreedError", "conv2d", "cat", "stack"]

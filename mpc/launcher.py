@@ -212,6 +212,13 @@ class LocalCluster(_Cluster):
             return {}
         return {"dealer": self.config.dealer, **{f"party {p}": a for p, a in self.config.parties.items()}}
 
+    def health(self) -> list[pb.HealthReply]:
+        """Every party's Health reply (ready, and how many values it keeps, in how many bytes)."""
+        async def ask():
+            return await asyncio.gather(*(stub.Health(pb.HealthRequest(), timeout=10) for stub in self._stubs))
+
+        return self._call(ask(), timeout=20)
+
     # -- jobs ----------------------------------------------------------------------------------------------
 
     def _call(self, coro, timeout: float | None = None):

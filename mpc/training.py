@@ -55,6 +55,7 @@ class TrainResult:
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
+    handles: dict[str, int] = field(default_factory=dict)  # weights and optimizer state at the parties (free_model)
 
 
 def _targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
@@ -164,7 +165,7 @@ class TrainingMixin:
             order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
             batches += [(epoch, order[k * tp.batch_size:(k + 1) * tp.batch_size])
                         for k in range(n_rows // tp.batch_size)]
-        result = TrainResult(self._trained_model(tp, handles))
+        result = TrainResult(self._trained_model(tp, handles), handles=dict(handles))
         k = max(1, int(steps_per_job))
         groups = [(first, batches[first:first + k]) for first in range(0, len(batches), k)]
 

@@ -31,6 +31,9 @@ from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 # The round number of the barrier between the offline and online phases; programs never reach it.
 READY_ROUND = (1 << 32) - 1
 MAX_PROGRAMS = 256
+# How many freed handles a session remembers, only to say "freed" rather than "unknown" when a
+# later job names one: bounded so that a session of millions of jobs stays flat.
+REMEMBER_FREED = 65536
 
 
 class JobError(RuntimeError):
@@ -98,6 +101,7 @@ class PartySession:
         # submitted while an earlier one is still running (a pipeline of training steps)
         # runs its offline phase at once but reads those values only once they are kept.
         self._writers: dict[int, asyncio.Event] = {}
+        self._freed: OrderedDict[int, None] = OrderedDict()  # recently freed handles, for error messages
 
     def knows(self, job: str) -> bool:
         return job in self.jobs
@@ -162,6 +166,9 @@ class PartySession:
             value = self.kept.get(handle)
             if value is None and handle in self._writers:
                 continue  # an earlier job, still running, keeps it
+            if value is None and handle in self._freed:
+                raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which was freed at "
+                               f"party {self.pid} (a free list of an earlier job dropped it)")
             if value is None:
                 raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which party "
                                f"{self.pid} does not hold (never kept, or freed)")
@@ -191,7 +198,14 @@ class PartySession:
 
     def free(self, handles) -> None:
         for h in handles:
-            self.kept.pop(h, None)
+            if self.kept.pop(h, None) is not None:
+                self._freed[h] = None
+                while len(self._freed) > REMEMBER_FREED:
+                    self._freed.popitem(last=False)
+
+    def kept_stats(self) -> tuple[int, int]:
+        """How many values this party keeps, and their bytes (Health reports them)."""
+        return len(self.kept), sum(t.numel() * t.element_size() for t in self.kept.values())
 
     async def run(self, job_id: str) -> JobOutcome:
         entry = self.jobs.get(job_id)
@@ -207,6 +221,8 @@ class PartySession:
                 event.set()  # also on failure: a later job then fails on what it finds, never waits forever
                 if self._writers.get(handle) is event:
                     del self._writers[handle]
+            # The caller no longer refers to these handles: drop them even if the job failed.
+            self.free(entry.job.free)
             self.jobs.pop(job_id, None)
             self.transport.forget(job_id)
 
@@ -251,7 +267,6 @@ class PartySession:
         stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
         for nid, handle in job.keep.items():
             self.kept[handle] = values[nid]
-        self.free(job.free)
         return outcome
 
     async def _open_outputs(self, job, program, values, round_no, outcome) -> None:

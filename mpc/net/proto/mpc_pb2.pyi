@@ -223,16 +223,20 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("pid", "n_parties", "ready", "detail")
+    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes")
     PID_FIELD_NUMBER: _ClassVar[int]
     N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    KEPT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     pid: int
     n_parties: int
     ready: bool
     detail: str
-    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    kept_values: int
+    kept_bytes: int
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ...) -> None: ...
 
 class FrameHeader(_message.Message):
     __slots__ = ("tag", "job", "round", "sender", "chunk", "n_chunks", "total_bytes")
