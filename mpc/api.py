@@ -17,6 +17,7 @@ the parties as shares, so a later reveal reuses them instead of recomputing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -241,6 +242,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         self.last_program: Program | None = None
         self._shared_models: dict[tuple, SharedModel] = {}
         self._init_lifetimes()
+        self.profiling = False  # when set, jobs of reveal() time their phases at every party (JobStats.phases)
 
     def _new_handle(self) -> int:
         """A fresh id for a value the parties keep (graph node ids are handles too)."""
@@ -289,7 +291,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         self._double |= {graph_ids[k] for k, scale in zip(program.outputs, program.output_scales) if scale == 2}
         for g in kept:
             self._pending.pop(g, None)
-        results = []
+        results, start = [], time.perf_counter()
         for k, scale in zip(program.outputs, program.output_scales):
             if recipient == TO_CALLER:
                 total = sum(o.shares[k] for o in outcomes)
@@ -297,6 +299,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
             else:
                 holder = 0 if recipient == TO_ALL else recipient
                 results.append(outcomes[holder].plaintexts.get(k))
+        self.last_decode_s = time.perf_counter() - start  # the caller summing and decoding the shares
         return results
 
     def _job(self, program: Program, graph_ids: list[int], recipient: int) -> tuple[Job, dict]:
@@ -317,7 +320,8 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
                 keep[node.id] = g
         for k in program.outputs:
             keep[k] = graph_ids[k]
-        job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep)
+        job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep,
+                  profile=self.profiling)
         return job, inputs
 
     def _execute(self, program: Program, job: Job, inputs) -> list[JobOutcome]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from mpc import bench_models, bench_train, reference
+from mpc import bench_models, bench_profile, bench_train, reference
 from mpc.bench_train import TRAIN_WORKLOADS
 from mpc.bench_models import MODEL_WORKLOADS, summarize
 from mpc.launcher import LocalCluster
@@ -154,7 +154,7 @@ def _describe(name: str) -> str:
 
 
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print, scaling: bool = False, tls: bool = True) -> dict:
+        progress=print, scaling: bool = False, tls: bool = True, profile: bool = False) -> dict:
     known = {**WORKLOADS, **MODEL_WORKLOADS, **TRAIN_WORKLOADS}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -165,6 +165,10 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
         for name in names:
             progress(f"running {name} ({_describe(name)}) on {n_parties} parties")
             results.append({"name": name, "parties": n_parties, **_run_on(cluster, name, reps)})
+            if profile and name in WORKLOADS:  # after the timed runs: profiling never slows what they measure
+                w = WORKLOADS[name]
+                progress(f"profiling {name} and replaying its rounds as the transport floor")
+                results[-1].update(bench_profile.profile_workload(cluster, w.secret, _inputs(w), reps))
     if scaling:
         for n in SCALING_PARTIES:
             if n == n_parties:
@@ -190,7 +194,7 @@ def format_table(report: dict) -> str:
     cols = ["name", "parties", "online_s", "spread_online_s", "total_s", "spread_total_s", "wall_s", "rounds", "predicted_rounds", "rounds_per_step",
             "crypten_rounds_per_step", "accuracy", "plain_accuracy", "crypten_accuracy", "bytes_per_party", "dealer_bytes", "max_abs_err",
             "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total",
-            "predictions_per_s", "crypten_predictions_per_s"]
+            "predictions_per_s", "crypten_predictions_per_s", "floor_s", "online_over_floor"]
     rows = report["results"]
     cols = [c for c in cols if any(c in r for r in rows)]
 
@@ -203,7 +207,9 @@ def format_table(report: dict) -> str:
 
     table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+    text = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+    profiles = [bench_profile.format_profile(r) for r in rows if "profile" in r]
+    return "\n\n".join([text, *profiles])
 
 
 def write_json(report: dict, path: str) -> None:

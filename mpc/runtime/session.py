@@ -25,6 +25,7 @@ from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime.executor import DryRun, Executor, make_exchange
+from mpc.runtime.profile import OFF, Profile
 from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 
 
@@ -34,6 +35,9 @@ MAX_PROGRAMS = 256
 # How many freed handles a session remembers, only to say "freed" rather than "unknown" when a
 # later job names one: bounded so that a session of millions of jobs stays flat.
 REMEMBER_FREED = 65536
+# Bounds on a transport floor job (Job.replay): it moves filler bytes, but is a job like any other.
+MAX_REPLAY_ROUNDS = 1 << 16
+MAX_REPLAY_MESSAGE = 1 << 30
 
 
 class JobError(RuntimeError):
@@ -49,6 +53,8 @@ class JobStats:
     messages_sent: int = 0
     dealer_bytes: int = 0
     n_correlations: int = 0
+    phases: dict = field(default_factory=dict)  # seconds per phase, when the job asked (mpc.runtime.profile)
+    round_sizes: list = field(default_factory=list)  # when profiled: per round, bytes sent to each party id
 
 
 @dataclass
@@ -192,6 +198,14 @@ class PartySession:
         for to in job.recipients:
             if to not in (TO_CALLER, TO_ALL) and not 0 <= to < self.n_parties:
                 raise JobError(f"job {job.job_id}: output addressed to {to}, not a party of {self.n_parties}")
+        if job.replay:
+            n = self.n_parties
+            if program.nodes or len(job.replay) % (n * n) or len(job.replay) // (n * n) > MAX_REPLAY_ROUNDS:
+                raise JobError(f"job {job.job_id}: a transport floor needs an empty program and whole rounds of "
+                               f"{n}x{n} byte counts, at most {MAX_REPLAY_ROUNDS} rounds")
+            if any(b > MAX_REPLAY_MESSAGE or (k % (n * n)) // n == k % n and b for k, b in enumerate(job.replay)):
+                raise JobError(f"job {job.job_id}: a transport floor message is over {MAX_REPLAY_MESSAGE} bytes "
+                               "or addressed to its sender")
         for nid in job.keep:
             if not 0 <= nid < len(program.nodes) or program.nodes[nid].extra_shapes:
                 raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
@@ -232,27 +246,36 @@ class PartySession:
         outcome = JobOutcome()
         stats = outcome.stats
         stats.n_correlations = len(specs)
+        prof = Profile() if job.profile else OFF
+        self.transport.set_profile(job.job_id, prof)
 
         t0 = time.perf_counter()
-        pool = await self._offline(job.job_id, dry)
+        pool = await self._offline(job.job_id, dry, prof)
         t_wait = time.perf_counter()
         for event in entry.waits:
             await event.wait()
         waited = time.perf_counter() - t_wait  # the previous job's online phase: neither ours nor offline
-        await self._barrier(job.job_id, program.digest)
+        prof.add("previous_job", waited)
+        with prof.phase("barrier"):  # peers finishing their offline phase
+            await self._barrier(job.job_id, program.digest)
         t1 = time.perf_counter()
         missing = [h for h in job.kept.values() if h not in self.kept]
         if missing:
             raise JobError(f"job {job.job_id} reads kept value {missing[0]}, which an earlier job did not keep at "
                            f"party {self.pid}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
-        executor = Executor(program, self.pid, self.n_parties,
-                            {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
-        values, rounds = await executor.run(
-            lambda node, seq, spec: pool[(node, seq)],
-            lambda node, req: input_mask(self.transport, job.job_id, node, req.owner, req.shape),
-            make_exchange(self.transport, job.job_id),
-        )
+
+        def mask(node, req):
+            with prof.phase("input_masks"):  # PRG expansion, inside "arithmetic": separated in _phases
+                return input_mask(self.transport, job.job_id, node, req.owner, req.shape)
+
+        if job.replay:
+            values, rounds = {}, await self._replay(job)
+        else:
+            executor = Executor(program, self.pid, self.n_parties,
+                                {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
+            values, rounds = await executor.run(lambda node, seq, spec: pool[(node, seq)], mask,
+                                                make_exchange(self.transport, job.job_id, prof), profile=prof)
         stats.online_s = time.perf_counter() - t1
         stats.offline_s = t1 - t0 - waited
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
@@ -262,12 +285,34 @@ class PartySession:
                 outcome.shares[nid] = values[nid]
         # Outputs opened to parties share one round.
         if any(to != TO_CALLER for to in job.recipients):
-            await self._open_outputs(job, program, values, rounds, outcome)
+            with prof.phase("open_outputs"):
+                await self._open_outputs(job, program, values, rounds, outcome)
         counters = self.transport.counters(job.job_id)
         stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
         for nid, handle in job.keep.items():
             self.kept[handle] = values[nid]
+        if job.profile:
+            stats.phases = _phases(prof.finish())
+            stats.round_sizes = [[sizes.get(q, 0) for q in range(self.n_parties)] for sizes in counters.round_sizes]
         return outcome
+
+    async def _replay(self, job: Job) -> int:
+        """The transport floor: the byte counts of job.replay moved round by round, no arithmetic."""
+        n, me = self.n_parties, self.pid
+        sizes = job.replay
+        filler = memoryview(bytearray(max((sizes[k] for k in range(len(sizes)) if (k % (n * n)) // n == me),
+                                          default=0)))  # zeros: the floor measures the transport, not content
+        rounds = len(sizes) // (n * n)
+        for r in range(rounds):
+            base = r * n * n
+            outgoing = {q: filler[:sizes[base + me * n + q]] for q in self.transport.peers if sizes[base + me * n + q]}
+            incoming = {q for q in self.transport.peers if sizes[base + q * n + me]}
+            received = await self.transport.exchange(job.job_id, r, outgoing, incoming)
+            for q in incoming:
+                if len(received[q]) != sizes[base + q * n + me]:
+                    raise ProtocolViolation(f"party {q} sent {len(received[q])} bytes in floor round {r} of job "
+                                            f"{job.job_id}, expected {sizes[base + q * n + me]}")
+        return rounds
 
     async def _open_outputs(self, job, program, values, round_no, outcome) -> None:
         opened = [(nid, to, scale) for nid, to, scale in zip(program.outputs, job.recipients, program.output_scales)
@@ -295,13 +340,15 @@ class PartySession:
                                         f"party {self.pid} runs {digest[:16]}…: the parties were sent different programs")
         self.transport.reset_counters(job)
 
-    async def _offline(self, job: str, dry: DryRun) -> dict:
+    async def _offline(self, job: str, dry: DryRun, prof=OFF) -> dict:
         specs = [s for _, _, s in dry.specs]
         corr = None
         if self.pid == 0 and specs:
             sizes = [correlations.correction_nbytes(s) for s in specs]
-            corr = await self.dealer.corrections(job, specs, sum(sizes))
-        return await asyncio.to_thread(self._expand, job, dry, corr)
+            with prof.phase("dealer"):  # the dealer generating and sending party 0's corrections
+                corr = await self.dealer.corrections(job, specs, sum(sizes))
+        with prof.phase("prg_expand"):
+            return await asyncio.to_thread(self._expand, job, dry, corr)
 
     def _expand(self, job: str, dry: DryRun, corr) -> dict:
         pool, offset = {}, 0
@@ -315,3 +362,13 @@ class PartySession:
             else:
                 pool[(node, seq)] = correlations.party_part(spec, self.pid, prg)
         return pool
+
+
+def _phases(raw: dict[str, float]) -> dict[str, float]:
+    """Nested timers made disjoint: input masks out of arithmetic; an exchange's wall time
+    split into sending (framing, queueing), reassembly of received chunks, and waiting."""
+    out = dict(raw)
+    out["arithmetic"] = max(0.0, out.get("arithmetic", 0.0) - out.get("input_masks", 0.0))
+    exchange = out.pop("exchange", 0.0)
+    out["wait"] = max(0.0, exchange - out.get("send", 0.0) - out.get("reassembly", 0.0))
+    return out
