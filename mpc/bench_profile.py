@@ -32,6 +32,7 @@ def floor(cluster, stats) -> float:
     program = Program((), (), (), cluster.frac_bits)
     job = Job(uuid.uuid4().hex, program.digest, replay=tuple(replay))
     outcomes = cluster._execute(program, job, {p: {} for p in range(n)})
+    cluster.last_floor_stats = [o.stats for o in outcomes]
     return max(o.stats.online_s for o in outcomes)
 
 
