@@ -66,6 +66,15 @@ class SecretTensor(TensorMethodsMixin, FunctionsMixin):
         self._known: torch.Tensor | None = None  # the plaintext of cluster.public(): cheap checks use it
         cluster._track(self, node.id)  # its node, and what the node needs, live as long as this tensor
 
+    def __copy__(self):
+        # through __init__, so that the copy is tracked too: its node then lives as long as it does
+        out = SecretTensor(self._cluster, self._node)
+        out._known = self._known
+        return out
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()  # a node is immutable: a copy may share it
+
     # -- introspection ---------------------------------------------------------------------------
 
     @property

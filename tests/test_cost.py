@@ -58,7 +58,7 @@ CASES = {
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
 TRAINING_OPS = {"relu_bit", "gather_rows", "rescale"}  # test_prediction_equals_measurement_for_training
-LOCAL_GRAD_OPS = {"scatter"}  # getitem's gradient, local (no cost to predict); tests/test_grads.py runs it
+LOCAL_GRAD_OPS = {"scatter", "flip"}  # getitem's gradient and the convolution gradient's kernel flip: local (no cost to predict); tests/test_grads.py and test_training.py run them
 
 
 def test_every_op_is_covered():

@@ -54,6 +54,17 @@ def test_value_needed_by_a_pending_tensor_is_not_freed():
     assert all(len(s.kept) == 1 for s in c.sessions)
 
 
+def test_a_copied_tensor_keeps_its_value_alive():
+    import copy
+    c = InMemoryCluster(3)
+    x = c.share(rand(4), 0)
+    x.reveal()
+    y = copy.deepcopy(x)
+    del x
+    c.collect()
+    assert_close(y.reveal(), rand(4), ULP)
+
+
 def test_explicit_free_then_use_names_the_freed_node():
     c = InMemoryCluster(3)
     x = c.share(rand(4), 0)
