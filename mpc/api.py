@@ -64,7 +64,7 @@ class SecretTensor(TensorMethodsMixin, FunctionsMixin):
         self._cluster = cluster
         self._node = node
         self._known: torch.Tensor | None = None  # the plaintext of cluster.public(): cheap checks use it
-        cluster._track(self, node.id)  # its node, and what the node needs, live as long as this tensor
+        self._cell = cluster._track(self, node.id)  # its node, and what the node needs, live as long as this tensor
 
     def __copy__(self):
         # through __init__, so that the copy is tracked too: its node then lives as long as it does

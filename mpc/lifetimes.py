@@ -4,7 +4,8 @@ A value the parties keep (an input or a revealed result of the SecretTensor API,
 weights, a training state, a shared data set) lives as long as something on the caller's side
 refers to it. For SecretTensors that is tracked by reference counts per graph node: every
 SecretTensor registers a `weakref.finalize` that, when the tensor is garbage-collected, queues
-its node id (the callback only appends to a deque, so it is safe wherever the collector runs).
+its node id (the callback only appends to a deque, so it is safe wherever the collector runs;
+an in-place op that rebinds a tensor to a new node moves its count).
 A sweep, run before every job of the API and by `collect()`, keeps the graph nodes that a live
 tensor can still reach (descending through inputs, but not below values the parties hold,
 since a later job reads those instead of recomputing them) and drops the rest from the
@@ -38,10 +39,20 @@ class LifetimesMixin:
         self._drop: list[int] = []  # handles the parties drop with the next job
         self._freed: dict[int, str] = {}  # node -> description, freed by free() while tensors still refer to it
 
-    def _track(self, tensor, nid: int) -> None:
+    def _track(self, tensor, nid: int) -> list[int]:
+        """Count `tensor` as a reference to node `nid`; returns the cell holding its node id
+        (an in-place op rebinds a tensor to a new node: `_retrack` moves the count)."""
+        cell = [nid]
         self._refs[nid] = self._refs.get(nid, 0) + 1
-        # The callback holds only the deque: a tensor must not keep its cluster's state alive longer.
-        weakref.finalize(tensor, self._dead.append, nid).atexit = False
+        # The callback holds only the deque and the cell: a tensor must not keep its cluster's
+        # state alive longer, and at its death the cell names the node it refers to by then.
+        weakref.finalize(tensor, self._dead.append, cell).atexit = False
+        return cell
+
+    def _retrack(self, cell: list[int], nid: int) -> None:
+        self._dead.append([cell[0]])  # the old node loses this reference (counted at the next sweep)
+        self._refs[nid] = self._refs.get(nid, 0) + 1
+        cell[0] = nid
 
     def _inputs_of(self, nid: int):
         return self._builder.nodes[nid].inputs
@@ -49,7 +60,7 @@ class LifetimesMixin:
     def _sweep(self) -> None:
         """Drop graph nodes no live tensor can reach; queue their kept values for freeing."""
         while self._dead:
-            nid = self._dead.popleft()
+            nid = self._dead.popleft()[0]
             left = self._refs.get(nid, 0) - 1
             if left > 0:
                 self._refs[nid] = left

@@ -150,3 +150,15 @@ def test_party_memory_flat_over_200_jobs():
         assert len(c._builder.nodes) <= 4
         c.collect()
         assert [h.kept_values for h in c.health()] == [0, 0, 0]
+
+
+def test_an_in_place_op_moves_the_reference_to_the_new_node():
+    c = InMemoryCluster(3)
+    x = c.share(rand(4), 0)
+    x.reveal()
+    x.add_(1.0)  # x now refers to a new node, which still needs the old value
+    c.collect()
+    assert all(len(s.kept) == 1 for s in c.sessions)
+    assert_close(x.reveal(), rand(4) + 1, 2 * ULP)
+    c.collect()  # the new value is kept now: the old one is unreachable
+    assert all(len(s.kept) == 1 for s in c.sessions) and x._node.id in c._available
