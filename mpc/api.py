@@ -17,6 +17,7 @@ the parties as shares, so a later reveal reuses them instead of recomputing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from mpc.api_methods import TensorMethodsMixin
 from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
 from mpc.inference import InferenceMixin, SharedModel
+from mpc.lifetimes import FreedError, LifetimesMixin
 from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
@@ -62,6 +64,16 @@ class SecretTensor(TensorMethodsMixin, FunctionsMixin):
         self._cluster = cluster
         self._node = node
         self._known: torch.Tensor | None = None  # the plaintext of cluster.public(): cheap checks use it
+        self._cell = cluster._track(self, node.id)  # its node, and what the node needs, live as long as this tensor
+
+    def __copy__(self):
+        # through __init__, so that the copy is tracked too: its node then lives as long as it does
+        out = SecretTensor(self._cluster, self._node)
+        out._known = self._known
+        return out
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()  # a node is immutable: a copy may share it
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ def stack(tensors, dim: int = 0) -> SecretTensor:
 # -- clusters -----------------------------------------------------------------------------------------
 
 
-class _Cluster(InferenceMixin, TrainingMixin):
+class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
     """What both clusters share: the graph, sharing, and turning outcomes into plaintexts.
 
     Graph node ids double as handles of the values the parties keep: inputs and revealed
@@ -238,6 +250,8 @@ class _Cluster(InferenceMixin, TrainingMixin):
         self.last_stats: list[JobStats] = []
         self.last_program: Program | None = None
         self._shared_models: dict[tuple, SharedModel] = {}
+        self._init_lifetimes()
+        self.profiling = False  # when set, jobs of reveal() time their phases at every party (JobStats.phases)
 
     def _new_handle(self) -> int:
         """A fresh id for a value the parties keep (graph node ids are handles too)."""
@@ -270,11 +284,14 @@ class _Cluster(InferenceMixin, TrainingMixin):
         for t in tensors:
             if t._cluster is not self:
                 raise ValueError("cannot reveal a secret tensor of another cluster")
+        self._sweep()
+        self._check_not_freed([t._node.id for t in tensors])
         extracted = extract(self._builder, [t._node.id for t in tensors], self._available, self._double,
                             self.defer_truncation)
         program, graph_ids = extracted.program, extracted.graph_ids
         job, inputs = self._job(program, graph_ids, recipient)
-        outcomes = self._execute(program, job, inputs)
+        job.free = self._take_drop()  # values no live tensor reaches: dropped by the parties after this job
+        outcomes = self._run_with_drop(lambda: self._execute(program, job, inputs), job.free)
         self.last_program = program
         self.last_stats = [o.stats for o in outcomes]
         kept = {graph_ids[k] for k in job.keep}
@@ -283,7 +300,7 @@ class _Cluster(InferenceMixin, TrainingMixin):
         self._double |= {graph_ids[k] for k, scale in zip(program.outputs, program.output_scales) if scale == 2}
         for g in kept:
             self._pending.pop(g, None)
-        results = []
+        results, start = [], time.perf_counter()
         for k, scale in zip(program.outputs, program.output_scales):
             if recipient == TO_CALLER:
                 total = sum(o.shares[k] for o in outcomes)
@@ -291,6 +308,7 @@ class _Cluster(InferenceMixin, TrainingMixin):
             else:
                 holder = 0 if recipient == TO_ALL else recipient
                 results.append(outcomes[holder].plaintexts.get(k))
+        self.last_decode_s = time.perf_counter() - start  # the caller summing and decoding the shares
         return results
 
     def _job(self, program: Program, graph_ids: list[int], recipient: int) -> tuple[Job, dict]:
@@ -311,7 +329,8 @@ class _Cluster(InferenceMixin, TrainingMixin):
                 keep[node.id] = g
         for k in program.outputs:
             keep[k] = graph_ids[k]
-        job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep)
+        job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep,
+                  profile=self.profiling)
         return job, inputs
 
     def _execute(self, program: Program, job: Job, inputs) -> list[JobOutcome]:
@@ -363,4 +382,4 @@ class InMemoryCluster(_Cluster):
         return self.sessions[p].list_checkpoints(directory, job_hash)
 
 
-__all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "conv2d", "cat", "stack"]
+__all__ = ["SecretTensor", "InMemoryCluster", "MPCError", "CompileError", "FreedError", "conv2d", "cat", "stack"]

@@ -222,6 +222,7 @@ class TensorMethodsMixin:
     # -- in-place forms: rebind this handle (see the module docstring) -----------------------------------
 
     def _rebind(self, new):
+        self._cluster._retrack(self._cell, new._node.id)  # the value of the new node lives as long as this handle
         self._node, self._known = new._node, new._known
         return self
 

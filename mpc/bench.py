@@ -1,7 +1,9 @@
 """`mpc bench`: the workloads of BENCHMARKS.md, ours and CrypTen's, in one run.
 
 Our figures come from the parties' own counters (the transport counts rounds and bytes
-as it sends); each is the median over repetitions after a warm-up, start-up excluded.
+as it sends); each is the median over repetitions after a warm-up, start-up excluded,
+with the spread (min and max) of the timed repetitions beside it. Every elementwise workload
+runs once untimed before any is timed, so that none is timed on a cold process.
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from mpc import bench_models, bench_train, reference
+from mpc import bench_models, bench_profile, bench_train, reference
 from mpc.bench_train import TRAIN_WORKLOADS
-from mpc.bench_models import MODEL_WORKLOADS
+from mpc.bench_models import MODEL_WORKLOADS, summarize
 from mpc.launcher import LocalCluster
 
 
@@ -83,20 +85,37 @@ def run_ours(cluster: LocalCluster, w: Workload, reps: int) -> dict:
     xs = _inputs(w)
     expected = w.plain(*xs)
     samples = []
-    for rep in range(reps + 1):  # the first is a warm-up
+    for rep in range(reps + 1):  # the first is this workload's own warm-up
         shared = [cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(xs)]
+        start = time.perf_counter()
         value = w.secret(*shared).reveal()
+        wall = time.perf_counter() - start
         stats = cluster.last_stats
+        del shared
+        cluster.collect()  # every repetition starts from the same store: last one's values freed
         if rep:
             samples.append({
                 "online_s": max(s.online_s for s in stats),
                 "total_s": max(s.online_s + s.offline_s for s in stats),
+                "wall_s": wall,
                 "rounds": max(s.rounds for s in stats),
                 "bytes_per_party": max(s.bytes_sent for s in stats),
                 "dealer_bytes": sum(s.dealer_bytes for s in stats),
                 "max_abs_err": (value - expected).abs().max().item(),
             })
-    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    return summarize(samples)
+
+
+def warm_up(cluster: LocalCluster, names: list[str], progress=print) -> None:
+    """One untimed run of every elementwise workload before any is timed: the processes'
+    heaps then hold pages of the largest sizes, so the first workload timed is not also the
+    one that pays for fresh memory (each workload still has its own warm-up repetition)."""
+    for name in names:
+        w = WORKLOADS.get(name)
+        if w is not None:
+            progress(f"warming up {name}")
+            w.secret(*(cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(_inputs(w)))).reveal()
+    cluster.collect()
 
 
 def run_crypten(w: Workload, n_parties: int, reps: int, threads: int) -> dict:
@@ -135,16 +154,21 @@ def _describe(name: str) -> str:
 
 
 def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = True, threads: int = 1,
-        progress=print, scaling: bool = False, tls: bool = True) -> dict:
+        progress=print, scaling: bool = False, tls: bool = True, profile: bool = False) -> dict:
     known = {**WORKLOADS, **MODEL_WORKLOADS, **TRAIN_WORKLOADS}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = []
     with LocalCluster(n_parties=n_parties, torch_threads=threads, tls=tls) as cluster:
+        warm_up(cluster, names, progress)
         for name in names:
             progress(f"running {name} ({_describe(name)}) on {n_parties} parties")
             results.append({"name": name, "parties": n_parties, **_run_on(cluster, name, reps)})
+            if profile and name in WORKLOADS:  # after the timed runs: profiling never slows what they measure
+                w = WORKLOADS[name]
+                progress(f"profiling {name} and replaying its rounds as the transport floor")
+                results[-1].update(bench_profile.profile_workload(cluster, w.secret, _inputs(w), reps))
     if scaling:
         for n in SCALING_PARTIES:
             if n == n_parties:
@@ -167,21 +191,25 @@ def run(names: list[str], n_parties: int = 3, reps: int = 3, crypten: bool = Tru
 
 
 def format_table(report: dict) -> str:
-    cols = ["name", "parties", "online_s", "total_s", "wall_s", "rounds", "predicted_rounds", "rounds_per_step",
+    cols = ["name", "parties", "online_s", "spread_online_s", "total_s", "spread_total_s", "wall_s", "rounds", "predicted_rounds", "rounds_per_step",
             "crypten_rounds_per_step", "accuracy", "plain_accuracy", "crypten_accuracy", "bytes_per_party", "dealer_bytes", "max_abs_err",
             "crypten_s", "crypten_rounds", "crypten_bytes", "crypten_max_abs_err", "ratio", "ratio_total",
-            "predictions_per_s", "crypten_predictions_per_s"]
+            "predictions_per_s", "crypten_predictions_per_s", "floor_s", "online_over_floor"]
     rows = report["results"]
     cols = [c for c in cols if any(c in r for r in rows)]
 
     def fmt(v):
+        if isinstance(v, (list, tuple)):  # a spread: min-max of the timed repetitions
+            return "-".join(fmt(x) for x in v)
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.4g}"
         return str(v)
 
     table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+    text = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+    profiles = [bench_profile.format_profile(r) for r in rows if "profile" in r]
+    return "\n\n".join([text, *profiles])
 
 
 def write_json(report: dict, path: str) -> None:

@@ -82,13 +82,25 @@ def run_ours(cluster, w: ModelWorkload, reps: int) -> dict:
             "dealer_bytes": sum(s.dealer_bytes for s in stats),
             "max_abs_err": (value - expected).abs().max().item(),
         })
-    row = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-    row["spread_online_s"] = [min(s["online_s"] for s in samples), max(s["online_s"] for s in samples)]
+    row = summarize(samples)
     row.update(first_program_s=first_program_s, predicted_rounds=cost.total_rounds,
                predicted_bytes_per_party=max(cost.bytes_sent), predicted_dealer_bytes=cost.dealer_bytes,
                accuracy_vs_plain=(value.argmax(-1) == expected.argmax(-1)).double().mean().item())
     if w.name.endswith("_batch"):
         row["predictions_per_s"] = w.input_shape[0] / row["total_s"]
+    return row
+
+
+SPREAD = ("online_s", "total_s", "wall_s")
+
+
+def summarize(samples: list[dict]) -> dict:
+    """The median of every figure over the timed repetitions, and for the times their spread
+    (`spread_online_s` = [min, max], ...): on a shared machine one median hides a lot."""
+    row = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    for k in SPREAD:
+        if k in samples[0]:
+            row[f"spread_{k}"] = [min(s[k] for s in samples), max(s[k] for s in samples)]
     return row
 
 

@@ -42,7 +42,7 @@ def _bench(args) -> int:
     try:
         report = bench.run(names, n_parties=args.parties, reps=args.reps, crypten=not args.no_crypten,
                            threads=args.threads, progress=lambda m: print(m, file=sys.stderr, flush=True),
-                           scaling=args.scaling)
+                           scaling=args.scaling, profile=args.profile)
     except ValueError as exc:
         print(f"mpc bench: {exc}", file=sys.stderr)
         return 2
@@ -189,6 +189,8 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each phase per party and for the caller, and the transport floor (elementwise workloads)")
     p.set_defaults(fn=_bench)
 
     p = sub.add_parser("explain", help="compile a model and print its cost per layer (no cluster needed)")

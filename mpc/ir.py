@@ -139,6 +139,8 @@ class Job:
     keep: dict[int, int] = field(default_factory=dict)  # node -> handle the parties keep it under
     free: tuple[int, ...] = ()  # handles the parties drop after this job
     public: dict[int, torch.Tensor] = field(default_factory=dict)  # public input node -> its value, for all
+    profile: bool = False  # time the phases of this job (JobStats.phases)
+    replay: tuple[int, ...] = ()  # a transport floor (empty program): bytes per round, sender, receiver
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

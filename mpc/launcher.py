@@ -214,6 +214,13 @@ class LocalCluster(_Cluster):
             return {}
         return {"dealer": self.config.dealer, **{f"party {p}": a for p, a in self.config.parties.items()}}
 
+    def health(self) -> list[pb.HealthReply]:
+        """Every party's Health reply (ready, and how many values it keeps, in how many bytes)."""
+        async def ask():
+            return await asyncio.gather(*(stub.Health(pb.HealthRequest(), timeout=10) for stub in self._stubs))
+
+        return self._call(ask(), timeout=20)
+
     # -- jobs ----------------------------------------------------------------------------------------------
 
     def _call(self, coro, timeout: float | None = None):
@@ -308,7 +315,8 @@ class LocalCluster(_Cluster):
         return self._checkpoint_call("ListCheckpoints", p, directory, job_hash)
 
     async def _run_job(self, program, job, inputs, submitted: asyncio.Future | None = None):
-        overhead = {"program_s": 0.0, "submit_s": 0.0, "program_sent": False}
+        overhead = {"program_s": 0.0, "submit_s": 0.0, "upload_s": 0.0, "results_s": 0.0, "assemble_s": 0.0,
+                    "program_sent": False}
 
         async def submit(p):
             try:
@@ -320,6 +328,7 @@ class LocalCluster(_Cluster):
                 t1 = time.perf_counter()
                 if inputs[p]:
                     await self._upload(p, job.job_id, inputs[p])
+                    overhead["upload_s"] = max(overhead["upload_s"], time.perf_counter() - t1)
                 try:
                     await self._stubs[p].Submit(serde.job_to_proto(job), timeout=self.job_timeout)
                 except grpc.aio.AioRpcError as exc:
@@ -336,16 +345,22 @@ class LocalCluster(_Cluster):
                 raise self._party_error(p, exc) from None
 
         async def run(p):
-            assembly = serde.OutcomeAssembly()
+            assembly, assembling, t0 = serde.OutcomeAssembly(), 0.0, time.perf_counter()
             try:
                 async for event in self._stubs[p].Run(pb.JobRef(job_id=job.job_id), timeout=self.job_timeout):
                     kind = event.WhichOneof("event")
                     if kind == "error":
                         raise MPCError(event.error)
+                    t1 = time.perf_counter()
                     if kind == "output":
                         assembly.add_chunk(event.output)
+                        assembling += time.perf_counter() - t1
                     elif kind == "stats":
-                        return assembly.finish(event.stats)
+                        outcome = assembly.finish(event.stats, self.n_parties)
+                        # the caller's side, slowest party: the whole Run call, and reassembling outputs
+                        overhead["results_s"] = max(overhead["results_s"], time.perf_counter() - t0)
+                        overhead["assemble_s"] = max(overhead["assemble_s"], assembling + time.perf_counter() - t1)
+                        return outcome
             except grpc.aio.AioRpcError as exc:
                 raise self._party_error(p, exc) from None
             raise MPCError(f"party {p} ended job {job.job_id} without a result")

@@ -55,7 +55,7 @@ class TrainResult:
     rounds_per_step: int = 0
     bytes_per_step: int = 0
     dealer_bytes_per_step: int = 0
-    handles: dict[str, int] = field(default_factory=dict)  # weights and optimizer state at the parties, by name
+    handles: dict[str, int] = field(default_factory=dict)  # weights and optimizer state at the parties (free_model)
 
 
 def batch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -192,8 +192,7 @@ class TrainingMixin:
             batches += [(epoch, order[k * tp.batch_size:(k + 1) * tp.batch_size])
                         for k in range(n_rows // tp.batch_size)]
         end = len(batches) if stop_after is None else min(stop_after, len(batches))
-        result = TrainResult(self._trained_model(tp, handles))
-        result.handles = handles
+        result = TrainResult(self._trained_model(tp, handles), handles=dict(handles))
         k = max(1, int(steps_per_job))
         groups, step = [], start_step
         while step < end:

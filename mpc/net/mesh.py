@@ -305,7 +305,7 @@ class GrpcMesh(Transport):
             self._check_room(header)
             part = self._partial[key] = framing.Reassembly(header, payload)
             self._buffered[key] = header.total_bytes
-        if part.add(header, payload):
+        if self._timed(header.job, "reassembly", part.add, header, payload):
             del self._partial[key]
             fut = self._future(key)
             if fut.done():
@@ -354,8 +354,8 @@ class GrpcMesh(Transport):
                 raise PeerFailure(self.describe(p), self._dead[p])
             frames = encoded.get(id(payload))
             if frames is None:
-                frames = encoded[id(payload)] = list(framing.encode_frames(
-                    payload, self.chunk_bytes, tag=pb.FRAME_OPEN, job=job, round=round_no, sender=self.pid))
+                frames = encoded[id(payload)] = self._timed(job, "send", lambda: list(framing.encode_frames(
+                    payload, self.chunk_bytes, tag=pb.FRAME_OPEN, job=job, round=round_no, sender=self.pid)))
             for frame in frames:
                 self._queues[p].put_nowait(frame)
         received = {}

@@ -200,8 +200,10 @@ class PartyServer:
 
     async def health(self, request, context) -> pb.HealthReply:
         n = self.config.n_parties if self.config else 0
+        count, nbytes = self.session.kept_stats() if self.session is not None else (0, 0)
         return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
-                              detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"))
+                              detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"),
+                              kept_values=count, kept_bytes=nbytes)
 
     def _lose(self, reason: str) -> None:
         if not self.lost_reason:  # the first loss is the cause; later ones follow from it

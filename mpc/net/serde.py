@@ -8,6 +8,7 @@ malformed message is refused with a reason instead of crashing a server.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -121,24 +122,38 @@ def spec_from_proto(msg: pb.CorrelationSpec) -> Spec:
 
 def stats_to_proto(s: JobStats) -> pb.JobStatsProto:
     return pb.JobStatsProto(offline_s=s.offline_s, online_s=s.online_s, rounds=s.rounds, bytes_sent=s.bytes_sent,
-                            messages_sent=s.messages_sent, dealer_bytes=s.dealer_bytes, n_correlations=s.n_correlations)
+                            messages_sent=s.messages_sent, dealer_bytes=s.dealer_bytes, n_correlations=s.n_correlations,
+                            phases=s.phases, round_bytes=[b for row in s.round_sizes for b in row])
 
 
-def stats_from_proto(m: pb.JobStatsProto) -> JobStats:
-    return JobStats(m.offline_s, m.online_s, m.rounds, m.bytes_sent, m.messages_sent, m.dealer_bytes, m.n_correlations)
+def stats_from_proto(m: pb.JobStatsProto, n_parties: int = 0) -> JobStats:
+    sizes = list(m.round_bytes)
+    if sizes and (not n_parties or len(sizes) % n_parties):
+        raise SerdeError(f"{len(sizes)} round byte counts are not whole rounds of {n_parties} parties")
+    rows = [sizes[k:k + n_parties] for k in range(0, len(sizes), n_parties)] if sizes else []
+    return JobStats(m.offline_s, m.online_s, m.rounds, m.bytes_sent, m.messages_sent, m.dealer_bytes, m.n_correlations,
+                    dict(m.phases), rows)
 
 
 def outcome_to_events(o: JobOutcome, chunk_bytes: int = 1 << 20):
-    """A job's outputs as TensorChunk events, then its stats."""
+    """A job's outputs as TensorChunk events, then its stats (in a profiled job, with the
+    time spent encoding the outputs: the time between yields is the transport's)."""
+    encoding = 0.0
     for plaintext, table in ((False, o.shares), (True, o.plaintexts)):
         for nid, t in table.items():
+            t0 = time.perf_counter()
             t = t.detach().contiguous()
             data = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
             dtype = str(t.dtype).removeprefix("torch.")
             for start in range(0, max(len(data), 1), chunk_bytes):
-                yield pb.JobEvent(output=pb.TensorChunk(node=nid, plaintext=plaintext, dtype=dtype, shape=list(t.shape),
-                                                        offset=start, total_bytes=len(data),
-                                                        data=bytes(data[start:start + chunk_bytes])))
+                event = pb.JobEvent(output=pb.TensorChunk(node=nid, plaintext=plaintext, dtype=dtype, shape=list(t.shape),
+                                                          offset=start, total_bytes=len(data),
+                                                          data=bytes(data[start:start + chunk_bytes])))
+                encoding += time.perf_counter() - t0
+                yield event
+                t0 = time.perf_counter()
+    if o.stats.phases:
+        o.stats.phases["output_encode"] = encoding
     yield pb.JobEvent(stats=stats_to_proto(o.stats))
 
 
@@ -160,8 +175,8 @@ class OutcomeAssembly:
         buf[c.offset:c.offset + len(c.data)] = c.data
         got[0] += len(c.data)
 
-    def finish(self, stats: pb.JobStatsProto) -> JobOutcome:
-        out = JobOutcome(stats=stats_from_proto(stats))
+    def finish(self, stats: pb.JobStatsProto, n_parties: int = 0) -> JobOutcome:
+        out = JobOutcome(stats=stats_from_proto(stats, n_parties))
         for (plaintext, nid), (buf, dtype, shape, got) in self._buffers.items():
             if got[0] != len(buf):
                 raise SerdeError(f"output for node {nid} is incomplete: {got[0]} of {len(buf)} bytes")
@@ -174,7 +189,8 @@ def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.
     return pb.JobRequest(job_id=job.job_id, program=job.program, owners=job.owners, kept=job.kept,
                          recipients=list(job.recipients), keep=job.keep, free=list(job.free),
                          inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()},
-                         public={k: tensor_to_proto(v) for k, v in job.public.items()})
+                         public={k: tensor_to_proto(v) for k, v in job.public.items()},
+                         profile=job.profile, replay=list(job.replay))
 
 
 def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
@@ -183,7 +199,7 @@ def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
     if len(m.program) != 64:
         raise SerdeError(f"job {m.job_id} names program {m.program!r}, not a SHA-256 digest")
     job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free),
-              {k: tensor_from_proto(v) for k, v in m.public.items()})
+              {k: tensor_from_proto(v) for k, v in m.public.items()}, m.profile, tuple(m.replay))
     return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 

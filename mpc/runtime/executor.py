@@ -23,6 +23,7 @@ from mpc.compiler.lower import starter
 from mpc.ir import Program
 from mpc.protocols.base import Open, Spec
 from mpc.protocols.correlations import meta_part
+from mpc.runtime.profile import OFF
 from mpc.runtime.transport import ProtocolViolation, Transport
 
 
@@ -42,14 +43,15 @@ class Executor:
         self.extras = extras if extras is not None else {}
 
     async def run(self, answer_randomness: Callable, answer_mask: Callable, exchange: Callable,
-                  dry_run: bool = False) -> tuple[dict[int, torch.Tensor], int]:
+                  dry_run: bool = False, profile=OFF) -> tuple[dict[int, torch.Tensor], int]:
         """Execute the program; returns every node's share and the number of rounds."""
         start = starter(self.program, self.pid, self.n_parties, dry_run=dry_run, extras=self.extras)
         gen = schedule.drive(self.program, start, answer_randomness, answer_mask)
         rounds, reply = 0, None
         while True:
             try:
-                round_ = gen.send(reply)
+                with profile.phase("arithmetic"):  # the protocols' local work up to their next Open
+                    round_ = gen.send(reply)
             except StopIteration as stop:
                 return stop.value, rounds
             reply = await exchange(rounds, round_.opens)
@@ -92,7 +94,7 @@ def _payload(values: list[tuple[torch.Tensor, bool]]) -> memoryview | bytes:
     return b"".join(memoryview(values[k][0].reshape(-1).numpy()).cast("B") for k in order)
 
 
-def make_exchange(transport: Transport, job: str):
+def make_exchange(transport: Transport, job: str, profile=OFF):
     """An `exchange` callback for Executor.run that opens values over `transport`.
 
     Peers' buffers are combined in place (the first peer's buffer becomes the result), so
@@ -108,40 +110,48 @@ def make_exchange(transport: Transport, job: str):
                     outgoing_values[p].extend((v, op.xor) for v in op.values)
         mine = [(v, op.xor) for op in opens if op.to is None or op.to == pid for v in op.values]
         incoming = set(transport.peers) if mine else set()
-        if all(op.to is None for op in opens):
-            payload = _payload(mine) if transport.peers else b""
-            outgoing = {p: payload for p in transport.peers}
-        else:
-            outgoing = {p: _payload(vs) for p, vs in outgoing_values.items() if vs}
-        received = await transport.exchange(job, round_no, outgoing, incoming)
-
-        expected = sum(v.numel() * v.element_size() for v, _ in mine)
-        for p in incoming:
-            if len(received[p]) != expected:
-                raise ProtocolViolation(f"party {p} sent {len(received[p])} bytes in round {round_no} of job {job}, "
-                                        f"expected {expected}")
-        opened: dict[int, torch.Tensor] = {}
-        offset = 0
-        for k in _layout(mine):
-            value, xor = mine[k]
-            n, width = value.numel(), value.element_size()
-            dtype = _NUMPY_DTYPES[value.dtype]
-            views = [torch.from_numpy(np.frombuffer(received[p], dtype=dtype, count=n, offset=offset))
-                     for p in sorted(incoming)]
-            combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
-            acc = views[0]  # the received buffer is ours: accumulate into it
-            for other in views[1:]:
-                combine(acc, other)
-            combine(acc, value.reshape(-1))
-            opened[k] = acc.view(value.shape)
-            offset += n * width
-        results, k = [], 0
-        for op in opens:
-            if op.to is None or op.to == pid:
-                results.append(tuple(opened[k + i] for i in range(len(op.values))))
-                k += len(op.values)
+        with profile.phase("encode"):
+            if all(op.to is None for op in opens):
+                payload = _payload(mine) if transport.peers else b""
+                outgoing = {p: payload for p in transport.peers}
             else:
-                results.append(tuple(None for _ in op.values))
-        return results
+                outgoing = {p: _payload(vs) for p, vs in outgoing_values.items() if vs}
+        with profile.phase("exchange"):  # split into send, reassembly and waiting by the session
+            received = await transport.exchange(job, round_no, outgoing, incoming)
+        with profile.phase("combine"):
+            return _combine(transport, job, round_no, opens, mine, incoming, received)
 
     return exchange
+
+
+def _combine(transport, job, round_no, opens, mine, incoming, received):
+    """The opened values: the received shares (checked for size) summed with ours."""
+    pid = transport.pid
+    expected = sum(v.numel() * v.element_size() for v, _ in mine)
+    for p in incoming:
+        if len(received[p]) != expected:
+            raise ProtocolViolation(f"party {p} sent {len(received[p])} bytes in round {round_no} of job {job}, "
+                                    f"expected {expected}")
+    opened: dict[int, torch.Tensor] = {}
+    offset = 0
+    for k in _layout(mine):
+        value, xor = mine[k]
+        n, width = value.numel(), value.element_size()
+        dtype = _NUMPY_DTYPES[value.dtype]
+        views = [torch.from_numpy(np.frombuffer(received[p], dtype=dtype, count=n, offset=offset))
+                 for p in sorted(incoming)]
+        combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
+        acc = views[0]  # the received buffer is ours: accumulate into it
+        for other in views[1:]:
+            combine(acc, other)
+        combine(acc, value.reshape(-1))
+        opened[k] = acc.view(value.shape)
+        offset += n * width
+    results, k = [], 0
+    for op in opens:
+        if op.to is None or op.to == pid:
+            results.append(tuple(opened[k + i] for i in range(len(op.values))))
+            k += len(op.values)
+        else:
+            results.append(tuple(None for _ in op.values))
+    return results

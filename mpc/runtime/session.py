@@ -28,6 +28,7 @@ from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime import checkpoint
 from mpc.runtime.executor import DryRun, Executor, make_exchange
+from mpc.runtime.profile import OFF, Profile
 from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
 
 
@@ -50,6 +51,13 @@ class _Write:
         self.ok = ok
         self.event.set()
 
+# How many freed handles a session remembers, only to say "freed" rather than "unknown" when a
+# later job names one: bounded so that a session of millions of jobs stays flat.
+REMEMBER_FREED = 65536
+# Bounds on a transport floor job (Job.replay): it moves filler bytes, but is a job like any other.
+MAX_REPLAY_ROUNDS = 1 << 16
+MAX_REPLAY_MESSAGE = 1 << 30
+
 
 class JobError(RuntimeError):
     """A job was refused or failed; the message names the cause."""
@@ -64,6 +72,8 @@ class JobStats:
     messages_sent: int = 0
     dealer_bytes: int = 0
     n_correlations: int = 0
+    phases: dict = field(default_factory=dict)  # seconds per phase, when the job asked (mpc.runtime.profile)
+    round_sizes: list = field(default_factory=list)  # when profiled: per round, bytes sent to each party id
 
 
 @dataclass
@@ -130,6 +140,7 @@ class PartySession:
         # submitted while an earlier one is still running (a pipeline of training steps)
         # runs its offline phase at once but reads those values only once they are kept.
         self._writers: dict[int, _Write] = {}
+        self._freed: OrderedDict[int, None] = OrderedDict()  # recently freed handles, for error messages
 
     def knows(self, job: str) -> bool:
         return job in self.jobs
@@ -202,6 +213,9 @@ class PartySession:
             value = self.kept.get(handle)
             if value is None and handle in self._writers:
                 continue  # an earlier job, still running, keeps it
+            if value is None and handle in self._freed:
+                raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which was freed at "
+                               f"party {self.pid} (a free list of an earlier job dropped it)")
             if value is None:
                 raise JobError(f"{program.nodes[nid].describe()} refers to kept value {handle}, which party "
                                f"{self.pid} does not hold (never kept, or freed)")
@@ -233,6 +247,14 @@ class PartySession:
         for to in job.recipients:
             if to not in (TO_CALLER, TO_ALL) and not 0 <= to < self.n_parties:
                 raise JobError(f"job {job.job_id}: output addressed to {to}, not a party of {self.n_parties}")
+        if job.replay:
+            n = self.n_parties
+            if program.nodes or len(job.replay) % (n * n) or len(job.replay) // (n * n) > MAX_REPLAY_ROUNDS:
+                raise JobError(f"job {job.job_id}: a transport floor needs an empty program and whole rounds of "
+                               f"{n}x{n} byte counts, at most {MAX_REPLAY_ROUNDS} rounds")
+            if any(b > MAX_REPLAY_MESSAGE or (k % (n * n)) // n == k % n and b for k, b in enumerate(job.replay)):
+                raise JobError(f"job {job.job_id}: a transport floor message is over {MAX_REPLAY_MESSAGE} bytes "
+                               "or addressed to its sender")
         for nid in job.keep:
             if not 0 <= nid < len(program.nodes) or program.nodes[nid].extra_shapes:
                 raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
@@ -277,7 +299,14 @@ class PartySession:
 
     def free(self, handles) -> None:
         for h in handles:
-            self.kept.pop(h, None)
+            if self.kept.pop(h, None) is not None:
+                self._freed[h] = None
+                while len(self._freed) > REMEMBER_FREED:
+                    self._freed.popitem(last=False)
+
+    def kept_stats(self) -> tuple[int, int]:
+        """How many values this party keeps, and their bytes (Health reports them)."""
+        return len(self.kept), sum(t.numel() * t.element_size() for t in self.kept.values())
 
     async def run(self, job_id: str) -> JobOutcome:
         entry = self.jobs.get(job_id)
@@ -293,6 +322,8 @@ class PartySession:
             return outcome
         finally:
             self._end_writes(entry, ok)  # a later job reading these learns whether they were kept
+            # The caller no longer refers to these handles: drop them even if the job failed.
+            self.free(entry.job.free)
             self.jobs.pop(job_id, None)
             self.transport.forget(job_id)
 
@@ -302,9 +333,11 @@ class PartySession:
         outcome = JobOutcome()
         stats = outcome.stats
         stats.n_correlations = len(specs)
+        prof = Profile() if job.profile else OFF
+        self.transport.set_profile(job.job_id, prof)
 
         t0 = time.perf_counter()
-        pool = await self._offline(job.job_id, dry)
+        pool = await self._offline(job.job_id, dry, prof)
         t_wait = time.perf_counter()
         for handle, write in entry.waits.items():
             try:
@@ -316,7 +349,9 @@ class PartySession:
                 raise JobError(f"job {job.job_id} reads kept value {handle}, which job {write.job_id} was to keep but "
                                f"did not (it failed or never ran) at party {self.pid}")
         waited = time.perf_counter() - t_wait  # the previous job's online phase: neither ours nor offline
-        await self._barrier(job.job_id, job_digest(job))
+        prof.add("previous_job", waited)
+        with prof.phase("barrier"):  # peers finishing their offline phase
+            await self._barrier(job.job_id, job_digest(job))
         t1 = time.perf_counter()
         for nid, h in job.kept.items():
             value = self.kept.get(h)
@@ -326,13 +361,18 @@ class PartySession:
                 raise JobError(f"kept value {h} has shape {tuple(value.shape)}, {program.nodes[nid].describe()} needs "
                                f"{tuple(program.nodes[nid].shape)}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
-        executor = Executor(program, self.pid, self.n_parties,
-                            {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
-        values, rounds = await executor.run(
-            lambda node, seq, spec: pool[(node, seq)],
-            lambda node, req: input_mask(self.transport, job.job_id, node, req.owner, req.shape),
-            make_exchange(self.transport, job.job_id),
-        )
+
+        def mask(node, req):
+            with prof.phase("input_masks"):  # PRG expansion, inside "arithmetic": separated in _phases
+                return input_mask(self.transport, job.job_id, node, req.owner, req.shape)
+
+        if job.replay:
+            values, rounds = {}, await self._replay(job)
+        else:
+            executor = Executor(program, self.pid, self.n_parties,
+                                {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
+            values, rounds = await executor.run(lambda node, seq, spec: pool[(node, seq)], mask,
+                                                make_exchange(self.transport, job.job_id, prof), profile=prof)
         stats.online_s = time.perf_counter() - t1
         stats.offline_s = t1 - t0 - waited
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
@@ -342,13 +382,34 @@ class PartySession:
                 outcome.shares[nid] = values[nid]
         # Outputs opened to parties share one round.
         if any(to != TO_CALLER for to in job.recipients):
-            await self._open_outputs(job, program, values, rounds, outcome)
+            with prof.phase("open_outputs"):
+                await self._open_outputs(job, program, values, rounds, outcome)
         counters = self.transport.counters(job.job_id)
         stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
         for nid, handle in job.keep.items():
             self.kept[handle] = values[nid]
-        self.free(job.free)
+        if job.profile:
+            stats.phases = _phases(prof.finish())
+            stats.round_sizes = [[sizes.get(q, 0) for q in range(self.n_parties)] for sizes in counters.round_sizes]
         return outcome
+
+    async def _replay(self, job: Job) -> int:
+        """The transport floor: the byte counts of job.replay moved round by round, no arithmetic."""
+        n, me = self.n_parties, self.pid
+        sizes = job.replay
+        filler = memoryview(bytearray(max((sizes[k] for k in range(len(sizes)) if (k % (n * n)) // n == me),
+                                          default=0)))  # zeros: the floor measures the transport, not content
+        rounds = len(sizes) // (n * n)
+        for r in range(rounds):
+            base = r * n * n
+            outgoing = {q: filler[:sizes[base + me * n + q]] for q in self.transport.peers if sizes[base + me * n + q]}
+            incoming = {q for q in self.transport.peers if sizes[base + q * n + me]}
+            received = await self.transport.exchange(job.job_id, r, outgoing, incoming)
+            for q in incoming:
+                if len(received[q]) != sizes[base + q * n + me]:
+                    raise ProtocolViolation(f"party {q} sent {len(received[q])} bytes in floor round {r} of job "
+                                            f"{job.job_id}, expected {sizes[base + q * n + me]}")
+        return rounds
 
     async def _open_outputs(self, job, program, values, round_no, outcome) -> None:
         opened = [(nid, to, scale) for nid, to, scale in zip(program.outputs, job.recipients, program.output_scales)
@@ -376,13 +437,15 @@ class PartySession:
                                         f"as {digest[:16]}…: the parties were sent different programs or bindings")
         self.transport.reset_counters(job)
 
-    async def _offline(self, job: str, dry: DryRun) -> dict:
+    async def _offline(self, job: str, dry: DryRun, prof=OFF) -> dict:
         specs = [s for _, _, s in dry.specs]
         corr = None
         if self.pid == 0 and specs:
             sizes = [correlations.correction_nbytes(s) for s in specs]
-            corr = await self.dealer.corrections(job, specs, sum(sizes))
-        return await asyncio.to_thread(self._expand, job, dry, corr)
+            with prof.phase("dealer"):  # the dealer generating and sending party 0's corrections
+                corr = await self.dealer.corrections(job, specs, sum(sizes))
+        with prof.phase("prg_expand"):
+            return await asyncio.to_thread(self._expand, job, dry, corr)
 
     def _expand(self, job: str, dry: DryRun, corr) -> dict:
         pool, offset = {}, 0
@@ -396,3 +459,13 @@ class PartySession:
             else:
                 pool[(node, seq)] = correlations.party_part(spec, self.pid, prg)
         return pool
+
+
+def _phases(raw: dict[str, float]) -> dict[str, float]:
+    """Nested timers made disjoint: input masks out of arithmetic; an exchange's wall time
+    split into sending (framing, queueing), reassembly of received chunks, and waiting."""
+    out = dict(raw)
+    out["arithmetic"] = max(0.0, out.get("arithmetic", 0.0) - out.get("input_masks", 0.0))
+    exchange = out.pop("exchange", 0.0)
+    out["wait"] = max(0.0, exchange - out.get("send", 0.0) - out.get("reassembly", 0.0))
+    return out

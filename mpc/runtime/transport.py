@@ -8,7 +8,9 @@ that reported figures cannot drift from the traffic.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mpc.runtime.profile import OFF
 
 
 class PeerFailure(RuntimeError):
@@ -28,6 +30,7 @@ class Counters:
     rounds: int = 0
     bytes_sent: int = 0
     messages_sent: int = 0
+    round_sizes: list = field(default_factory=list)  # per round: {peer: bytes sent to it} (the floor replays them)
 
 
 class Transport(abc.ABC):
@@ -38,6 +41,17 @@ class Transport(abc.ABC):
         self.pid = pid
         self.n_parties = n_parties
         self._counters: dict[str, Counters] = {}
+        self._profiles: dict = {}  # job -> its Profile, for jobs that asked for one
+
+    def set_profile(self, job: str, profile) -> None:
+        if profile.enabled:
+            self._profiles[job] = profile
+
+    def _timed(self, job: str, phase: str, fn, *args):
+        """fn(*args), its time added to `phase` of the job's profile if it has one."""
+        profile = self._profiles.get(job, OFF)
+        with profile.phase(phase):
+            return fn(*args)
 
     @property
     def peers(self) -> list[int]:
@@ -51,6 +65,7 @@ class Transport(abc.ABC):
 
     def forget(self, job: str) -> None:
         self._counters.pop(job, None)
+        self._profiles.pop(job, None)
         self._forget(job)
 
     async def exchange(self, job: str, round_no: int, outgoing: dict[int, bytes | memoryview],
@@ -62,7 +77,9 @@ class Transport(abc.ABC):
         c = self.counters(job)
         c.rounds += 1
         c.messages_sent += len(outgoing)
-        c.bytes_sent += sum(len(memoryview(v).cast("B")) for v in outgoing.values())
+        sizes = {p: len(memoryview(v).cast("B")) for p, v in outgoing.items()}
+        c.bytes_sent += sum(sizes.values())
+        c.round_sizes.append(sizes)
         return await self._exchange(job, round_no, outgoing, incoming)
 
     @abc.abstractmethod

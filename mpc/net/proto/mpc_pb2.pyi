@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,8 @@ class JobRequest(_message.Message):
     FREE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
     owners: _containers.ScalarMap[int, int]
@@ -156,7 +158,9 @@ class JobRequest(_message.Message):
     free: _containers.RepeatedScalarFieldContainer[int]
     inputs: _containers.MessageMap[int, TensorProto]
     public: _containers.MessageMap[int, TensorProto]
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ...) -> None: ...
+    profile: bool
+    replay: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds")
@@ -173,7 +177,14 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatsProto(_message.Message):
-    __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations")
+    __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations", "phases", "round_bytes")
+    class PhasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     OFFLINE_S_FIELD_NUMBER: _ClassVar[int]
     ONLINE_S_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +192,8 @@ class JobStatsProto(_message.Message):
     MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
     DEALER_BYTES_FIELD_NUMBER: _ClassVar[int]
     N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    ROUND_BYTES_FIELD_NUMBER: _ClassVar[int]
     offline_s: float
     online_s: float
     rounds: int
@@ -188,7 +201,9 @@ class JobStatsProto(_message.Message):
     messages_sent: int
     dealer_bytes: int
     n_correlations: int
-    def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ...) -> None: ...
+    phases: _containers.ScalarMap[str, float]
+    round_bytes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ..., round_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("node", "plaintext", "dtype", "shape", "offset", "total_bytes", "data")
@@ -223,16 +238,20 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("pid", "n_parties", "ready", "detail")
+    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes")
     PID_FIELD_NUMBER: _ClassVar[int]
     N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    KEPT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     pid: int
     n_parties: int
     ready: bool
     detail: str
-    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    kept_values: int
+    kept_bytes: int
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("directory", "step", "job_hash", "handles")
