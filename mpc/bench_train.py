@@ -23,6 +23,8 @@ import torch
 from mpc import reference
 from mpc.compiler import estimate
 from mpc.compiler.training import SGD, compile_training
+from mpc.plain_training import train_plaintext
+from mpc.training import batch_order
 
 
 @dataclass(frozen=True)
@@ -94,24 +96,15 @@ def _accuracy(w, logits, y) -> float:
 def _batches(w, n_rows):
     out = []
     for epoch in range(w.epochs):
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(epoch))
+        order = batch_order(n_rows, 0, epoch)
         out += [order[k * w.batch_size:(k + 1) * w.batch_size] for k in range(n_rows // w.batch_size)]
     return out
 
 
 def plain_train(w, x, y) -> torch.nn.Module:
-    model = w.model().double()
-    opt = torch.optim.SGD(model.parameters(), lr=w.lr)
-    for idx in _batches(w, len(x)):
-        opt.zero_grad()
-        z = model(x[idx])
-        if w.loss == "bce_with_logits":
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y[idx].double().view(-1, 1))
-        else:
-            loss = torch.nn.functional.cross_entropy(z, y[idx])
-        loss.backward()
-        opt.step()
-    return model
+    """The same training in float64 torch (mpc.plain_training: same weights, order, update)."""
+    return train_plaintext(w.model(), x, y, loss=w.loss, optimizer=SGD(w.lr), epochs=w.epochs,
+                           batch_size=w.batch_size, seed=0).model
 
 
 def run_ours(cluster, w: TrainWorkload, reps: int = 1) -> dict:
