@@ -58,6 +58,7 @@ def client_channel(address: str, creds: tls.Credentials | None = None, server: s
     if creds is not None:
         return grpc.aio.secure_channel(address, creds.channel_credentials(),
                                        options=CHANNEL_OPTIONS + tls.channel_options(server))
+    tls.require_loopback({"server": address})  # plaintext authenticates nobody: loopback only
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
