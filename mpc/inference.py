@@ -68,7 +68,13 @@ class InferenceMixin:
     def share_model(self, compiled, owner: int | str = 0) -> SharedModel:
         """Secret-share `compiled`'s weights from party `owner` (or, with owner="caller",
         shared by the caller itself: no party sees them); the parties keep the shares."""
-        key = (compiled.program.digest, owner, _fingerprint(compiled.params))
+        # The weights' fingerprint, computed once per params dict (load_state_dict makes a new
+        # one), not hashed again on every inference.
+        cached = getattr(compiled, "_params_fingerprint", None)
+        if cached is None or cached[0] is not compiled.params:
+            cached = (compiled.params, _fingerprint(compiled.params))
+            compiled._params_fingerprint = cached
+        key = (compiled.program.digest, owner, cached[1])
         shared = self._shared_models.get(key)
         if shared is not None:
             return shared
