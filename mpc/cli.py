@@ -87,31 +87,35 @@ def _model_arguments(p, input_required: bool) -> None:
         p.add_argument("--input-shape", required=True, help="the input shape, e.g. 64,784")
 
 
-def _explain(args) -> int:
+def _compiled_or_report(args, command: str):
+    """_compiled, or None after printing why the model, weights or input were refused."""
     from mpc.compiler.registry import CompileError
     from mpc.model_files import ModelFileError
 
     try:
-        compiled, _ = _compiled(args)
+        return _compiled(args)
     except (CompileError, ModelFileError) as exc:
-        print(f"mpc explain: {exc}", file=sys.stderr)
+        print(f"mpc {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _explain(args) -> int:
+    result = _compiled_or_report(args, "explain")
+    if result is None:
         return 2
-    print(compiled.explain(n_parties=args.parties))
+    print(result[0].explain(n_parties=args.parties))
     return 0
 
 
 def _infer(args) -> int:
     import numpy as np
 
-    from mpc.compiler.registry import CompileError
     from mpc.launcher import LocalCluster
-    from mpc.model_files import ModelFileError
 
-    try:
-        compiled, x = _compiled(args)
-    except (CompileError, ModelFileError) as exc:
-        print(f"mpc infer: {exc}", file=sys.stderr)
+    result = _compiled_or_report(args, "infer")
+    if result is None:
         return 2
+    compiled, x = result
     with LocalCluster(n_parties=args.parties) as cluster:
         out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
         stats = cluster.last_stats
