@@ -1,11 +1,12 @@
 """mpc: a multi-party computation runtime for privacy-preserving machine learning.
 
 User-facing names come from mpc.api (the lazy SecretTensor API, InMemoryCluster) and
-mpc.launcher (LocalCluster); see README.md for the architecture.
+mpc.launcher (LocalCluster) and mpc.client (ClusterClient, for a running cluster); see README.md for the architecture.
 """
 
 _EXPORTS = {
     "LocalCluster": "mpc.launcher",
+    "ClusterClient": "mpc.client",
     "InMemoryCluster": "mpc.api",
     "SecretTensor": "mpc.api",
     "MPCError": "mpc.api",

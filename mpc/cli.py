@@ -4,8 +4,12 @@ make certificates."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 
 
@@ -21,9 +25,16 @@ def _launch(args) -> int:
             print(f"{name:>8}  {address}")
         if cluster.certs_dir is not None:
             print(f"certificates (mutual TLS; clients use client-local): {cluster.certs_dir.name}")
+            where = cluster.certs_dir.name
         else:
             print("plaintext gRPC on loopback (--insecure): anyone on this machine can connect")
-        print(f"{args.parties} parties and the dealer are running; Ctrl-C stops them.", flush=True)
+            where = tempfile.mkdtemp(prefix="mpc-cluster-")
+            atexit.register(shutil.rmtree, where, True)
+        config = os.path.join(where, "cluster.toml")
+        with open(config, "w") as f:
+            f.write(cluster.config.to_toml())
+        print(f"cluster file: {config}")
+        print(f"{args.parties} parties, the dealer and the coordinator are running; Ctrl-C stops them.", flush=True)
         while not stop.wait(0.5):
             dead = [p.name for p in cluster.processes if p.proc.poll() is not None]
             if dead:

@@ -105,6 +105,17 @@ def _call(cluster, pid, coro_fn):
     return asyncio.run(go())
 
 
+def _call_coordinator(cluster, coro_fn, identity="client-local"):
+    """Run `await coro_fn(stub)` as `identity` talking to the cluster's coordinator."""
+    creds = cluster._client_creds if identity == "client-local" else cluster.ca.issue(identity)
+
+    async def go():
+        async with grpc.aio.secure_channel(cluster.config.coordinator, creds.channel_credentials(),
+                                           options=tls.channel_options(tls.COORDINATOR)) as ch:
+            return await coro_fn(pb_grpc.CoordinatorStub(ch))
+    return asyncio.run(go())
+
+
 def test_impostor_stream_is_rejected_and_serving_goes_on(cluster):
     frames = [*framing.encode_frames(b"", tag=pb.FRAME_HELLO, sender=2),
               *framing.encode_frames(b"\0" * 16, tag=pb.FRAME_OPEN, job="no-such-job", round=0, sender=2)]
@@ -136,27 +147,28 @@ def test_oversized_message_is_rejected_and_serving_goes_on(cluster):
 
 
 def test_bad_program_is_refused_with_the_node(cluster):
-    async def load(ch):
+    async def load(stub):
         program = pb.ProgramProto(nodes=[pb.NodeProto(id=0, op="teleport", shape=[2], name="fc1", source="m.py:3")],
                                   outputs=[0], output_scales=[1], frac_bits=16)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await pb_grpc.PartyStub(ch).LoadProgram(program)
+            await stub.LoadProgram(program)
         return info.value
 
-    err = _call(cluster, 2, load)
+    err = _call_coordinator(cluster, load)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown op 'teleport' at node 0 (teleport 'fc1') at m.py:3" in err.details()
+    assert_close((cluster.share(rand(3), 0) * 2).reveal(), rand(3) * 2, ULP)
 
 
 def test_job_for_an_unknown_program_is_refused(cluster):
-    async def submit(ch):
+    async def submit(stub):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="x", program="ab" * 32, recipients=[-1]))
+            await stub.Submit(pb.JobRequest(job_id="x", program="ab" * 32, recipients=[-1]))
         return info.value
 
-    err = _call(cluster, 1, submit)
+    err = _call_coordinator(cluster, submit)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"party 1 has no program {'ab' * 32}: load it first" in err.details()
+    assert f"coordinator has no program {'ab' * 8}…: load it first" in err.details()
 
 
 @pytest.mark.parametrize("n_parties", [2, 5])
@@ -198,12 +210,18 @@ def test_launch_prints_addresses_and_stops_on_sigterm():
     proc = subprocess.Popen([sys.executable, "-m", "mpc.cli", "launch", "--parties", "3"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        lines = [proc.stdout.readline() for _ in range(6)]
-        assert lines[0].split()[0] == "dealer" and all("127.0.0.1:" in line for line in lines[:4]), lines
-        certs = lines[4].rsplit(" ", 1)[-1].strip()
-        assert lines[4].startswith("certificates (mutual TLS") and os.path.exists(f"{certs}/client-local.key"), lines
+        lines = [proc.stdout.readline() for _ in range(8)]
+        assert lines[0].split()[0] == "dealer" and all("127.0.0.1:" in line for line in lines[:5]), lines
+        assert lines[4].split()[0] == "coordinator", lines
+        certs = lines[5].rsplit(" ", 1)[-1].strip()
+        assert lines[5].startswith("certificates (mutual TLS") and os.path.exists(f"{certs}/client-local.key"), lines
+        config = lines[6].rsplit(" ", 1)[-1].strip()
+        assert lines[6].startswith("cluster file") and "[coordinator]" in open(config).read(), lines
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 4
+        assert len(children) == 5
+        with mpc.ClusterClient.from_files(config, certs=certs, name="local") as client:  # another process's client
+            x, y = rand(3), rand(3, seed=1)
+            assert_close((client.share(x, 0) * client.share(y, 2)).reveal(), x * y, 4 * ULP)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         for pid in children:

@@ -32,6 +32,16 @@ def test_declared_shape_is_checked():
         compiler.validate(program)
 
 
+def test_huge_declared_shapes_are_refused_before_any_allocation():
+    program = _program(_input(0, (1 << 20, 1 << 10), "big"), Node(1, "neg", (0,), {}, (1 << 20, 1 << 10)))
+    with pytest.raises(compiler.CompileError, match=r"node 0 \(input 'big'\) declares shape \(1048576, 1024\): "
+                                                    r"at most 268435456 elements a node"):
+        compiler.validate(program)
+    many = _program(*[_input(k, (1 << 27,)) for k in range(17)])
+    with pytest.raises(compiler.CompileError, match="program declares more than 2147483648 elements by node 16"):
+        compiler.validate(many)
+
+
 def test_nodes_must_come_in_order():
     program = _program(Node(0, "neg", (1,), {}, (2,)), _input(1, (2,)), outputs=(0,))
     with pytest.raises(compiler.CompileError, match="uses node 1, which is not computed before it"):

@@ -7,7 +7,9 @@ import pytest
 
 from mpc.net import framing
 from mpc.net.mesh import GrpcMesh, StreamRefused
+from mpc.ir import TO_CALLER, Job, Node, Program
 from mpc.net.proto import mpc_pb2 as pb
+from mpc.runtime.transport import JobAborted
 
 
 def test_rejects_bad_frames_and_delivers_good_ones():
@@ -79,3 +81,64 @@ def test_reassembly_takes_chunks_in_order_and_covers_the_buffer_exactly():
         part.add(short, frames[1][1][:5])  # a short middle chunk would leave a gap
     assert not part.add(*frames[1]) and part.add(*frames[2])
     assert bytes(part.buffer) == bytes(range(25))
+
+
+def test_job_abort_fails_that_job_only_and_at_once():
+    async def go():
+        dead = []
+        mesh = GrpcMesh(1, 3, {0: "a", 2: "b"}, on_dead=dead.append, known_job=lambda job: job in ("j1", "j2"))
+        waiting, other = mesh._future(("j1", 3, 0)), mesh._future(("j2", 0, 0))
+        frames = [*framing.encode_frames(bytes(16), tag=pb.FRAME_HELLO, sender=0),
+                  *framing.encode_frames(b"party 0: kept value 7 missing", tag=pb.FRAME_ABORT, job="j1", sender=0),
+                  *framing.encode_frames(b"whatever", tag=pb.FRAME_ABORT, job="unknown", sender=0)]
+
+        seen = {}
+
+        async def stream():
+            for f in frames:
+                yield f
+            await asyncio.sleep(0.1)  # the peer is alive, its stream open
+            seen["other_done"], seen["dead"] = other.done(), list(dead)
+            with pytest.raises(JobAborted) as later:  # a round of the job not yet waited on fails too
+                await mesh._exchange("j1", 4, {}, {0})
+            seen["later"] = later.value
+
+        replies = [r async for r in mesh.handle_exchange(stream(), None)]
+        other.exception()  # failed once the stream ended: retrieved, not our concern here
+        return replies, waiting, seen
+
+    replies, waiting, seen = asyncio.run(go())
+    assert replies == []
+    assert str(waiting.exception()) == "party 0 aborted job j1: party 0: kept value 7 missing"
+    assert "aborted job j1" in str(seen["later"])
+    assert seen["other_done"] is False and seen["dead"] == []  # the peer and its other jobs go on
+
+
+def test_a_job_failing_at_one_party_fails_at_every_party_naming_it():
+    """Party 1 cannot run the job (its kept value is gone): the others stop waiting for its
+    rounds at once and name party 1 and its cause, instead of waiting for a round timeout."""
+    import torch
+
+    import mpc
+    from mpc.runtime.session import JobError
+
+    cluster = mpc.InMemoryCluster(3)
+    x = cluster.share(torch.ones(4), 0)
+    (x * 1).reveal()
+    program = Program((Node(0, "input", (), {"shape": (4,), "kind": "kept"}, (4,), "x"),
+                       Node(1, "mul", (0, 0), {}, (4,), "x*x")), (1,))  # a product: a round with party 1
+    job = Job("j", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+
+    async def go():
+        for s in cluster.sessions:
+            await s.load(program)
+            await s.submit(job, {})
+        del cluster.sessions[1].kept[x._node.id]
+        return await asyncio.wait_for(asyncio.gather(*(s.run("j") for s in cluster.sessions),
+                                                     return_exceptions=True), 10)
+
+    results = asyncio.run(go())
+    assert isinstance(results[1], JobError) and "party 1 does not hold" in str(results[1])
+    for p in (0, 2):
+        assert isinstance(results[p], JobAborted), results[p]
+        assert str(results[p]).startswith("party 1 aborted job j: party 1: job j reads kept value")

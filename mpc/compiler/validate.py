@@ -6,6 +6,10 @@ from mpc.compiler.registry import CompileError, infer_shapes
 from mpc.ir import Program
 
 MAX_NODES = 1_000_000
+# A party allocates what a program declares: bound it before any allocation, so a program
+# cannot exhaust a party's memory (2 GiB of int64 shares a node, 16 GiB over the program).
+MAX_NODE_ELEMENTS = 1 << 28
+MAX_PROGRAM_ELEMENTS = 1 << 31
 
 
 def validate(program: Program) -> None:
@@ -16,7 +20,18 @@ def validate(program: Program) -> None:
         raise CompileError(f"program has {len(program.nodes)} nodes, more than the limit of {MAX_NODES}")
     if not 1 <= program.frac_bits <= 30:
         raise CompileError(f"frac_bits must be between 1 and 30, got {program.frac_bits}")
+    total = 0
     for k, node in enumerate(program.nodes):
+        for shape in (node.shape, *node.extra_shapes):
+            n = 1
+            for d in shape:
+                n *= d
+            if n > MAX_NODE_ELEMENTS or any(d < 0 for d in shape):
+                raise CompileError(f"{node.describe()} declares shape {tuple(shape)}: at most {MAX_NODE_ELEMENTS} "
+                                   "elements a node")
+            total += n
+        if total > MAX_PROGRAM_ELEMENTS:
+            raise CompileError(f"program declares more than {MAX_PROGRAM_ELEMENTS} elements by {node.describe()}")
         if node.id != k:
             raise CompileError(f"{node.describe()} is at position {k}: program nodes must be numbered in order")
         for i in node.inputs:

@@ -10,13 +10,14 @@ import asyncio
 
 from mpc.prg import new_seed
 from mpc.protocols import correlations
-from mpc.runtime.transport import DealerLink, Transport
+from mpc.runtime.transport import DealerLink, JobAborted, Transport
 
 
 class MemoryNetwork:
     def __init__(self, n_parties: int):
         self.n_parties = n_parties
         self._boxes: dict[tuple, asyncio.Future] = {}
+        self.aborted: dict[str, JobAborted] = {}  # job -> why a party gave up on it
         self._pair_keys = {(i, j): new_seed() for i in range(n_parties) for j in range(i + 1, n_parties)}
         self.dealer_seeds = [new_seed() for _ in range(n_parties)]
 
@@ -42,13 +43,23 @@ class MemoryTransport(Transport):
         return self._net._pair_keys[(min(self.pid, peer), max(self.pid, peer))]
 
     async def _exchange(self, job, round_no, outgoing, incoming):
+        if job in self._net.aborted:
+            raise self._net.aborted[job]
         for p, payload in outgoing.items():
             self._net._box((job, round_no, self.pid, p)).set_result(bytearray(payload))
+        boxes = {p: self._net._box((job, round_no, p, self.pid)) for p in incoming}  # all now: an abort finds them
         received = {}
-        for p in incoming:
-            received[p] = memoryview(await self._net._box((job, round_no, p, self.pid)))
+        for p, box in boxes.items():
+            received[p] = memoryview(await box)
             del self._net._boxes[(job, round_no, p, self.pid)]
         return received
+
+    def abort_job(self, job: str, reason: str) -> None:
+        err = self._net.aborted[job] = JobAborted(f"party {self.pid} aborted job {job}: {reason}")
+        for (j, _, sender, receiver), fut in self._net._boxes.items():
+            if j == job and receiver != self.pid and not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # a receiver that already failed on another box never awaits this one
 
 
 class MemoryDealer(DealerLink):

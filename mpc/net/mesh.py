@@ -35,7 +35,7 @@ import grpc
 from mpc.net import framing, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
-from mpc.runtime.transport import PeerFailure, Transport
+from mpc.runtime.transport import JobAborted, PeerFailure, Transport
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class GrpcMesh(Transport):
         self._established: set[int] = set()  # a pair is established once, for the mesh's life
         self._buffered: dict[tuple, int] = {}  # (job, round, sender) -> bytes held for it
         self._consumed: set[tuple] = set()  # (job, round, sender) handed to the job already
+        self._aborted: dict[str, JobAborted] = {}  # job -> why a peer gave up on it
         self.max_frame_bytes, self.max_buffered_bytes = max_frame_bytes, max_buffered_bytes
         self.max_pending_rounds = max_pending_rounds
         self.connect_timeout = 30.0
@@ -209,6 +210,9 @@ class GrpcMesh(Transport):
                     if header.tag == pb.FRAME_HELLO:
                         await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                                            f"second HELLO from party {sender} on an established pair", fatal=sender)
+                    if header.tag == pb.FRAME_ABORT and header.job:
+                        self._job_aborted(header.job, sender, bytes(payload[:1000]).decode("utf-8", "replace"))
+                        continue
                     if header.tag == pb.FRAME_ABORT:
                         # The peer's own cause comes first, so every survivor names the root cause.
                         self._mark_dead(sender, "stopped: " + bytes(payload[:1000]).decode("utf-8", "replace"))
@@ -323,6 +327,16 @@ class GrpcMesh(Transport):
             raise framing.FrameTooLarge(f"party {header.sender} would have {sum(mine) + header.total_bytes} bytes "
                                         f"buffered at party {self.pid}; the limit is {self.max_buffered_bytes} bytes")
 
+    def _job_aborted(self, job: str, sender: int, reason: str) -> None:
+        """A peer gave up on `job`: fail this party's waits for it now, not at the round timeout."""
+        if not self.known_job(job) or job in self._aborted:
+            return  # a job this party never had, or already failed: nothing waits on it
+        err = JobAborted(f"party {sender} aborted job {job}: {reason}")
+        self._aborted[job] = err
+        for (j, rnd, peer), fut in self._inbox.items():
+            if j == job and not fut.done():
+                fut.set_exception(err)
+
     def _future(self, key) -> asyncio.Future:
         fut = self._inbox.get(key)
         if fut is None:
@@ -360,6 +374,8 @@ class GrpcMesh(Transport):
             for frame in frames:
                 self._queues[p].put_nowait(frame)
         received = {}
+        if job in self._aborted:
+            raise self._aborted[job]
         for p in incoming:
             key = (job, round_no, p)
             fut = self._future(key)
@@ -381,6 +397,14 @@ class GrpcMesh(Transport):
             for key in [k for k in table if k[0] == job]:
                 table.pop(key)
         self._consumed = {k for k in self._consumed if k[0] != job}
+        self._aborted.pop(job, None)
+
+    def abort_job(self, job: str, reason: str) -> None:
+        for p, queue in self._queues.items():
+            if p not in self._dead:
+                for frame in framing.encode_frames(reason[:1000].encode(), tag=pb.FRAME_ABORT, job=job,
+                                                   sender=self.pid):
+                    queue.put_nowait(frame)
 
     def abort(self, reason: str) -> None:
         """Tell every live peer that this party is stopping, and why (ahead of closing the streams)."""

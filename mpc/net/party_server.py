@@ -1,7 +1,7 @@
 """A party's gRPC server: the Party service over a PartySession, the mesh and the dealer link.
 
-Servicer methods stay thin: decode with serde, delegate to the session, map errors to
-gRPC status codes or error events. A party that loses a peer fails its running jobs with
+Servicer methods stay thin: check who asks (mpc.net.access), decode with serde, delegate
+to the session, map errors to gRPC status codes or error events. A party that loses a peer fails its running jobs with
 the peer's name and stops itself (`lost` is set), so no process waits forever.
 """
 
@@ -15,17 +15,20 @@ import grpc
 from mpc.compiler import CompileError
 from mpc.ir import TO_CALLER
 from mpc.net import framing, serde, tls
+from mpc.net.access import Access, AccessDenied, kept_handle
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime.session import JobError, PartySession
-from mpc.runtime.transport import PeerFailure, ProtocolViolation
+from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation
 
 log = logging.getLogger(__name__)
 
 SERVICE = "mpc.net.proto.Party"
 MESH_WAIT_S = 60.0
+UPLOAD_TTL_S = 120.0  # an upload no job claimed by then is dropped
+MAX_UPLOADS = 64  # jobs with uploads waiting, per client
 SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
                                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
@@ -46,7 +49,9 @@ class PartyServer:
         self.lost = asyncio.Event()  # set when a peer is gone: the process should stop
         self.lost_reason = ""
         self._mesh_ready = asyncio.Event()
-        self._uploads: dict[str, dict[int, bytearray]] = {}
+        self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
+        self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
+        self.access = Access(pid, creds is not None)
 
     async def listen(self, address: str) -> int:
         if self.creds is None:
@@ -63,6 +68,7 @@ class PartyServer:
         if self.creds is None:
             tls.require_loopback({"dealer": config.dealer, **{f"party {p}": a for p, a in config.parties.items()}})
         self.config = config
+        self.access.config = config
         self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, creds=self.creds,
                              round_timeout=config.round_timeout, known_job=self._known_job,
                              on_dead=self._lose, session=None)
@@ -101,7 +107,9 @@ class PartyServer:
             yield reply
 
     async def upload(self, request_iterator, context) -> pb.ExchangeReply:
-        """Receive plaintext inputs for a job that is about to be submitted."""
+        """Receive a client's inputs (its plaintext for this party, or its share) for a job it
+        is about to submit; they wait under (client, key) until that job claims them."""
+        who = await self._allowed(context, self.access.client, "an upload")
         parts: dict[tuple, framing.Reassembly] = {}
         try:
             async for msg in request_iterator:
@@ -111,14 +119,29 @@ class PartyServer:
                 key = (header.job, header.round)
                 if sum(len(p.buffer) for p in parts.values()) + header.total_bytes > framing.MAX_PAYLOAD_BYTES:
                     raise framing.FrameError("upload exceeds the payload limit")
+                if (who, header.job) not in self._uploads and \
+                        sum(1 for c, _ in self._uploads if c == who) >= MAX_UPLOADS:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"party {self.pid}: {who or 'this client'} has uploads for {MAX_UPLOADS} "
+                                        "jobs not yet submitted")
                 part = parts.setdefault(key, framing.Reassembly(header))
                 if part.add(header, payload):
-                    self._uploads.setdefault(header.job, {})[header.round] = part.buffer
+                    if (who, header.job) not in self._uploads:
+                        asyncio.get_running_loop().call_later(UPLOAD_TTL_S, self._uploads.pop, (who, header.job), None)
+                    self._uploads.setdefault((who, header.job), {})[header.round] = part.buffer
         except framing.FrameError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         return pb.ExchangeReply(ok=True)
 
+    async def _allowed(self, context, check, *args):
+        """check(context, *args), or the call ends with the refusal's status and message."""
+        try:
+            return check(context, *args)
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
+
     async def load_program(self, request: pb.ProgramProto, context) -> pb.ProgramReply:
+        await self._allowed(context, self.access.coordinator, "a program")
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
         try:
@@ -132,44 +155,80 @@ class PartyServer:
                                rounds=loaded.dry.rounds)
 
     async def submit(self, request: pb.JobRequest, context) -> pb.SubmitReply:
+        await self._allowed(context, self.access.coordinator, "a job")
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
         loaded = self.session.programs.get(request.program)
         if loaded is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"party {self.pid} has no program {request.program}: load it first")
+        submitter = request.submitter
+        try:
+            self.access.check_submitter(submitter)
+            if request.inputs and self.access.secure:
+                raise AccessDenied(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: a job through the "
+                                   "coordinator carries no inputs (each owner uploads its own)")
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
         try:
             job, inputs = serde.job_from_proto(request)
-            uploads = self._uploads.pop(job.job_id, {})
+            job = _in_namespace(job, submitter)
+            uploads = self._uploads.pop((submitter, request.upload_key or job.job_id), {})
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
             inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
             dry = await self.session.submit(job, inputs)
         except (serde.SerdeError, CompileError, JobError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
-        log.info("job %s submitted: program %s", job.job_id, job.program[:16])
+        self._submitters[job.job_id] = submitter
+        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._submitters.pop, job.job_id, None)
+        log.info("job %s submitted by %s: program %s", job.job_id, submitter or "-", job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
 
     async def run(self, request: pb.JobRef, context):
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
+        who = self.access.identity(context)
+        if request.job_id not in self._submitters:
+            yield pb.JobEvent(error=f"party {self.pid} has no job {request.job_id}")
+            return
+        await self._allowed(context, self.access.submitter, self._submitters[request.job_id], request.job_id,
+                            f"running job {request.job_id}")
         try:
             outcome = await self.session.run(request.job_id)
-        except (JobError, CompileError, ProtocolViolation) as exc:
+        except (JobError, CompileError, ProtocolViolation, JobAborted) as exc:
             yield pb.JobEvent(error=f"party {self.pid}: {exc}")
             return
         except PeerFailure as exc:
             yield pb.JobEvent(error=f"party {self.pid}: {exc}")
             self._lose(str(exc))
             return
+        # What was revealed to this party stays here unless the caller is its operator;
+        # values opened to every party are public.
+        withheld = [nid for nid, to in outcome.opened_to.items()
+                    if to == self.pid and self.pid not in self.access.operator_of(who)]
+        for nid in withheld:
+            log.info("job %s revealed node %d to party %d; not sent to %s, who is not its operator",
+                     request.job_id, nid, self.pid, who)
+            del outcome.plaintexts[nid]
         for event in serde.outcome_to_events(outcome):
             yield event
+
+    async def cancel(self, request: pb.JobRef, context) -> pb.ExchangeReply:
+        """The coordinator drops a job that another party refused, so that nothing waits for it."""
+        await self._allowed(context, self.access.coordinator, "a cancel")
+        dropped = self.session is not None and self.session.cancel(request.job_id)
+        if dropped:
+            log.info("job %s cancelled: another party refused it", request.job_id)
+        return pb.ExchangeReply(ok=dropped)
 
     async def save_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
         """Write this party's shares of the named kept values to its own checkpoint directory."""
         await self._ready_or_abort(context)
+        who = await self._allowed(context, self.access.client, "a checkpoint")
         try:
             directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
+            handles = {name: kept_handle(who, h) for name, h in handles.items()}
             path = await asyncio.to_thread(self.session.save_checkpoint, directory, step, job_hash, handles)
         except (serde.SerdeError, JobError, OSError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: checkpoint not written: {exc}")
@@ -177,8 +236,10 @@ class PartyServer:
 
     async def load_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
         await self._ready_or_abort(context)
+        who = await self._allowed(context, self.access.client, "a checkpoint")
         try:
             directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
+            handles = {name: kept_handle(who, h) for name, h in handles.items()}
             path = await asyncio.to_thread(self.session.load_checkpoint, directory, step, job_hash, handles)
         except (serde.SerdeError, JobError) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc) if str(exc).startswith("party")
@@ -187,6 +248,7 @@ class PartyServer:
 
     async def list_checkpoints(self, request: pb.CheckpointQuery, context) -> pb.CheckpointList:
         await self._ready_or_abort(context)
+        await self._allowed(context, self.access.client, "a checkpoint query")
         try:
             directory, job_hash = serde.checkpoint_query_from_proto(request)
         except serde.SerdeError as exc:
@@ -203,7 +265,8 @@ class PartyServer:
         count, nbytes = self.session.kept_stats() if self.session is not None else (0, 0)
         return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
                               detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"),
-                              kept_values=count, kept_bytes=nbytes)
+                              kept_values=count, kept_bytes=nbytes,
+                              jobs=len(self.session.jobs) if self.session is not None else 0)
 
     def _lose(self, reason: str) -> None:
         if not self.lost_reason:  # the first loss is the cause; later ones follow from it
@@ -224,6 +287,9 @@ class PartyServer:
                 response_serializer=pb.SubmitReply.SerializeToString),
             "Run": grpc.unary_stream_rpc_method_handler(
                 self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+            "Cancel": grpc.unary_unary_rpc_method_handler(
+                self.cancel, request_deserializer=pb.JobRef.FromString,
+                response_serializer=pb.ExchangeReply.SerializeToString),
             "SaveCheckpoint": grpc.unary_unary_rpc_method_handler(
                 self.save_checkpoint, request_deserializer=pb.CheckpointRequest.FromString,
                 response_serializer=pb.CheckpointReply.SerializeToString),
@@ -238,3 +304,11 @@ class PartyServer:
                 response_serializer=pb.HealthReply.SerializeToString),
         })
 
+
+def _in_namespace(job, submitter: str):
+    """The job with every kept-value handle moved into its submitter's namespace."""
+    from dataclasses import replace
+
+    return replace(job, kept={n: kept_handle(submitter, h) for n, h in job.kept.items()},
+                   keep={n: kept_handle(submitter, h) for n, h in job.keep.items()},
+                   free=tuple(kept_handle(submitter, h) for h in job.free))

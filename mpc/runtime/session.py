@@ -29,7 +29,7 @@ from mpc.protocols.base import Open
 from mpc.runtime import checkpoint
 from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.profile import OFF, Profile
-from mpc.runtime.transport import DealerLink, ProtocolViolation, Transport
+from mpc.runtime.transport import DealerLink, JobAborted, PeerFailure, ProtocolViolation, Transport
 
 
 # The round number of the barrier between the offline and online phases; programs never reach it.
@@ -80,6 +80,7 @@ class JobStats:
 class JobOutcome:
     shares: dict[int, torch.Tensor] = field(default_factory=dict)  # revealed to the caller, by node
     plaintexts: dict[int, torch.Tensor] = field(default_factory=dict)  # opened to this party, by node
+    opened_to: dict[int, int] = field(default_factory=dict)  # node of each plaintext -> its recipient (or TO_ALL)
     stats: JobStats = field(default_factory=JobStats)
 
 
@@ -111,6 +112,28 @@ def job_digest(job: Job) -> str:
         h.update(f"{nid}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def _plan(program: Program, pid: int, n_parties: int) -> DryRun:
+    """Validate `program` and dry-run it (its randomness and rounds), in a worker thread."""
+    compiler.validate(program)
+    return asyncio.run(Executor(program, pid, n_parties).dry_run())
+
+
+def output_mask(transport: Transport, job: str, node: int, shape) -> torch.Tensor:
+    """This party's part of a fresh sharing of zero, from the pairwise keys.
+
+    z_i = sum_{j > i} R_ij - sum_{j < i} R_ji with R_ij = PRG(k_ij, "output", job, node), so
+    sum_i z_i = 0. A share sent to the caller is y_i + z_i: the caller still sums to y, but
+    the shares it sees are uniformly random given y, whatever it knows of earlier shares."""
+    total = torch.zeros(shape, dtype=torch.int64)
+    for p in transport.peers:
+        stream = PRG(derive_key(transport.pairwise_key(p), "output", job, node)).ring(shape)
+        if transport.pid < p:
+            total += stream
+        else:
+            total -= stream
+    return total
 
 
 def input_mask(transport: Transport, job: str, node: int, owner: int, shape) -> torch.Tensor:
@@ -151,8 +174,8 @@ class PartySession:
         if loaded is not None:
             self.programs.move_to_end(program.digest)
             return loaded
-        compiler.validate(program)
-        dry = await Executor(program, self.pid, self.n_parties).dry_run()
+        # Off the event loop: a large program must not stall this party's rounds of other jobs.
+        dry = await asyncio.to_thread(_plan, program, self.pid, self.n_parties)
         loaded = self.programs[program.digest] = Loaded(program, dry)
         while len(self.programs) > MAX_PROGRAMS:
             self.programs.popitem(last=False)
@@ -259,6 +282,15 @@ class PartySession:
             if not 0 <= nid < len(program.nodes) or program.nodes[nid].extra_shapes:
                 raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
 
+    def cancel(self, job_id: str) -> bool:
+        """Drop a job submitted but not started (another party refused it); False if it
+        already started or is unknown."""
+        entry = self.jobs.get(job_id)
+        if entry is None or entry.started:
+            return False
+        self._expire(job_id)
+        return True
+
     def _expire(self, job_id: str) -> None:
         """Drop a job submitted but never run (another party refused it, or its client went
         away), so that no later job waits on what it would have kept."""
@@ -266,6 +298,7 @@ class PartySession:
         if entry is not None and not entry.started:
             self._end_writes(entry, ok=False)
             self.jobs.pop(job_id, None)
+            self.transport.forget(job_id)
 
     def _end_writes(self, entry: _Job, ok: bool) -> None:
         for handle, write in entry.writes.items():
@@ -320,6 +353,10 @@ class PartySession:
             outcome = await self._run(entry)
             ok = True
             return outcome
+        except Exception as exc:
+            if not isinstance(exc, (PeerFailure, JobAborted)):  # those came from a peer: it knows
+                self.transport.abort_job(job_id, f"party {self.pid}: {exc}")
+            raise
         finally:
             self._end_writes(entry, ok)  # a later job reading these learns whether they were kept
             # The caller no longer refers to these handles: drop them even if the job failed.
@@ -338,6 +375,9 @@ class PartySession:
 
         t0 = time.perf_counter()
         pool = await self._offline(job.job_id, dry, prof)
+        with prof.phase("output_masks"):  # data-independent: made offline, off the online path
+            out_masks = {nid: output_mask(self.transport, job.job_id, nid, program.nodes[nid].shape)
+                         for nid, to in zip(program.outputs, job.recipients) if to == TO_CALLER}
         t_wait = time.perf_counter()
         for handle, write in entry.waits.items():
             try:
@@ -378,8 +418,8 @@ class PartySession:
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
 
         for nid, to in zip(program.outputs, job.recipients):
-            if to == TO_CALLER:
-                outcome.shares[nid] = values[nid]
+            if to == TO_CALLER and nid not in outcome.shares:  # an output listed twice is masked once
+                outcome.shares[nid] = out_masks[nid].add_(values[nid])  # the mask is ours: no new buffer
         # Outputs opened to parties share one round.
         if any(to != TO_CALLER for to in job.recipients):
             with prof.phase("open_outputs"):
@@ -416,9 +456,10 @@ class PartySession:
                   if to != TO_CALLER]
         opens = [Open((values[nid],), to=None if to == TO_ALL else to) for nid, to, _ in opened]
         results = await make_exchange(self.transport, job.job_id)(round_no, opens)
-        for (nid, _, scale), (value,) in zip(opened, results):
+        for (nid, to, scale), (value,) in zip(opened, results):
             if value is not None:
                 outcome.plaintexts[nid] = ring.decode(value, program.frac_bits * scale)
+                outcome.opened_to[nid] = to
 
     async def _barrier(self, job: str, digest: str) -> None:
         """Wait until every party holds its correlations, and check all run the same job.

@@ -25,6 +25,10 @@ class ProtocolViolation(RuntimeError):
     """A peer sent something that does not fit the plan (wrong size, unknown round)."""
 
 
+class JobAborted(RuntimeError):
+    """A peer gave up on a job (its own check or computation failed) and said why."""
+
+
 @dataclass
 class Counters:
     rounds: int = 0
@@ -91,6 +95,10 @@ class Transport(abc.ABC):
 
     def _forget(self, job: str) -> None:
         """Drop buffered messages of a finished job."""
+
+    def abort_job(self, job: str, reason: str) -> None:
+        """Tell every peer that this party gave up on `job` and why, so that none waits for
+        its next round until a timeout. The in-memory transport fails jobs together already."""
 
 
 class DealerLink(abc.ABC):

@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class JobRequest(_message.Message):
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
     owners: _containers.ScalarMap[int, int]
@@ -160,15 +162,19 @@ class JobRequest(_message.Message):
     public: _containers.MessageMap[int, TensorProto]
     profile: bool
     replay: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ...) -> None: ...
+    submitter: str
+    upload_key: str
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("n_correlations", "rounds")
+    __slots__ = ("n_correlations", "rounds", "job_id")
     N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     n_correlations: int
     rounds: int
-    def __init__(self, n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
+    job_id: str
+    def __init__(self, n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)
@@ -238,20 +244,22 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes")
+    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes", "jobs")
     PID_FIELD_NUMBER: _ClassVar[int]
     N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     KEPT_VALUES_FIELD_NUMBER: _ClassVar[int]
     KEPT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     n_parties: int
     ready: bool
     detail: str
     kept_values: int
     kept_bytes: int
-    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ...) -> None: ...
+    jobs: int
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("directory", "step", "job_hash", "handles")

@@ -59,6 +59,11 @@ class PartyStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/mpc.net.proto.Party/Cancel',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/mpc.net.proto.Party/Health',
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
@@ -117,6 +122,13 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """from the coordinator: a job another party refused
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -168,6 +180,11 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobEvent.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -336,6 +353,33 @@ class Party:
             _registered_method=True)
 
     @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/Cancel',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Health(request,
             target,
             options=(),
@@ -433,6 +477,185 @@ class Party:
             '/mpc.net.proto.Party/ListCheckpoints',
             mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CoordinatorStub:
+    """---- dealer ----
+
+    With TLS the caller's pid is read from its certificate; `pid` must agree with it.
+    The coordinator: authenticated clients submit programs and jobs here; it gives each job a
+    fresh id, names the submitter to the parties and forwards nothing but programs and bindings
+    (inputs go from their owner to each party by Upload, outputs from each party to their
+    recipient by Run).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LoadProgram = channel.unary_unary(
+                '/mpc.net.proto.Coordinator/LoadProgram',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.FromString,
+                _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/mpc.net.proto.Coordinator/Submit',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.Health = channel.unary_unary(
+                '/mpc.net.proto.Coordinator/Health',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
+                _registered_method=True)
+
+
+class CoordinatorServicer:
+    """---- dealer ----
+
+    With TLS the caller's pid is read from its certificate; `pid` must agree with it.
+    The coordinator: authenticated clients submit programs and jobs here; it gives each job a
+    fresh id, names the submitter to the parties and forwards nothing but programs and bindings
+    (inputs go from their owner to each party by Upload, outputs from each party to their
+    recipient by Run).
+    """
+
+    def LoadProgram(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Health(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CoordinatorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LoadProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadProgram,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.SubmitReply.SerializeToString,
+            ),
+            'Health': grpc.unary_unary_rpc_method_handler(
+                    servicer.Health,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mpc.net.proto.Coordinator', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mpc.net.proto.Coordinator', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Coordinator:
+    """---- dealer ----
+
+    With TLS the caller's pid is read from its certificate; `pid` must agree with it.
+    The coordinator: authenticated clients submit programs and jobs here; it gives each job a
+    fresh id, names the submitter to the parties and forwards nothing but programs and bindings
+    (inputs go from their owner to each party by Upload, outputs from each party to their
+    recipient by Run).
+    """
+
+    @staticmethod
+    def LoadProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Coordinator/LoadProgram',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramProto.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ProgramReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Coordinator/Submit',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.JobRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Health(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Coordinator/Health',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
             options,
             channel_credentials,
             insecure,

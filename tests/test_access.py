@@ -1,0 +1,226 @@
+"""Who may ask for what, attacked as a client would: real parties, dealer and coordinator on
+loopback with mutual TLS, the legitimate client `client-local` (the operator of every
+party) and a second listed client `client-bob`, plus outsiders holding certificates of the
+same CA. Every refusal must name who and why, and a legitimate job must still come out
+right beside it (mpc.net.access, mpc.net.coordinator)."""
+
+import asyncio
+
+import grpc
+import pytest
+import torch
+
+import mpc
+from mpc.api import MPCError
+from mpc.ir import TO_CALLER, Job, Node, Program
+from mpc.net import serde, tls
+from mpc.net.proto import mpc_pb2 as pb
+from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+from tests.attack import rand, still_works
+from tests.conftest import ULP, assert_close
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with mpc.LocalCluster(n_parties=3, connect_timeout=20, clients=("bob",)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bob(cluster):
+    with cluster.client("bob") as b:
+        yield b
+
+
+def _as(cluster, identity, address, expect, fn):
+    """await fn(channel) as `identity` (a certificate of the cluster's own CA)."""
+    creds = cluster._client_creds if identity == "client-local" else cluster.ca.issue(identity)
+
+    async def go():
+        async with grpc.aio.secure_channel(address, creds.channel_credentials(),
+                                           options=tls.channel_options(expect)) as ch:
+            return await fn(ch)
+    return asyncio.run(go())
+
+
+def _denied(cluster, identity, address, expect, fn) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _as(cluster, identity, address, expect, fn)
+    return info.value
+
+
+def _kept_reader(shape) -> Program:
+    """A program that reveals one kept value to the caller: what an attacker would submit."""
+    return Program((Node(0, "input", (), {"shape": shape, "kind": "kept"}, shape, "stolen"),), (0,))
+
+
+# -- programs and jobs come from the coordinator, and it takes them from listed clients only --------------
+
+
+@pytest.mark.parametrize("identity", ["client-local", "client-eve", "party-1", "dealer"])
+def test_only_the_coordinator_loads_programs_and_submits_jobs_at_a_party(cluster, identity):
+    program = serde.program_to_proto(_kept_reader((2,)))
+
+    async def load(ch):
+        await pb_grpc.PartyStub(ch).LoadProgram(program, timeout=10)
+
+    async def submit(ch):
+        await pb_grpc.PartyStub(ch).Submit(pb.JobRequest(job_id="x", program="ab" * 32, recipients=[-1],
+                                                         submitter="client-local"), timeout=10)
+
+    for fn, what in ((load, "a program"), (submit, "a job")):
+        err = _denied(cluster, identity, cluster.config.parties[1], "party-1", fn)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"party 1 refuses {what} from {identity}: only the coordinator" in err.details()
+    still_works(cluster)
+
+
+@pytest.mark.parametrize("identity", ["client-eve", "party-0"])
+def test_coordinator_takes_jobs_from_listed_clients_only(cluster, identity):
+    async def submit(ch):
+        await pb_grpc.CoordinatorStub(ch).Submit(pb.JobRequest(job_id="x", program="ab" * 32), timeout=10)
+
+    err = _denied(cluster, identity, cluster.config.coordinator, tls.COORDINATOR, submit)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"coordinator refuses {identity}: not a client of this cluster (clients: client-local, client-bob)" \
+        in err.details()
+    still_works(cluster)
+
+
+def test_coordinator_refuses_plaintext_inputs_and_never_relays_them(cluster):
+    async def submit(ch):
+        await pb_grpc.CoordinatorStub(ch).Submit(pb.JobRequest(
+            job_id="x", program="ab" * 32, inputs={0: serde.tensor_to_proto(torch.ones(2))}), timeout=10)
+
+    err = _denied(cluster, "client-local", cluster.config.coordinator, tls.COORDINATOR, submit)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a job carries no plaintext inputs" in err.details()
+
+
+def test_job_ids_are_fresh_from_the_coordinator_whatever_the_client_asks(cluster):
+    program = _kept_reader((2,))
+    x = cluster.share(rand(2), 0)
+    (x * 1).reveal()  # x is now kept at every party
+    job = Job("my-id", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+    ids = []
+    for _ in range(2):  # the same client id twice: two fresh ids, both runs correct
+        outcomes = cluster._execute(program, job, {p: {} for p in range(3)})
+        total = sum(o.shares[0] for o in outcomes)
+        assert_close(mpc.ring.decode(total, cluster.frac_bits), rand(2), ULP)
+
+        async def submit(ch):
+            return await pb_grpc.CoordinatorStub(ch).Submit(serde.job_to_proto(job), timeout=10)
+        ids.append(_as(cluster, "client-local", cluster.config.coordinator, tls.COORDINATOR, submit).job_id)
+    assert ids[0] != ids[1] and "my-id" not in ids[0]
+    assert ids[0].split("-")[0] == ids[1].split("-")[0]  # one coordinator nonce, a counter after it
+
+
+# -- kept values and outputs belong to their submitter ----------------------------------------------------------
+
+
+def test_another_clients_kept_values_are_out_of_reach(cluster, bob):
+    secret = rand(4, seed=7)
+    x = cluster.share(secret, 0)
+    (x * 1).reveal()
+    handle = x._node.id  # what bob would guess: handles are small integers
+    program = _kept_reader((4,))
+    job = Job("steal", program.digest, kept={0: handle}, recipients=(TO_CALLER,))
+    with pytest.raises(MPCError, match=f"refers to kept value .* which party [0-2] does not hold"):
+        bob._execute(program, job, {p: {} for p in range(3)})
+    free = Job("free-it", program.digest, kept={0: handle}, recipients=(TO_CALLER,), free=(handle,))
+    with pytest.raises(MPCError):
+        bob._execute(program, free, {p: {} for p in range(3)})
+    assert_close((x * 2).reveal(), secret * 2, 4 * ULP, "local's value after bob's attempts")
+    assert_close((bob.share(rand(3), 1) * 3).reveal(), rand(3) * 3, 4 * ULP, "bob's own job")
+
+
+def test_outputs_reach_only_the_client_that_submitted_the_job(cluster, bob):
+    program = _kept_reader((3,))
+    x = cluster.share(rand(3, seed=3), 1)
+    (x * 1).reveal()
+    job = Job("mine", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+    cluster._call(cluster._load(program))
+
+    async def submit(ch):
+        return await pb_grpc.CoordinatorStub(ch).Submit(serde.job_to_proto(job), timeout=10)
+    job_id = _as(cluster, "client-local", cluster.config.coordinator, tls.COORDINATOR, submit).job_id
+
+    async def run(ch):
+        return [e async for e in pb_grpc.PartyStub(ch).Run(pb.JobRef(job_id=job_id), timeout=10)]
+    for identity in ("client-bob", "coordinator", "party-0"):
+        err = _denied(cluster, identity, cluster.config.parties[0], "party-0", run)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"submitted by client-local" in err.details() and identity in err.details()
+    async def run_all():  # the submitter still runs it, at every party at once, and gets each share
+        creds = cluster._client_creds
+        channels = [grpc.aio.secure_channel(cluster.config.parties[p], creds.channel_credentials(),
+                                            options=tls.channel_options(f"party-{p}")) for p in range(3)]
+        try:
+            return await asyncio.gather(*(run(ch) for ch in channels))
+        finally:
+            for ch in channels:
+                await ch.close()
+    shares = []
+    for events in asyncio.run(run_all()):
+        assert not any(e.WhichOneof("event") == "error" for e in events), events
+        assembly = serde.OutcomeAssembly()
+        for e in events:
+            if e.WhichOneof("event") == "output":
+                assembly.add_chunk(e.output)
+            elif e.WhichOneof("event") == "stats":
+                shares.append(assembly.finish(e.stats, 3).shares[0])
+    assert_close(mpc.ring.decode(sum(shares), cluster.frac_bits), rand(3, seed=3), ULP)
+
+
+def test_caller_shares_are_fresh_every_time(cluster):
+    """Two reveals of the same kept value: the same sum, but no party's share repeats (each
+    is masked with a fresh zero-sharing), so shares tell the caller nothing beyond the value."""
+    program = _kept_reader((64,))
+    x = cluster.share(rand(64), 2)
+    (x * 1).reveal()
+    job = Job("again", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+    first, second = (cluster._execute(program, job, {p: {} for p in range(3)}) for _ in range(2))
+    for p in range(3):
+        assert not torch.equal(first[p].shares[0], second[p].shares[0]), f"party {p} sent the same share twice"
+    assert torch.equal(sum(o.shares[0] for o in first), sum(o.shares[0] for o in second))
+
+
+def test_a_value_revealed_to_a_party_reaches_only_its_operator(cluster, bob):
+    value = rand(3, seed=11)
+    got = bob.reveal(bob.share(value, 0) * 2, to=1)  # bob may address party 1, but is not its operator
+    assert got == [None]
+    mine = cluster.reveal(cluster.share(value, 0) * 2, to=1)  # client-local operates every party here
+    assert_close(mine[0], value * 2, 4 * ULP)
+    public = bob.reveal(bob.share(value, 0) * 2, to="all")  # opened to every party: public
+    assert_close(public[0], value * 2, 4 * ULP)
+
+
+def test_uploads_are_bound_to_their_client(cluster, bob):
+    """bob uploads under the key local's job is sent with: the party keeps it in bob's
+    space, so local's job finds no input of its own instead of computing on bob's."""
+    shape = (2,)
+    program = Program((Node(0, "input", (), {"shape": shape, "kind": "private"}, shape, "x"),), (0,))
+    bob._call(bob._upload(0, "shared-key", {0: torch.full(shape, 666.0)}))
+    job = Job("shared-key", program.digest, owners={0: 0}, recipients=(TO_CALLER,))
+    with pytest.raises(MPCError, match="party 0 owns input .* but was given no value for it"):
+        cluster._execute(program, job, {p: {} for p in range(3)})
+    value = rand(*shape, seed=5)
+    outcomes = cluster._execute(program, Job("shared-key", program.digest, owners={0: 0}, recipients=(TO_CALLER,)),
+                                {0: {0: value}, 1: {}, 2: {}})
+    assert_close(mpc.ring.decode(sum(o.shares[0] for o in outcomes), cluster.frac_bits), value, ULP)
+
+
+def test_a_job_one_party_refuses_is_dropped_by_the_others(cluster):
+    """Party 0 refuses the job (its upload has the wrong size); the coordinator cancels it at
+    parties 1 and 2, so nothing waits for it to run or for what it would keep."""
+    shape = (4,)
+    program = Program((Node(0, "input", (), {"shape": shape, "kind": "private"}, shape, "x"),), (0,))
+    job = Job("bad-upload", program.digest, owners={0: 0}, recipients=(TO_CALLER,), keep={0: 123456})
+    before = [h.jobs for h in cluster.health()]  # jobs other tests submitted and never ran wait to expire
+    cluster._call(cluster._upload(0, "bad-upload", {0: torch.ones(3)}))  # 3 values for a 4-value input
+    with pytest.raises(MPCError, match="party 0: upload for input node 0 has 24 bytes"):
+        cluster._execute(program, job, {p: {} for p in range(3)})
+    assert [h.jobs for h in cluster.health()] == before
+    still_works(cluster)
