@@ -1,5 +1,6 @@
 """The `mpc` command: launch a local cluster, train from a job file, run the demo, run the benchmarks,
-make certificates."""
+make certificates; run one process of a cluster from its cluster file (party, dealer, coordinator)
+and show the state of every process (status)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,48 @@ def _certs(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    """`mpc party|dealer|coordinator --cluster FILE`: check this process's entry (status 2 and
+    the reason if it is wrong), set the runtime environment, then run the process."""
+    from mpc.net import tls
+    from parties import _process
+
+    identity = {"party": tls.party_name(args.id) if args.command == "party" else None,
+                "dealer": tls.DEALER, "coordinator": tls.COORDINATOR}[args.command]
+    config, _ = _process.cluster_or_exit(args.cluster, identity, args.insecure)
+    _process.reexec_with_runtime_env(["-m", "mpc.cli", *args.argv])
+    extra = (["--insecure"] if args.insecure else []) + (["--verbose"] if args.verbose else [])
+    if args.command == "party":
+        from parties import party
+
+        party.main(["--cluster", args.cluster, "--id", str(args.id), *extra])
+    elif args.command == "dealer":
+        from parties import dealer
+
+        dealer.main(["--cluster", args.cluster, *extra])
+    else:
+        entry = config.entry(tls.COORDINATOR)
+        if not args.insecure and not entry.certs:
+            print(f"mpc coordinator: {config.source}: coordinator.certs: the coordinator takes a certificate "
+                  f"directory (ca.pem, coordinator.pem, coordinator.key), not single files", file=sys.stderr)
+            return 2
+        try:
+            from parties import coordinator
+        except ImportError as exc:
+            print(f"mpc coordinator: this installation has no coordinator process ({exc})", file=sys.stderr)
+            return 2
+        security = ["--insecure"] if args.insecure else ["--certs", entry.certs]
+        coordinator.main(["--config", args.cluster, "--listen", config.listen_address(tls.COORDINATOR),
+                          *security, *(["--verbose"] if args.verbose else [])])
+    return 0
+
+
+def _status(args) -> int:
+    from mpc import status
+
+    return status.main(args.cluster, timeout=args.timeout, identity=args.as_identity, certs=args.certs)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mpc", description="Multi-party computation runtime for machine learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,7 +276,27 @@ def main(argv=None) -> None:
                    help="client name: a certificate client-NAME (repeatable; default local)")
     p.set_defaults(fn=_certs)
 
+    for name, what in [("party", "run party K of a cluster file (on the host of its address)"),
+                       ("dealer", "run the dealer of a cluster file"),
+                       ("coordinator", "run the coordinator of a cluster file")]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--cluster", required=True, help="the cluster file (TOML), the same on every host")
+        if name == "party":
+            p.add_argument("--id", type=int, required=True, help="this party's pid in the cluster file")
+        p.add_argument("--insecure", action="store_true", help="plaintext (every address must be loopback)")
+        p.add_argument("--verbose", action="store_true")
+        p.set_defaults(fn=_serve)
+
+    p = sub.add_parser("status", help="every process of a cluster: reachable, ready, certificate expiry, ...")
+    p.add_argument("--cluster", required=True, help="the cluster file (TOML)")
+    p.add_argument("--certs", help="directory with this caller's certificate (default: the file's client or "
+                                   "coordinator entry)")
+    p.add_argument("--as", dest="as_identity", help="identity to connect as (default: the first certificate found)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each process")
+    p.set_defaults(fn=_status)
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     sys.exit(args.fn(args))
 
 
