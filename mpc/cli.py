@@ -214,7 +214,8 @@ def _serve(args) -> int:
 def _status(args) -> int:
     from mpc import status
 
-    return status.main(args.cluster, timeout=args.timeout, identity=args.as_identity, certs=args.certs)
+    return status.main(args.cluster, timeout=args.timeout, identity=args.as_identity, certs=args.certs,
+                       only=args.only, local=args.local)
 
 
 def main(argv=None) -> None:
@@ -293,6 +294,9 @@ def main(argv=None) -> None:
                                    "coordinator entry)")
     p.add_argument("--as", dest="as_identity", help="identity to connect as (default: the first certificate found)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each process")
+    p.add_argument("--only", action="append", metavar="IDENTITY", help="only this process (repeatable)")
+    p.add_argument("--local", action="store_true",
+                   help="dial 127.0.0.1 at each process's port (a readiness probe on the process's own host)")
     p.set_defaults(fn=_status)
 
     args = parser.parse_args(argv)

@@ -7,6 +7,10 @@ party also answers Health: ready or why not, and the values it keeps. Every prob
 own timeout, so a process that is down or frozen shows as unreachable instead of hanging.
 
 Version, uptime and running jobs are not in the Health reply yet: they show as "n/a".
+
+`--only IDENTITY --local` is a readiness probe for one process on its own host (a container's
+readiness check): it dials 127.0.0.1 at the port of that process's address, still checking
+the certificate names it, and exits 0 only when it is reachable and ready.
 """
 
 from __future__ import annotations
@@ -90,9 +94,16 @@ def _file_expiry(config: ClusterConfig, identity: str) -> datetime.datetime | No
         return None
 
 
+def local_address(address: str) -> str:
+    """127.0.0.1 at the port of `address`: where a process on this host also answers."""
+    return f"127.0.0.1:{address.rpartition(':')[2]}"
+
+
 async def _probe(config: ClusterConfig, identity: str, creds: tls.Credentials | None,
-                 timeout: float) -> ProcessStatus:
+                 timeout: float, local: bool = False) -> ProcessStatus:
     address = config.address_of(identity)
+    if local:
+        address = local_address(config.listen_address(identity))
     status = ProcessStatus(identity, address, False, "")
     if creds is not None:
         try:
@@ -140,10 +151,12 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-async def probe_all(config: ClusterConfig, creds: tls.Credentials | None, timeout: float = 3.0
-                    ) -> list[ProcessStatus]:
-    """One ProcessStatus per process of the file, probed concurrently, within about `timeout` s."""
-    return list(await asyncio.gather(*(_probe(config, i, creds, timeout) for i in config.identities())))
+async def probe_all(config: ClusterConfig, creds: tls.Credentials | None, timeout: float = 3.0,
+                    only: list[str] | None = None, local: bool = False) -> list[ProcessStatus]:
+    """One ProcessStatus per process of the file (or of `only`), probed concurrently, within
+    about `timeout` s; `local`: each at 127.0.0.1 (see local_address)."""
+    names = only or config.identities()
+    return list(await asyncio.gather(*(_probe(config, i, creds, timeout, local) for i in names)))
 
 
 def render(statuses: list[ProcessStatus], now: datetime.datetime | None = None):
@@ -168,7 +181,8 @@ def render(statuses: list[ProcessStatus], now: datetime.datetime | None = None):
     return table
 
 
-def main(path: str, timeout: float = 3.0, identity: str | None = None, certs: str | None = None) -> int:
+def main(path: str, timeout: float = 3.0, identity: str | None = None, certs: str | None = None,
+         only: list[str] | None = None, local: bool = False) -> int:
     """Print the table; 0 when every process is reachable and ready, 1 otherwise, 2 on a bad file."""
     from rich.console import Console
 
@@ -177,6 +191,11 @@ def main(path: str, timeout: float = 3.0, identity: str | None = None, certs: st
     except ConfigError as exc:
         print(f"mpc status: {exc}", file=sys.stderr)
         return 2
+    for name in only or ():
+        if name not in config.identities():
+            print(f"mpc status: --only {name}: not a process of {path} ({', '.join(config.identities())})",
+                  file=sys.stderr)
+            return 2
     creds = caller_credentials(config, certs, identity)
     if creds is None:
         try:
@@ -185,6 +204,6 @@ def main(path: str, timeout: float = 3.0, identity: str | None = None, certs: st
             print(f"mpc status: no certificate to connect with: give --certs DIR (and --as IDENTITY)",
                   file=sys.stderr)
             return 2
-    statuses = asyncio.run(probe_all(config, creds, timeout))
+    statuses = asyncio.run(probe_all(config, creds, timeout, only, local))
     Console(width=200).print(render(statuses))
     return 0 if all(s.ok for s in statuses) else 1

@@ -33,6 +33,11 @@ def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_pa
         for s in statuses:
             assert s.ok and s.cert_source == "served" and abs(s.cert_expires - in_a_year) < datetime.timedelta(1)
         assert all(s.kept_values == 0 for s in statuses[:3])
+        probe = ["status", "--cluster", str(path), "--local", "--certs", str(tmp_path / "certs"), "--timeout", "2"]
+        with pytest.raises(SystemExit) as info:  # a readiness probe: one process, on its own host, as itself
+            cli_main([*probe, "--only", "party-0", "--as", "party-0"])
+        out = capsys.readouterr().out
+        assert info.value.code == 0 and "127.0.0.1:" in out and "party-0" in out and "party-1" not in out
 
         procs["party-1"].proc.kill()
         procs["party-1"].proc.wait()
@@ -49,6 +54,9 @@ def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_pa
             os.kill(procs["dealer"].proc.pid, signal.SIGCONT)
         out = capsys.readouterr().out
         assert "unreachable" in out
+        with pytest.raises(SystemExit) as info:
+            cli_main([*probe, "--only", "party-1", "--as", "party-1"])
+        assert info.value.code == 1
         assert not statuses["party-1"].reachable and "Connection refused" in statuses["party-1"].state
         assert not statuses["dealer"].reachable and statuses["dealer"].state == "unreachable: timed out"
         assert statuses["dealer"].cert_source == "file" and statuses["dealer"].cert_expires is not None
