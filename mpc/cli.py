@@ -108,18 +108,47 @@ def _explain(args) -> int:
     return 0
 
 
+def _remote_arguments(p) -> None:
+    p.add_argument("--cluster", help="run on the running cluster of this cluster file instead of local processes")
+    p.add_argument("--certs", help="with --cluster: directory with ca.pem and this client's certificate and key")
+    p.add_argument("--as", dest="as_identity", default="client-local",
+                   help="with --cluster: this client's identity (default client-local)")
+
+
+def _cluster(args, n_parties: int, frac_bits: int | None = None):
+    """A RemoteCluster on --cluster's processes, or LocalCluster's own N parties and dealer."""
+    if getattr(args, "cluster", None):
+        from mpc.remote import RemoteCluster
+
+        cluster = RemoteCluster.from_file(args.cluster, args.certs, args.as_identity)
+        if frac_bits is not None and cluster.frac_bits != frac_bits:
+            from mpc.net.config import ConfigError
+
+            raise ConfigError(f"--frac-bits {frac_bits}: the cluster of {args.cluster} runs with {cluster.frac_bits}")
+        return cluster
+    from mpc.launcher import LocalCluster
+
+    return LocalCluster(n_parties=n_parties, **({} if frac_bits is None else {"frac_bits": frac_bits}))
+
+
 def _infer(args) -> int:
     import numpy as np
-
-    from mpc.launcher import LocalCluster
 
     result = _compiled_or_report(args, "infer")
     if result is None:
         return 2
     compiled, x = result
-    with LocalCluster(n_parties=args.parties) as cluster:
-        out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
-        stats = cluster.last_stats
+    from mpc.api import MPCError
+    from mpc.net.config import ConfigError
+    from mpc.net.tls import TLSError
+
+    try:
+        with _cluster(args, args.parties) as cluster:
+            out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
+            stats = cluster.last_stats
+    except (ConfigError, TLSError, MPCError) as exc:
+        print(f"mpc infer: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, MPCError) else 2
     print(f"output {tuple(out.shape)}: online {max(s.online_s for s in stats) * 1e3:.1f} ms, "
           f"{max(s.rounds for s in stats)} rounds, {max(s.bytes_sent for s in stats) / 1e6:.2f} MB/party")
     if out.dim() == 2:
@@ -140,26 +169,36 @@ def _train(args) -> int:
     from mpc import jobfile
     from mpc.api import MPCError
     from mpc.compiler.registry import CompileError
-    from mpc.launcher import LocalCluster
+    from mpc.net.config import ConfigError
+    from mpc.net.tls import TLSError
     from mpc.train_jobs import train_job
     from mpc.training import DataError
 
     try:
         spec = jobfile.load(args.job)
-        jobfile.check_parties(spec, args.local)
+        jobfile.check_parties(spec, _cluster_size(args) if args.cluster else args.local)
         from mpc.train_jobs import load_parts
 
         load_parts(spec, args.frac_bits)  # every data file checked before any process starts
-    except (jobfile.JobFileError, DataError) as exc:
+    except (jobfile.JobFileError, DataError, ConfigError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2
     try:
-        with LocalCluster(n_parties=args.local, frac_bits=args.frac_bits) as cluster:
+        with _cluster(args, args.local, args.frac_bits) as cluster:
             train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    except (ConfigError, TLSError) as exc:
+        print(f"mpc train: {exc}", file=sys.stderr)
+        return 2
     except (jobfile.JobFileError, DataError, CompileError, MPCError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, MPCError) else 1
     return 0
+
+
+def _cluster_size(args) -> int:
+    from mpc.net.config import ClusterConfig
+
+    return ClusterConfig.load(args.cluster).n_parties
 
 
 def _certs(args) -> int:
@@ -167,11 +206,16 @@ def _certs(args) -> int:
 
     try:
         tls.make_cluster_certs(args.out, args.parties, hosts=args.host or (), clients=args.client or ("local",))
+        if args.split:
+            tls.split_by_identity(args.out)
     except (tls.TLSError, OSError) as exc:
         print(f"mpc certs: {exc}", file=sys.stderr)
         return 2
     print(f"wrote a CA and certificates for {args.parties} parties, the dealer, the coordinator and "
           f"client(s) {', '.join(args.client or ['local'])} to {args.out} (keep ca.key offline)")
+    if args.split:
+        print(f"and one directory per process, {args.out}/IDENTITY/ (ca.pem, IDENTITY.pem, IDENTITY.key): "
+              f"give each host only its own")
     return 0
 
 
@@ -250,6 +294,7 @@ def main(argv=None) -> None:
     p.add_argument("--model-owner", type=int, default=0)
     p.add_argument("--data-owner", type=int, default=1)
     p.add_argument("--output", help="write the output here (.npy)")
+    _remote_arguments(p)
     p.set_defaults(fn=_infer)
 
     p = sub.add_parser("demo", help="three parties train an MLP on the digits data set they hold in thirds")
@@ -267,6 +312,7 @@ def main(argv=None) -> None:
     p.add_argument("--frac-bits", type=int, default=16)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps (as if interrupted)")
+    _remote_arguments(p)
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("certs", help="make a cluster CA and a key and certificate for every process")
@@ -275,6 +321,8 @@ def main(argv=None) -> None:
     p.add_argument("--host", action="append", help="extra DNS name or IP for every certificate's SANs (repeatable)")
     p.add_argument("--client", action="append",
                    help="client name: a certificate client-NAME (repeatable; default local)")
+    p.add_argument("--split", action="store_true",
+                   help="also copy each process's files (ca.pem, its certificate and key) into OUT/IDENTITY/")
     p.set_defaults(fn=_certs)
 
     for name, what in [("party", "run party K of a cluster file (on the host of its address)"),

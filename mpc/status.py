@@ -29,7 +29,6 @@ from cryptography import x509
 
 from mpc.net import tls
 from mpc.net.config import ClusterConfig, ConfigError
-from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 
@@ -87,6 +86,15 @@ def _served_certificate(address: str, creds: tls.Credentials, expected: str, tim
             return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True))
 
 
+def _channel(address: str, creds: tls.Credentials | None, identity: str) -> grpc.aio.Channel:
+    """A channel to one process (not mpc.net.mesh.client_channel: that imports torch, and a
+    readiness probe that runs every few seconds should start in a fraction of one)."""
+    if creds is None:
+        tls.require_loopback({identity: address})
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, creds.channel_credentials(), options=tls.channel_options(identity))
+
+
 def _file_expiry(config: ClusterConfig, identity: str) -> datetime.datetime | None:
     try:
         return config.entry(identity).credentials(identity).not_after
@@ -119,7 +127,7 @@ async def _probe(config: ClusterConfig, identity: str, creds: tls.Credentials | 
     pid = tls.party_id(identity)
     if creds is not None and (pid is None or not status.reachable):
         return status  # no party, or no TLS handshake: no Health call would do better
-    channel = client_channel(address, creds, identity)
+    channel = _channel(address, creds, identity)
     try:
         if pid is None:  # dealer or coordinator without TLS: can a channel be opened at all
             await asyncio.wait_for(channel.channel_ready(), timeout)

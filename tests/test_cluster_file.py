@@ -1,15 +1,19 @@
 """The cluster file: what it holds, how each error is named, and processes started from it."""
 
+import json
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from mpc import launcher
 from mpc.cli import main as cli_main
+from mpc.demo import write_files
+from mpc.models import MLP
 from mpc.net import tls
 from mpc.net.config import ClusterConfig, ConfigError, ProcessEntry
 from mpc.remote import RemoteCluster
@@ -42,6 +46,39 @@ key = "p1.key"
 [[parties]]
 pid = 2
 address = "[fd00::3]:50051"
+"""
+
+TRAIN_JOB = """
+[model]
+factory = "mpc.models:MLP"
+kwargs = { sizes = [64, 16, 16, 10] }
+owner = 0
+[training]
+loss = "cross_entropy"
+classes = 10
+epochs = 1
+batch_size = 128
+reveal_loss_every = 4
+[optimizer]
+name = "sgd"
+lr = 0.1
+[data]
+split = "rows"
+[[data.parties]]
+party = 0
+file = "digits/party-0.csv"
+label = "label"
+[[data.parties]]
+party = 1
+file = "digits/party-1.csv"
+label = "label"
+[[data.parties]]
+party = 2
+file = "digits/party-2.csv"
+label = "label"
+[output]
+model = "shared"
+directory = "run"
 """
 
 
@@ -188,6 +225,27 @@ def test_a_cluster_starts_from_its_file_and_computes(tmp_path):
             got = (cluster.share(x, owner=0) @ cluster.share(w, owner=2)).reveal()
         assert torch.allclose(got.float(), x @ w, atol=1e-3)
         assert all(proc.proc.poll() is None for proc in procs.values())  # the client left them running
+        remote = ["--cluster", str(path), "--certs", str(tmp_path / "certs")]
+        # mpc infer and mpc train on the running cluster
+        torch.manual_seed(0)
+        model = MLP([64, 8, 8, 10])
+        torch.save(model.state_dict(), tmp_path / "weights.pt")
+        images = torch.rand(4, 64)
+        np.save(tmp_path / "x.npy", images.numpy())
+        with pytest.raises(SystemExit) as info:
+            cli_main(["infer", "--model", "mpc.models:MLP", "--kwargs", '{"sizes": [64, 8, 8, 10]}', "--state-dict",
+                      str(tmp_path / "weights.pt"), "--input", str(tmp_path / "x.npy"), "--output",
+                      str(tmp_path / "y.npy"), *remote])
+        assert info.value.code == 0
+        assert torch.allclose(torch.from_numpy(np.load(tmp_path / "y.npy")).float(), model(images), atol=0.02)
+        write_files(str(tmp_path / "digits"), 3)
+        (tmp_path / "job.toml").write_text(TRAIN_JOB)
+        with pytest.raises(SystemExit) as info:
+            cli_main(["train", str(tmp_path / "job.toml"), "--no-progress", *remote])
+        assert info.value.code == 0
+        metrics = json.loads((tmp_path / "run" / "job.metrics.json").read_text())
+        assert metrics["steps"] == 11 and metrics["n_parties"] == 3  # 1437 rows in batches of 128
+        assert metrics["losses"] and 0 < metrics["losses"][-1][1] < 2.4, metrics["losses"]  # ln 10 = 2.30 at start
     finally:
         stop_all(procs)
 

@@ -279,3 +279,21 @@ def make_cluster_certs(directory: str | os.PathLike, n_parties: int, hosts=(), c
     for identity in names:
         write_credentials(directory, ca.issue(identity, hosts))
     return ca
+
+
+def split_by_identity(directory: str | os.PathLike) -> list[Path]:
+    """For each IDENTITY.pem/.key pair in `directory`, a subdirectory IDENTITY/ with ca.pem and
+    that pair only: what one host receives (never ca.key, never another process's key)."""
+    d = Path(directory)
+    made = []
+    for cert in sorted(d.glob("*.pem")):
+        identity = cert.stem
+        if cert.name == CA_CERT or not (d / f"{identity}.key").exists() or not _IDENTITY.match(identity):
+            continue
+        own = d / identity
+        own.mkdir(mode=0o700, exist_ok=True)
+        (own / CA_CERT).write_bytes((d / CA_CERT).read_bytes())
+        (own / cert.name).write_bytes(cert.read_bytes())
+        _write_secret(own / f"{identity}.key", (d / f"{identity}.key").read_bytes())
+        made.append(own)
+    return made
