@@ -29,12 +29,13 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def write_cluster(directory: Path, n_parties: int = 3, hosts: list[str] | None = None, dealer_host: str | None = None,
                   ports: list[int] | None = None, connect_timeout: float = 20.0, round_timeout: float = 30.0,
-                  certs: bool = True) -> Path:
+                  certs: bool = True, coordinator: bool = False) -> Path:
     """cluster.toml in `directory` (parties on `hosts`, default loopback), with a CA and the
-    certificates of every process in directory/certs and a data directory per party."""
+    certificates of every process in directory/certs and a data directory per party;
+    `coordinator`: with a coordinator beside the dealer, accepting jobs from client-local."""
     hosts = hosts or ["127.0.0.1"] * n_parties
     dealer_host = dealer_host or hosts[0]
-    ports = ports or free_ports(n_parties + 1)
+    ports = ports or free_ports(n_parties + 2)
     if certs:
         make_cluster_certs(directory / "certs", n_parties, hosts=sorted({*hosts, dealer_host}))
     entries = {}
@@ -42,9 +43,13 @@ def write_cluster(directory: Path, n_parties: int = 3, hosts: list[str] | None =
         (directory / f"data-{p}").mkdir(exist_ok=True)
         entries[party_name(p)] = ProcessEntry(certs="certs" if certs else None, data=f"data-{p}")
     entries["dealer"] = ProcessEntry(certs="certs" if certs else None)
-    config = ClusterConfig(n_parties, f"{dealer_host}:{ports[-1]}",
+    if coordinator:
+        entries["coordinator"] = ProcessEntry(certs="certs" if certs else None)
+    config = ClusterConfig(n_parties, f"{dealer_host}:{ports[n_parties]}",
                            {p: f"{hosts[p]}:{ports[p]}" for p in range(n_parties)},
-                           connect_timeout=connect_timeout, round_timeout=round_timeout, processes=entries)
+                           connect_timeout=connect_timeout, round_timeout=round_timeout, processes=entries,
+                           coordinator=f"{dealer_host}:{ports[n_parties + 1]}" if coordinator else None,
+                           clients=("client-local",) if coordinator else ())
     path = directory / "cluster.toml"
     path.write_text(config.to_toml())
     return path

@@ -277,3 +277,18 @@ def test_the_party_command_has_both_forms(tmp_path, capsys):
         party.main(["--pid", "1"])
     assert "give --cluster FILE --id K, or --pid K --config FILE" in capsys.readouterr().err
     assert os.environ.get("MPC_RUNTIME_ENV_SET") is None  # nothing above re-executed this process
+
+
+@pytest.mark.slow
+def test_the_coordinator_command_runs_the_coordinator_process_where_it_exists(tmp_path):
+    path = write_cluster(tmp_path, 3, coordinator=True)
+    proc = start("coordinator", ["coordinator", "--cluster", str(path)])
+    try:
+        if not (ROOT / "mpc" / "net" / "coordinator.py").exists():  # issue 8 brings it
+            assert proc.proc.wait(timeout=60) == 2
+            assert "this installation has no coordinator process" in proc.stderr_tail()
+        else:
+            proc.expect("LISTENING", time.monotonic() + 60)
+            assert proc.proc.poll() is None
+    finally:
+        stop_all({"coordinator": proc})
