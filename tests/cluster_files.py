@@ -71,8 +71,9 @@ def start(name: str, argv: list[str], prefix: list[str] | None = None, env: dict
 
 def start_cluster(path: Path, n_parties: int, prefixes: dict[str, list[str]] | None = None,
                   timeout: float = 60.0, skip: tuple[str, ...] = ()) -> dict[str, _Process]:
-    """Start every party, then the dealer (any order works: each waits for the others), and wait
-    until every party prints READY. `prefixes`: per name ("party-K", "dealer") a command prefix."""
+    """Start every party, then the dealer and the coordinator if the file has one (any order
+    works: each waits for the others), and wait until each is ready. `prefixes`: per name
+    ("party-K", "dealer", "coordinator") a command prefix."""
     prefixes = prefixes or {}
     procs: dict[str, _Process] = {}
     try:
@@ -82,8 +83,11 @@ def start_cluster(path: Path, n_parties: int, prefixes: dict[str, list[str]] | N
                                              prefixes.get(party_name(p)))
         if "dealer" not in skip:
             procs["dealer"] = start("dealer", ["dealer", "--cluster", str(path)], prefixes.get("dealer"))
+        if ClusterConfig.load(path).coordinator and "coordinator" not in skip:
+            procs["coordinator"] = start("coordinator", ["coordinator", "--cluster", str(path)],
+                                         prefixes.get("coordinator"))
         deadline = time.monotonic() + timeout
-        for name, proc in procs.items():
+        for name, proc in procs.items():  # the coordinator prints READY once it reaches the parties
             proc.expect("LISTENING" if name == "dealer" else "READY", deadline)
     except BaseException:
         stop_all(procs)

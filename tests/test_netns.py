@@ -1,7 +1,7 @@
 """Separate hosts on one machine: each party and the dealer in its own network namespace, with its
 own address, started from one cluster file with `mpc party|dealer --cluster`, over mutual TLS;
-a client in the root namespace runs inference (checked against torch), once at full speed,
-once with every link shaped to 100 Mbit/s (tc tbf), and once through a proxy that adds latency
+a client in the root namespace runs inference (checked against torch) and a short training
+job, once at full speed, once with every link shaped to 100 Mbit/s (tc tbf), and once through a proxy that adds latency
 (netem is not available here). Skips, saying why, only where namespaces cannot be created.
 
 The coordinator slots in as one more name in HOSTS once parties.coordinator exists.
@@ -10,6 +10,7 @@ The coordinator slots in as one more name in HOSTS once parties.coordinator exis
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -21,12 +22,15 @@ import torch
 
 import mpc
 from mpc import status
+from mpc.cli import main as cli_main
+from mpc.demo import write_files
 from mpc.net.config import ClusterConfig, ProcessEntry
 from mpc.net.delay_proxy import ProxyThread
 from mpc.net.tls import make_cluster_certs, party_name
 from mpc.remote import RemoteCluster
 from tests.cluster_files import start_cluster, stop_all
 from tests.conftest import assert_close
+from tests.test_cluster_file import TRAIN_JOB
 from tests.netns import Hosts, NetnsError
 
 pytestmark = pytest.mark.slow
@@ -73,9 +77,11 @@ def netns_cluster(directory: Path, hosts: Hosts, port: int, proxies: ProxyThread
         data = directory / f"data-{name}"
         data.mkdir()
         entries[name] = ProcessEntry(listen=listen, certs=str(directory / "certs"),
-                                     data=str(data) if name != "dealer" else None)
+                                     data=str(data) if name.startswith("party-") else None)
     config = ClusterConfig(N_PARTIES, addresses["dealer"], {p: addresses[party_name(p)] for p in range(N_PARTIES)},
-                           connect_timeout=30.0, round_timeout=60.0, processes=entries)
+                           connect_timeout=30.0, round_timeout=60.0, processes=entries,
+                           coordinator=addresses.get("coordinator"),
+                           clients=("client-local",) if "coordinator" in addresses else ())
     path = directory / "cluster.toml"
     path.write_text(config.to_toml())
     return path
@@ -116,6 +122,15 @@ def test_parties_on_separate_hosts_compute_and_slow_down_at_100_mbit(hosts, mode
                 assert_close(cluster.infer(compiled, x), net(x).detach(), 0.05, "inference at 100 Mbit/s")
             finally:
                 hosts.unshape()
+        # a short training job from the root namespace, over the same hosts
+        write_files(str(tmp_path / "digits"), N_PARTIES)
+        (tmp_path / "job.toml").write_text(TRAIN_JOB)
+        with pytest.raises(SystemExit) as info:
+            cli_main(["train", str(tmp_path / "job.toml"), "--no-progress", "--cluster", str(path),
+                      "--certs", str(tmp_path / "certs")])
+        assert info.value.code == 0
+        metrics = json.loads((tmp_path / "run" / "job.metrics.json").read_text())
+        assert metrics["steps"] == 11 and 0 < metrics["losses"][-1][1] < 2.4, metrics["losses"]
         floor = sent * 8 / RATE_BITS
         print(f"\n200k-element product: {sent / 1e6:.1f} MB sent per party; {unshaped:.3f} s unshaped, "
               f"{shaped:.3f} s at 100 Mbit/s (bandwidth floor {floor:.3f} s)")
