@@ -6,7 +6,9 @@ from what the server presents (from the file's certificate when the server is do
 party also answers Health: ready or why not, and the values it keeps. Every probe has its
 own timeout, so a process that is down or frozen shows as unreachable instead of hanging.
 
-Version, uptime and running jobs are not in the Health reply yet: they show as "n/a".
+Running jobs, version and uptime show as "n/a" until the Health reply carries them (fields
+`jobs`, `version`, `uptime_s`: read as soon as the generated code has them). The
+coordinator is asked on its own Health method where it serves one.
 
 `--only IDENTITY --local` is a readiness probe for one process on its own host (a container's
 readiness check): it dials 127.0.0.1 at the port of that process's address, still checking
@@ -30,9 +32,10 @@ from cryptography import x509
 from mpc.net import tls
 from mpc.net.config import ClusterConfig, ConfigError
 from mpc.net.proto import mpc_pb2 as pb
-from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 
 NA = "n/a"
+# The gRPC service whose Health method each kind of process serves (the dealer serves none).
+HEALTH_SERVICES = {"party": "mpc.net.proto.Party", "coordinator": "mpc.net.proto.Coordinator"}
 
 
 @dataclass
@@ -124,21 +127,22 @@ async def _probe(config: ClusterConfig, identity: str, creds: tls.Credentials | 
     if status.cert_expires is None:
         status.cert_expires = _file_expiry(config, identity)
         status.cert_source = "file" if status.cert_expires else ""
-    pid = tls.party_id(identity)
-    if creds is not None and (pid is None or not status.reachable):
-        return status  # no party, or no TLS handshake: no Health call would do better
+    service = HEALTH_SERVICES.get(identity.split("-")[0])
+    if creds is not None and (service is None or not status.reachable):
+        return status  # no health service, or no TLS handshake: no call would do better
     channel = _channel(address, creds, identity)
     try:
-        if pid is None:  # dealer or coordinator without TLS: can a channel be opened at all
+        if service is None:  # the dealer without TLS: can a channel be opened at all
             await asyncio.wait_for(channel.channel_ready(), timeout)
             status.reachable, status.state = True, "ready"
             return status
-        reply = await pb_grpc.PartyStub(channel).Health(pb.HealthRequest(), timeout=timeout)
-        status.reachable = True
-        status.state = "ready" if reply.ready else (reply.detail or "not ready")
-        status.kept_values, status.kept_bytes = reply.kept_values, reply.kept_bytes
+        health = channel.unary_unary(f"/{service}/Health", request_serializer=pb.HealthRequest.SerializeToString,
+                                     response_deserializer=pb.HealthReply.FromString)
+        _read_health(status, await health(pb.HealthRequest(), timeout=timeout))
     except grpc.aio.AioRpcError as exc:
-        if status.reachable:  # the TLS handshake worked; the call did not
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED and status.reachable:
+            pass  # an older process without this health service: the handshake says it is up
+        elif status.reachable:  # the TLS handshake worked; the call did not
             status.state = f"no health: {exc.code().name}: {exc.details()}"
         else:
             status.state = f"unreachable: {exc.code().name}"
@@ -147,6 +151,29 @@ async def _probe(config: ClusterConfig, identity: str, creds: tls.Credentials | 
     finally:
         await channel.close(grace=None)
     return status
+
+
+def _read_health(status: ProcessStatus, reply: pb.HealthReply) -> None:
+    """Fill `status` from a Health reply, including the fields a newer reply has (jobs,
+    version, uptime_s) when the generated code knows them."""
+    status.reachable = True
+    status.state = "ready" if reply.ready else (reply.detail or "not ready")
+    fields = pb.HealthReply.DESCRIPTOR.fields_by_name
+    if tls.party_id(status.identity) is not None:
+        status.kept_values, status.kept_bytes = reply.kept_values, reply.kept_bytes
+    if "jobs" in fields:
+        status.jobs = str(reply.jobs)
+    if "version" in fields and reply.version:
+        status.version = reply.version
+    if "uptime_s" in fields and reply.uptime_s:
+        status.uptime = _duration(reply.uptime_s)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    days, h = divmod(hours, 24)
+    return f"{days}d {h}h" if days else f"{h}h {m}m" if h else f"{m}m {s}s"
 
 
 def _reason(exc: BaseException) -> str:

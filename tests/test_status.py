@@ -11,11 +11,11 @@ import pytest
 from mpc import status
 from mpc.cli import main as cli_main
 from mpc.net.config import ClusterConfig
+from mpc.net.proto import mpc_pb2 as pb
 from tests.cluster_files import start_cluster, stop_all, write_cluster
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_path, capsys):
     path = write_cluster(tmp_path, 3)
     config = ClusterConfig.load(path)
@@ -72,3 +72,17 @@ def test_status_refuses_a_bad_file_and_a_caller_without_certificate(tmp_path, ca
     path = write_cluster(tmp_path, 2, hosts=["10.0.0.1", "10.0.0.2"], certs=False)
     assert status.main(str(path)) == 2
     assert "no certificate to connect with" in capsys.readouterr().err
+
+
+def test_a_health_reply_fills_the_row():
+    row = status.ProcessStatus("party-1", "10.0.0.2:50051", False, "")
+    status._read_health(row, pb.HealthReply(pid=1, n_parties=3, ready=False, detail="connecting", kept_values=2,
+                                            kept_bytes=3_000_000))
+    assert row.reachable and not row.ok and row.state == "connecting" and row.kept_values == 2
+    coordinator = status.ProcessStatus("coordinator", "10.0.0.9:50049", True, "ready")
+    status._read_health(coordinator, pb.HealthReply(ready=True))
+    assert coordinator.ok and coordinator.kept_values is None  # a coordinator keeps no values
+    table = status.render([row, coordinator])
+    assert [c.header for c in table.columns][:5] == ["process", "address", "reachable", "state",
+                                                     "certificate expires"]
+    assert status._duration(3700) == "1h 1m" and status._duration(90_000) == "1d 1h"
