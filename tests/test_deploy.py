@@ -4,7 +4,11 @@ units start each process from the cluster file."""
 
 import configparser
 import copy
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -104,6 +108,18 @@ def test_the_schema_check_catches_a_misspelt_field():
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_the_schema_check_needs_no_network():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("cutting the network off (unshare -n) needs root and unshare")
+    code = ("import glob, kubernetes_validate, yaml\n"
+            "docs = [d for f in sorted(glob.glob('deploy/k8s/*.yaml')) for d in yaml.safe_load_all(open(f)) if d]\n"
+            f"[kubernetes_validate.validate(d, '{K8S_VERSION}', strict=True) for d in docs]\n"
+            "print(len(docs))")
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", code], cwd=DEPLOY.parent, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and int(proc.stdout) == len(k8s_documents()), proc.stderr
 
 
 def test_kubernetes_manifests_have_a_workload_service_and_secret_per_process():
