@@ -43,7 +43,8 @@ def cluster_or_exit(path: str, identity: str, insecure: bool = False, certs: str
 
     try:
         config = ClusterConfig.load(path)
-        if certs:
+        if certs:  # --certs DIR instead of the file's: the rest of the entry is still checked
+            config.check_process(identity, insecure=True)
             creds = tls.Credentials.load(certs, identity)
         else:
             creds = config.check_process(identity, insecure=insecure)

@@ -268,7 +268,7 @@ def test_a_party_that_cannot_reach_a_peer_names_it_and_its_address(tmp_path):
 
 
 def test_the_party_command_has_both_forms(tmp_path, capsys):
-    from parties import party
+    from parties import dealer, party
 
     with pytest.raises(SystemExit) as info:
         party.main(["--cluster", str(tmp_path / "c.toml"), "--pid", "1"])
@@ -276,6 +276,13 @@ def test_the_party_command_has_both_forms(tmp_path, capsys):
     with pytest.raises(SystemExit):
         party.main(["--pid", "1"])
     assert "give --cluster FILE --id K, or --pid K --config FILE" in capsys.readouterr().err
+    path = write_cluster(tmp_path, 3)
+    for main, argv, message in [(party.main, ["--id", "7"], "party-7: refusing to start: "),
+                                (dealer.main, ["--certs", str(tmp_path / "nowhere")],
+                                 "dealer: refusing to start: cannot read TLS material for dealer")]:
+        with pytest.raises(SystemExit) as info:
+            main(["--cluster", str(path), *argv])
+        assert info.value.code == 2 and message in capsys.readouterr().err
     assert os.environ.get("MPC_RUNTIME_ENV_SET") is None  # nothing above re-executed this process
 
 
