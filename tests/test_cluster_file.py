@@ -299,3 +299,14 @@ def test_the_coordinator_command_runs_the_coordinator_process_where_it_exists(tm
             assert proc.proc.poll() is None
     finally:
         stop_all({"coordinator": proc})
+
+
+def test_messages_name_a_party_by_its_place_in_the_file(tmp_path):
+    tls.make_cluster_certs(tmp_path / "certs", 2)
+    (tmp_path / "c.toml").write_text('n_parties = 2\n[dealer]\naddress = "127.0.0.1:5000"\n'
+                                     '[[parties]]\npid = 1\naddress = "127.0.0.1:5002"\ncerts = "nowhere"\n'
+                                     '[[parties]]\npid = 0\naddress = "127.0.0.1:5001"\ncerts = "certs"\n')
+    config = ClusterConfig.load(tmp_path / "c.toml")
+    assert config.check_process("party-0").identity == "party-0"
+    with pytest.raises(ConfigError, match="c.toml: parties\\[0\\].certs: cannot read TLS material for party-1"):
+        config.check_process("party-1")

@@ -4,6 +4,7 @@ units start each process from the cluster file."""
 
 import configparser
 import copy
+import dataclasses
 import os
 import shlex
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from mpc.net import tls
-from mpc.net.config import ClusterConfig, ProcessEntry
+from mpc.net.config import ClusterConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROCESSES = ["party-0", "party-1", "party-2", "dealer", "coordinator"]
@@ -40,8 +41,8 @@ def with_local_certs(config: ClusterConfig, certs: Path) -> ClusterConfig:
     data = certs.parent / "data"
     data.mkdir(exist_ok=True)
     return config.with_processes(**{
-        i: ProcessEntry(listen=config.entry(i).listen, certs=str(certs),
-                        data=str(data) if config.entry(i).data else None) for i in config.identities()})
+        i: dataclasses.replace(config.entry(i), certs=str(certs), ca=None, cert=None, key=None,
+                               data=str(data) if config.entry(i).data else None) for i in config.identities()})
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES + ["k8s configmap"], ids=lambda p: getattr(p, "name", p))

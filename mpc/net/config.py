@@ -62,6 +62,7 @@ class ProcessEntry:
     cert: str | None = None
     key: str | None = None
     data: str | None = None
+    table: str = field(default="", compare=False)  # where it is in the file, for messages: parties[2]
 
     @property
     def has_tls(self) -> bool:
@@ -156,9 +157,13 @@ class ClusterConfig:
         return self.entry(identity).listen or self.address_of(identity)
 
     def key_of(self, identity: str) -> str:
-        """The TOML key of `identity`'s table, for messages: parties[K], dealer, coordinator."""
+        """The TOML key of `identity`'s table, for messages: parties[I] (I: its place in the
+        file's list), dealer, coordinator."""
+        entry = self.processes.get(identity)
+        if entry is not None and entry.table:
+            return entry.table
         pid = tls.party_id(identity)
-        return f"parties[{pid}]" if pid is not None else identity
+        return f"parties[pid={pid}]" if pid is not None else identity
 
     def check_process(self, identity: str, insecure: bool = False) -> tls.Credentials | None:
         """What a process started as `identity` needs before it serves: it is listed, its
@@ -323,7 +328,7 @@ class _Reader:
             missing = sorted({"ca", "cert", "key"} - set(partial))
             self.problem(f"{key}.{missing[0]}", f"missing: with {', '.join(partial)} give ca, cert and key "
                                                f"(or certs = DIR)")
-        processes[identity] = ProcessEntry(listen=table.get("listen"), **paths)
+        processes[identity] = ProcessEntry(listen=table.get("listen"), **paths, table=key)
         return address
 
     def _address(self, key: str, value) -> bool:
