@@ -7,8 +7,9 @@ The first form takes everything from the cluster file: where to bind (the entry'
 `listen`, else its address), its certificate, CA and key, its data directory; it refuses
 to start (status 2, saying why) when the file has an error, does not list party 1, or
 names a certificate that is not party-1's; it sets the runtime environment
-(parties._process.RUNTIME_ENV) and re-executes itself once if it was missing. The last form (used by `mpc launch`) binds first, prints `LISTENING <port>`, then reads
-the cluster config from standard input. It prints `READY` once connected to every peer
+(parties._process.RUNTIME_ENV) and re-executes itself once if it was missing. The last
+form (used by `mpc launch`) binds first, prints `LISTENING <port>`, then reads the
+cluster config from standard input. It prints `READY` once connected to every peer
 and to the dealer; a peer or dealer that cannot be reached within the config's
 `connect_timeout` is named on stderr and the process exits with status 2. It exits with
 status 3 when a peer is lost later, and 0 on SIGTERM or SIGINT. `--certs DIR` gives it
