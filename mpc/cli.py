@@ -1,5 +1,6 @@
 """The `mpc` command: launch a local cluster, train from a job file, run the demo, run the benchmarks,
-make certificates."""
+make certificates; run one process of a cluster from its cluster file (party, dealer, coordinator)
+and show the state of every process (status)."""
 
 from __future__ import annotations
 
@@ -118,18 +119,47 @@ def _explain(args) -> int:
     return 0
 
 
+def _remote_arguments(p) -> None:
+    p.add_argument("--cluster", help="run on the running cluster of this cluster file instead of local processes")
+    p.add_argument("--certs", help="with --cluster: directory with ca.pem and this client's certificate and key")
+    p.add_argument("--as", dest="as_identity", default="client-local",
+                   help="with --cluster: this client's identity (default client-local)")
+
+
+def _cluster(args, n_parties: int, frac_bits: int | None = None):
+    """A RemoteCluster on --cluster's processes, or LocalCluster's own N parties and dealer."""
+    if getattr(args, "cluster", None):
+        from mpc.remote import RemoteCluster
+
+        cluster = RemoteCluster.from_file(args.cluster, args.certs, args.as_identity)
+        if frac_bits is not None and cluster.frac_bits != frac_bits:
+            from mpc.net.config import ConfigError
+
+            raise ConfigError(f"--frac-bits {frac_bits}: the cluster of {args.cluster} runs with {cluster.frac_bits}")
+        return cluster
+    from mpc.launcher import LocalCluster
+
+    return LocalCluster(n_parties=n_parties, **({} if frac_bits is None else {"frac_bits": frac_bits}))
+
+
 def _infer(args) -> int:
     import numpy as np
-
-    from mpc.launcher import LocalCluster
 
     result = _compiled_or_report(args, "infer")
     if result is None:
         return 2
     compiled, x = result
-    with LocalCluster(n_parties=args.parties) as cluster:
-        out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
-        stats = cluster.last_stats
+    from mpc.api import MPCError
+    from mpc.net.config import ConfigError
+    from mpc.net.tls import TLSError
+
+    try:
+        with _cluster(args, args.parties) as cluster:
+            out = cluster.infer(compiled, x, model_owner=args.model_owner, data_owner=args.data_owner)
+            stats = cluster.last_stats
+    except (ConfigError, TLSError, MPCError) as exc:
+        print(f"mpc infer: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, MPCError) else 2
     print(f"output {tuple(out.shape)}: online {max(s.online_s for s in stats) * 1e3:.1f} ms, "
           f"{max(s.rounds for s in stats)} rounds, {max(s.bytes_sent for s in stats) / 1e6:.2f} MB/party")
     if out.dim() == 2:
@@ -150,26 +180,36 @@ def _train(args) -> int:
     from mpc import jobfile
     from mpc.api import MPCError
     from mpc.compiler.registry import CompileError
-    from mpc.launcher import LocalCluster
+    from mpc.net.config import ConfigError
+    from mpc.net.tls import TLSError
     from mpc.train_jobs import train_job
     from mpc.training import DataError
 
     try:
         spec = jobfile.load(args.job)
-        jobfile.check_parties(spec, args.local)
+        jobfile.check_parties(spec, _cluster_size(args) if args.cluster else args.local)
         from mpc.train_jobs import load_parts
 
         load_parts(spec, args.frac_bits)  # every data file checked before any process starts
-    except (jobfile.JobFileError, DataError) as exc:
+    except (jobfile.JobFileError, DataError, ConfigError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2
     try:
-        with LocalCluster(n_parties=args.local, frac_bits=args.frac_bits) as cluster:
+        with _cluster(args, args.local, args.frac_bits) as cluster:
             train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    except (ConfigError, TLSError) as exc:
+        print(f"mpc train: {exc}", file=sys.stderr)
+        return 2
     except (jobfile.JobFileError, DataError, CompileError, MPCError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, MPCError) else 1
     return 0
+
+
+def _cluster_size(args) -> int:
+    from mpc.net.config import ClusterConfig
+
+    return ClusterConfig.load(args.cluster).n_parties
 
 
 def _certs(args) -> int:
@@ -177,12 +217,60 @@ def _certs(args) -> int:
 
     try:
         tls.make_cluster_certs(args.out, args.parties, hosts=args.host or (), clients=args.client or ("local",))
+        if args.split:
+            tls.split_by_identity(args.out)
     except (tls.TLSError, OSError) as exc:
         print(f"mpc certs: {exc}", file=sys.stderr)
         return 2
     print(f"wrote a CA and certificates for {args.parties} parties, the dealer, the coordinator and "
           f"client(s) {', '.join(args.client or ['local'])} to {args.out} (keep ca.key offline)")
+    if args.split:
+        print(f"and one directory per process, {args.out}/IDENTITY/ (ca.pem, IDENTITY.pem, IDENTITY.key): "
+              f"give each host only its own")
     return 0
+
+
+def _serve(args) -> int:
+    """`mpc party|dealer|coordinator --cluster FILE`: check this process's entry (status 2 and
+    the reason if it is wrong), set the runtime environment, then run the process."""
+    from mpc.net import tls
+    from parties import _process
+
+    identity = {"party": tls.party_name(args.id) if args.command == "party" else None,
+                "dealer": tls.DEALER, "coordinator": tls.COORDINATOR}[args.command]
+    config, _ = _process.cluster_or_exit(args.cluster, identity, args.insecure)
+    _process.reexec_with_runtime_env(["-m", "mpc.cli", *args.argv])
+    extra = (["--insecure"] if args.insecure else []) + (["--verbose"] if args.verbose else [])
+    if args.command == "party":
+        from parties import party
+
+        party.main(["--cluster", args.cluster, "--id", str(args.id), *extra])
+    elif args.command == "dealer":
+        from parties import dealer
+
+        dealer.main(["--cluster", args.cluster, *extra])
+    else:
+        entry = config.entry(tls.COORDINATOR)
+        if not args.insecure and not entry.certs:
+            print(f"mpc coordinator: {config.source}: coordinator.certs: the coordinator takes a certificate "
+                  f"directory (ca.pem, coordinator.pem, coordinator.key), not single files", file=sys.stderr)
+            return 2
+        try:
+            from parties import coordinator
+        except ImportError as exc:
+            print(f"mpc coordinator: this installation has no coordinator process ({exc})", file=sys.stderr)
+            return 2
+        security = ["--insecure"] if args.insecure else ["--certs", entry.certs]
+        coordinator.main(["--config", args.cluster, "--listen", config.listen_address(tls.COORDINATOR),
+                          *security, *(["--verbose"] if args.verbose else [])])
+    return 0
+
+
+def _status(args) -> int:
+    from mpc import status
+
+    return status.main(args.cluster, timeout=args.timeout, identity=args.as_identity, certs=args.certs,
+                       only=args.only, local=args.local)
 
 
 def main(argv=None) -> None:
@@ -217,6 +305,7 @@ def main(argv=None) -> None:
     p.add_argument("--model-owner", type=int, default=0)
     p.add_argument("--data-owner", type=int, default=1)
     p.add_argument("--output", help="write the output here (.npy)")
+    _remote_arguments(p)
     p.set_defaults(fn=_infer)
 
     p = sub.add_parser("demo", help="three parties train an MLP on the digits data set they hold in thirds")
@@ -234,6 +323,7 @@ def main(argv=None) -> None:
     p.add_argument("--frac-bits", type=int, default=16)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps (as if interrupted)")
+    _remote_arguments(p)
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("certs", help="make a cluster CA and a key and certificate for every process")
@@ -242,9 +332,34 @@ def main(argv=None) -> None:
     p.add_argument("--host", action="append", help="extra DNS name or IP for every certificate's SANs (repeatable)")
     p.add_argument("--client", action="append",
                    help="client name: a certificate client-NAME (repeatable; default local)")
+    p.add_argument("--split", action="store_true",
+                   help="also copy each process's files (ca.pem, its certificate and key) into OUT/IDENTITY/")
     p.set_defaults(fn=_certs)
 
+    for name, what in [("party", "run party K of a cluster file (on the host of its address)"),
+                       ("dealer", "run the dealer of a cluster file"),
+                       ("coordinator", "run the coordinator of a cluster file")]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--cluster", required=True, help="the cluster file (TOML), the same on every host")
+        if name == "party":
+            p.add_argument("--id", type=int, required=True, help="this party's pid in the cluster file")
+        p.add_argument("--insecure", action="store_true", help="plaintext (every address must be loopback)")
+        p.add_argument("--verbose", action="store_true")
+        p.set_defaults(fn=_serve)
+
+    p = sub.add_parser("status", help="every process of a cluster: reachable, ready, certificate expiry, ...")
+    p.add_argument("--cluster", required=True, help="the cluster file (TOML)")
+    p.add_argument("--certs", help="directory with this caller's certificate (default: the file's client or "
+                                   "coordinator entry)")
+    p.add_argument("--as", dest="as_identity", help="identity to connect as (default: the first certificate found)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each process")
+    p.add_argument("--only", action="append", metavar="IDENTITY", help="only this process (repeatable)")
+    p.add_argument("--local", action="store_true",
+                   help="dial 127.0.0.1 at each process's port (a readiness probe on the process's own host)")
+    p.set_defaults(fn=_status)
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     sys.exit(args.fn(args))
 
 

@@ -1,7 +1,11 @@
 """The dealer process: serves seeds and correlation corrections until stopped.
 
     python -m parties.dealer --listen 127.0.0.1:0 --n-parties 3 --certs DIR
-prints `LISTENING <port>` once it serves. With --certs it serves mutual TLS as "dealer"
+    python -m parties.dealer --cluster cluster.toml            # what `mpc dealer` runs
+prints `LISTENING <port>` once it serves. With --cluster, the number of parties, the
+address to bind (the [dealer] table's `listen`, else its address) and the certificate
+come from the cluster file; an error there, or a certificate that is not the dealer's,
+stops it with status 2 and the reason. With --certs it serves mutual TLS as "dealer"
 and knows each caller by its certificate; --insecure (plaintext) is refused off loopback.
 """
 
@@ -23,10 +27,14 @@ async def serve(args, creds) -> None:
     service = DealerService(args.n_parties, authenticated=creds is not None)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
-    port = (server.add_secure_port(args.listen, creds.server_credentials()) if creds
-            else server.add_insecure_port(args.listen))
+    try:
+        port = (server.add_secure_port(args.listen, creds.server_credentials()) if creds
+                else server.add_insecure_port(args.listen))
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
     if port == 0:
-        raise SystemExit(f"dealer: cannot listen on {args.listen}")
+        print(f"dealer: cannot listen on {args.listen}", file=sys.stderr)
+        sys.exit(2)
     await server.start()
     stop = _process.stop_event()
     _process.announce(f"LISTENING {port}")
@@ -35,14 +43,29 @@ async def serve(args, creds) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="mpc-dealer", description=__doc__)
-    parser.add_argument("--listen", default="127.0.0.1:0", help="address to serve on (port 0: any free port)")
-    parser.add_argument("--n-parties", type=int, required=True)
+    parser = argparse.ArgumentParser(prog="mpc-dealer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cluster", help="the cluster file: address, parties and certificate come from it")
+    parser.add_argument("--listen", default=None, help="address to serve on (port 0: any free port)")
+    parser.add_argument("--n-parties", type=int)
     parser.add_argument("--verbose", action="store_true")
     _process.add_tls_arguments(parser)
     args = parser.parse_args(argv)
+    if args.cluster:
+        if args.n_parties is not None:
+            parser.error("--cluster takes the number of parties from the file: drop --n-parties")
+        config, creds = _process.cluster_or_exit(args.cluster, tls.DEALER, args.insecure, args.certs)
+        _process.reexec_with_runtime_env(["-m", "parties.dealer", *(sys.argv[1:] if argv is None else argv)])
+        args.n_parties = config.n_parties
+        args.listen = args.listen or config.listen_address(tls.DEALER)
+    else:
+        if args.n_parties is None:
+            parser.error("give --cluster FILE, or --n-parties N")
+        args.listen = args.listen or "127.0.0.1:0"
+        creds = None
     _process.setup("dealer", args.verbose)
-    creds = _process.credentials(parser, args, tls.DEALER)
+    if not args.cluster:
+        creds = _process.credentials(parser, args, tls.DEALER)
     if creds is None:
         try:
             tls.require_loopback({"dealer (listening)": args.listen})

@@ -182,14 +182,14 @@ def test_other_party_counts(n_parties):
 def test_unreachable_party_is_named_within_bounded_time(tmp_path):
     cfg = tmp_path / "cluster.toml"
     cfg.write_text('n_parties = 2\nconnect_timeout = 2.0\n[dealer]\naddress = "127.0.0.1:9"\n'
-                   '[[parties]]\npid = 0\naddress = "127.0.0.1:0"\n[[parties]]\npid = 1\naddress = "127.0.0.1:9"\n')
+                   '[[parties]]\npid = 0\naddress = "127.0.0.1:0"\n[[parties]]\npid = 1\naddress = "127.0.0.1:10"\n')
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "parties.party", "--pid", "0", "--config", str(cfg),
                            "--insecure"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert time.monotonic() - start < 20
-    assert "party 1 at 127.0.0.1:9" in proc.stderr or "dealer at 127.0.0.1:9" in proc.stderr, proc.stderr
+    assert "party 1 at 127.0.0.1:10" in proc.stderr or "dealer at 127.0.0.1:9" in proc.stderr, proc.stderr
     assert "unreachable" in proc.stderr
 
 

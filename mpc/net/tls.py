@@ -86,22 +86,44 @@ class Credentials:
         """ca.pem, IDENTITY.pem and IDENTITY.key from `directory` (as `mpc certs` writes them)."""
         d = Path(directory)
         check_identity(identity)
+        return cls.load_files(identity, d / CA_CERT, d / f"{identity}.pem", d / f"{identity}.key")
+
+    @classmethod
+    def load_files(cls, identity: str, ca_path: str | os.PathLike, cert_path: str | os.PathLike,
+                   key_path: str | os.PathLike) -> "Credentials":
+        """The CA certificate, this process's certificate and its key from three files: the
+        certificate must name `identity` and be issued by that CA."""
+        check_identity(identity)
+        ca_path, cert_path, key_path = Path(ca_path), Path(cert_path), Path(key_path)
         try:
-            ca, cert, key = ((d / name).read_bytes() for name in (CA_CERT, f"{identity}.pem", f"{identity}.key"))
+            ca, cert, key = (path.read_bytes() for path in (ca_path, cert_path, key_path))
         except OSError as exc:
-            raise TLSError(f"cannot read TLS material for {identity} in {d}: {exc.strerror}: {exc.filename}") from None
+            raise TLSError(f"cannot read TLS material for {identity} in {cert_path.parent}: "
+                           f"{exc.strerror}: {exc.filename}") from None
         try:
             parsed, ca_cert = x509.load_pem_x509_certificate(cert), x509.load_pem_x509_certificate(ca)
         except ValueError as exc:
-            raise TLSError(f"cannot parse the certificates for {identity} in {d}: {exc}") from None
+            raise TLSError(f"cannot parse the certificates for {identity} in {cert_path.parent}: {exc}") from None
         got = _cert_identity(parsed)
         if got != identity:
-            raise TLSError(f"{d / (identity + '.pem')} is the certificate of {got!r}, not of {identity!r}")
+            raise TLSError(f"{cert_path} is the certificate of {got!r}, not of {identity!r}")
         try:  # caught here, it is a clear start-up error; at the handshake, an opaque UNAVAILABLE
             parsed.verify_directly_issued_by(ca_cert)
         except (ValueError, TypeError, InvalidSignature):
-            raise TLSError(f"{d / (identity + '.pem')} was not issued by the CA in {d / CA_CERT}") from None
+            raise TLSError(f"{cert_path} was not issued by the CA in {ca_path}") from None
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as exc:
+            raise TLSError(f"{key_path} is not an unencrypted PEM private key: {exc}") from None
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if private.public_key().public_bytes(*spki) != parsed.public_key().public_bytes(*spki):
+            raise TLSError(f"{key_path} is not the key of the certificate {cert_path}")
         return cls(identity, ca, cert, key)
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        """When this process's certificate expires (UTC)."""
+        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc
 
 
 def channel_options(expected_identity: str | None) -> list[tuple[str, str]]:
@@ -257,3 +279,21 @@ def make_cluster_certs(directory: str | os.PathLike, n_parties: int, hosts=(), c
     for identity in names:
         write_credentials(directory, ca.issue(identity, hosts))
     return ca
+
+
+def split_by_identity(directory: str | os.PathLike) -> list[Path]:
+    """For each IDENTITY.pem/.key pair in `directory`, a subdirectory IDENTITY/ with ca.pem and
+    that pair only: what one host receives (never ca.key, never another process's key)."""
+    d = Path(directory)
+    made = []
+    for cert in sorted(d.glob("*.pem")):
+        identity = cert.stem
+        if cert.name == CA_CERT or not (d / f"{identity}.key").exists() or not _IDENTITY.match(identity):
+            continue
+        own = d / identity
+        own.mkdir(mode=0o700, exist_ok=True)
+        (own / CA_CERT).write_bytes((d / CA_CERT).read_bytes())
+        (own / cert.name).write_bytes(cert.read_bytes())
+        _write_secret(own / f"{identity}.key", (d / f"{identity}.key").read_bytes())
+        made.append(own)
+    return made

@@ -1,0 +1,73 @@
+"""RemoteCluster: the client of a cluster that is already running elsewhere.
+
+    config = ClusterConfig.load("cluster.toml")
+    creds = Credentials.load("client-certs/", "client-alice")
+    with RemoteCluster(config, creds) as cluster:
+        y = cluster.infer(compiled, x)
+
+The parties, the dealer (and the coordinator) were started on their hosts from the same
+cluster file (`mpc party --cluster cluster.toml --id K`); this client only dials the
+parties over mutual TLS, checks each one answers Health as ready, and runs jobs with
+LocalCluster's job methods. Stopping it closes its channels and leaves the processes running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from mpc.api import MPCError
+from mpc.launcher import LocalCluster
+from mpc.net import tls
+from mpc.net.config import ClusterConfig
+from mpc.net.proto import mpc_pb2 as pb
+
+
+class RemoteCluster(LocalCluster):
+    """A client attached to running parties, described by a ClusterConfig."""
+
+    def __init__(self, config: ClusterConfig, creds: tls.Credentials | None, *, ready_timeout: float = 30.0,
+                 job_timeout: float = 900.0, defer_truncation: bool = True):
+        """`creds`: this client's certificate (None: plaintext, loopback only). `ready_timeout`:
+        how long start() waits for every party to report itself connected to its peers."""
+        super().__init__(config.n_parties, config.frac_bits, connect_timeout=config.connect_timeout,
+                         round_timeout=config.round_timeout, job_timeout=job_timeout, tls=creds is not None,
+                         defer_truncation=defer_truncation)
+        self.config = config
+        self._client_creds = creds
+        self.ready_timeout = ready_timeout
+
+    @classmethod
+    def from_file(cls, path: str, certs: str | None, identity: str = "client-local", **kw) -> "RemoteCluster":
+        """A RemoteCluster for the cluster file at `path`, as `identity` with the certificate in `certs`."""
+        return cls(ClusterConfig.load(path), tls.Credentials.load(certs, identity) if certs else None, **kw)
+
+    def start(self) -> None:
+        try:
+            self._start_client()
+            self._call(self._wait_ready(), timeout=self.ready_timeout + 10)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _wait_ready(self) -> None:
+        """Poll every party's Health until all are ready; name those that are not, with why."""
+        deadline = time.monotonic() + self.ready_timeout
+        why: dict[int, str] = {}
+        while True:
+            async def ask(p):
+                try:
+                    reply = await self._stubs[p].Health(pb.HealthRequest(), timeout=min(5.0, self.ready_timeout))
+                except grpc.aio.AioRpcError as exc:
+                    return p, f"unreachable ({exc.code().name}: {exc.details()})"
+                return p, None if reply.ready else f"not ready ({reply.detail})"
+
+            why = {p: w for p, w in await asyncio.gather(*(ask(p) for p in range(self.n_parties))) if w}
+            if not why or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if why:
+            raise MPCError("cluster not ready after %.0f s: %s" % (self.ready_timeout, "; ".join(
+                f"party {p} at {self.config.parties[p]} {w}" for p, w in sorted(why.items()))))

@@ -1,0 +1,104 @@
+"""Test helpers: write a cluster file with certificates and data directories, start its
+processes with `mpc party|dealer --cluster`, and stop them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from mpc.launcher import _Process
+from mpc.net.config import ClusterConfig, ProcessEntry
+from mpc.net.tls import make_cluster_certs, party_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_cluster(directory: Path, n_parties: int = 3, hosts: list[str] | None = None, dealer_host: str | None = None,
+                  ports: list[int] | None = None, connect_timeout: float = 20.0, round_timeout: float = 30.0,
+                  certs: bool = True, coordinator: bool = False) -> Path:
+    """cluster.toml in `directory` (parties on `hosts`, default loopback), with a CA and the
+    certificates of every process in directory/certs and a data directory per party;
+    `coordinator`: with a coordinator beside the dealer, accepting jobs from client-local."""
+    hosts = hosts or ["127.0.0.1"] * n_parties
+    dealer_host = dealer_host or hosts[0]
+    ports = ports or free_ports(n_parties + 2)
+    if certs:
+        make_cluster_certs(directory / "certs", n_parties, hosts=sorted({*hosts, dealer_host}))
+    entries = {}
+    for p in range(n_parties):
+        (directory / f"data-{p}").mkdir(exist_ok=True)
+        entries[party_name(p)] = ProcessEntry(certs="certs" if certs else None, data=f"data-{p}")
+    entries["dealer"] = ProcessEntry(certs="certs" if certs else None)
+    if coordinator:
+        entries["coordinator"] = ProcessEntry(certs="certs" if certs else None)
+    config = ClusterConfig(n_parties, f"{dealer_host}:{ports[n_parties]}",
+                           {p: f"{hosts[p]}:{ports[p]}" for p in range(n_parties)},
+                           connect_timeout=connect_timeout, round_timeout=round_timeout, processes=entries,
+                           coordinator=f"{dealer_host}:{ports[n_parties + 1]}" if coordinator else None,
+                           clients=("client-local",) if coordinator else ())
+    path = directory / "cluster.toml"
+    path.write_text(config.to_toml())
+    return path
+
+
+def runtime_env_unset() -> dict:
+    """This environment without what `mpc party` sets itself, so a test sees it being set."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "MPC_TORCH_THREADS", "MPC_RUNTIME_ENV_SET", "MPC_PARENT_PID")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def start(name: str, argv: list[str], prefix: list[str] | None = None, env: dict | None = None) -> _Process:
+    """`python -m mpc.cli ARGV` (behind `prefix`, e.g. `ip netns exec NS`)."""
+    env = dict(env or runtime_env_unset(), MPC_PARENT_PID=str(os.getpid()))
+    return _Process(name, [*(prefix or []), sys.executable, "-m", "mpc.cli", *argv], env)
+
+
+def start_cluster(path: Path, n_parties: int, prefixes: dict[str, list[str]] | None = None,
+                  timeout: float = 60.0, skip: tuple[str, ...] = ()) -> dict[str, _Process]:
+    """Start every party, then the dealer and the coordinator if the file has one (any order
+    works: each waits for the others), and wait until each is ready. `prefixes`: per name
+    ("party-K", "dealer", "coordinator") a command prefix."""
+    prefixes = prefixes or {}
+    procs: dict[str, _Process] = {}
+    try:
+        for p in range(n_parties):
+            if party_name(p) not in skip:
+                procs[party_name(p)] = start(party_name(p), ["party", "--cluster", str(path), "--id", str(p)],
+                                             prefixes.get(party_name(p)))
+        if "dealer" not in skip:
+            procs["dealer"] = start("dealer", ["dealer", "--cluster", str(path)], prefixes.get("dealer"))
+        if ClusterConfig.load(path).coordinator and "coordinator" not in skip:
+            procs["coordinator"] = start("coordinator", ["coordinator", "--cluster", str(path)],
+                                         prefixes.get("coordinator"))
+        deadline = time.monotonic() + timeout
+        for name, proc in procs.items():  # the coordinator prints READY once it reaches the parties
+            proc.expect("LISTENING" if name == "dealer" else "READY", deadline)
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs
+
+
+def stop_all(procs: dict[str, _Process]) -> None:
+    """SIGTERM to all first (a party stopped alone would see its peers as lost), then wait."""
+    for proc in procs.values():
+        if proc.proc.poll() is None:
+            proc.proc.terminate()
+    for proc in procs.values():
+        proc.stop(5.0)
