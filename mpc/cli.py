@@ -250,19 +250,9 @@ def _serve(args) -> int:
 
         dealer.main(["--cluster", args.cluster, *extra])
     else:
-        entry = config.entry(tls.COORDINATOR)
-        if not args.insecure and not entry.certs:
-            print(f"mpc coordinator: {config.source}: coordinator.certs: the coordinator takes a certificate "
-                  f"directory (ca.pem, coordinator.pem, coordinator.key), not single files", file=sys.stderr)
-            return 2
-        try:
-            from parties import coordinator
-        except ImportError as exc:
-            print(f"mpc coordinator: this installation has no coordinator process ({exc})", file=sys.stderr)
-            return 2
-        security = ["--insecure"] if args.insecure else ["--certs", entry.certs]
-        coordinator.main(["--config", args.cluster, "--listen", config.listen_address(tls.COORDINATOR),
-                          *security, *(["--verbose"] if args.verbose else [])])
+        from parties import coordinator
+
+        coordinator.main(["--cluster", args.cluster, *extra])
     return 0
 
 

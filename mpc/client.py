@@ -52,8 +52,7 @@ class ClusterClient(_Cluster):
     def from_files(cls, cluster_file: str, certs: str | None, name: str, **kwargs) -> "ClusterClient":
         """A client named `client-NAME` of the cluster in `cluster_file`, with its certificate
         and key from the directory `certs` (`mpc certs`); certs=None for plaintext on loopback."""
-        with open(cluster_file) as f:
-            config = ClusterConfig.from_toml(f.read())
+        config = ClusterConfig.load(cluster_file)  # relative paths from its directory; errors name the file
         creds = tls_.Credentials.load(certs, tls_.client_name(name)) if certs else None
         return cls(config, creds, **kwargs)
 

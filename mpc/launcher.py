@@ -31,6 +31,7 @@ from mpc.api import MPCError
 from mpc.client import ClusterClient
 from mpc.net import tls as tls_
 from mpc.net.config import ClusterConfig
+from parties._process import MALLOC_TUNABLES  # what `mpc party` etc. set too
 
 
 class ClusterStartError(MPCError):
@@ -88,10 +89,6 @@ class _Process:
         self.stderr.close()
 
 
-# Serve buffers up to 32 MiB from the heap and keep freed memory: a 16 MiB round buffer
-# then reuses pages instead of faulting in fresh ones (about 20 ms a round per party at
-# 10^6 elements). A deployment should set the same variable for its processes.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 class LocalCluster(ClusterClient):

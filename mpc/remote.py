@@ -1,14 +1,13 @@
-"""RemoteCluster: the client of a cluster that is already running elsewhere.
+"""RemoteCluster: the client of a cluster that is already running elsewhere, as `mpc infer`
+and `mpc train --cluster FILE` use it.
 
-    config = ClusterConfig.load("cluster.toml")
-    creds = Credentials.load("client-certs/", "client-alice")
-    with RemoteCluster(config, creds) as cluster:
+    with RemoteCluster.from_file("cluster.toml", "certs/client-alice", "client-alice") as cluster:
         y = cluster.infer(compiled, x)
 
-The parties, the dealer (and the coordinator) were started on their hosts from the same
-cluster file (`mpc party --cluster cluster.toml --id K`); this client only dials the
-parties over mutual TLS, checks each one answers Health as ready, and runs jobs with
-LocalCluster's job methods. Stopping it closes its channels and leaves the processes running.
+The parties, the dealer and the coordinator were started on their hosts from the same
+cluster file (`mpc party --cluster cluster.toml --id K`); this is a ClusterClient that,
+on entering, also waits until every party reports itself joined and names those that do
+not. Leaving closes its channels and leaves the processes running.
 """
 
 from __future__ import annotations
@@ -19,24 +18,20 @@ import time
 import grpc
 
 from mpc.api import MPCError
-from mpc.launcher import LocalCluster
+from mpc.client import ClusterClient
 from mpc.net import tls
 from mpc.net.config import ClusterConfig
 from mpc.net.proto import mpc_pb2 as pb
 
 
-class RemoteCluster(LocalCluster):
-    """A client attached to running parties, described by a ClusterConfig."""
+class RemoteCluster(ClusterClient):
+    """A client attached to running processes, described by a ClusterConfig."""
 
     def __init__(self, config: ClusterConfig, creds: tls.Credentials | None, *, ready_timeout: float = 30.0,
                  job_timeout: float = 900.0, defer_truncation: bool = True):
         """`creds`: this client's certificate (None: plaintext, loopback only). `ready_timeout`:
-        how long start() waits for every party to report itself connected to its peers."""
-        super().__init__(config.n_parties, config.frac_bits, connect_timeout=config.connect_timeout,
-                         round_timeout=config.round_timeout, job_timeout=job_timeout, tls=creds is not None,
-                         defer_truncation=defer_truncation)
-        self.config = config
-        self._client_creds = creds
+        how long entering waits for every party to report itself connected to its peers."""
+        super().__init__(config, creds, job_timeout=job_timeout, defer_truncation=defer_truncation)
         self.ready_timeout = ready_timeout
 
     @classmethod
@@ -45,11 +40,17 @@ class RemoteCluster(LocalCluster):
         return cls(ClusterConfig.load(path), tls.Credentials.load(certs, identity) if certs else None, **kw)
 
     def start(self) -> None:
+        self.connect()
+
+    def stop(self) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        super().connect()
         try:
-            self._start_client()
             self._call(self._wait_ready(), timeout=self.ready_timeout + 10)
         except BaseException:
-            self.stop()
+            self.close()
             raise
 
     async def _wait_ready(self) -> None:

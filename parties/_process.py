@@ -13,7 +13,7 @@ import sys
 
 # Serve buffers up to 32 MiB from the heap and keep freed memory: a 16 MiB round buffer
 # then reuses pages instead of faulting in fresh ones (about 20 ms a round per party at
-# 10^6 elements). The same value as mpc.launcher.MALLOC_TUNABLES (a test holds them equal).
+# 10^6 elements). LocalCluster sets it for its processes too.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 # What LocalCluster sets for the processes it spawns, so that a party started by hand on
 # another host runs as fast as a local one. Variables the user set are left as they are.

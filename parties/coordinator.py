@@ -1,5 +1,6 @@
 """The coordinator process: clients submit programs and jobs here, it forwards them to the parties.
 
+    python -m parties.coordinator --cluster cluster.toml                # what `mpc coordinator` runs
     python -m parties.coordinator --config cluster.toml --certs DIR     # serves the config's address
     python -m parties.coordinator --listen 127.0.0.1:0 --config - --certs DIR
 The second form (used by LocalCluster) binds first, prints `LISTENING <port>`, then reads
@@ -28,13 +29,12 @@ from parties import _process
 async def serve(args, creds) -> int:
     stop = _process.stop_event()
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    config = None
-    if args.config != "-":
-        with open(args.config) as f:
-            config = ClusterConfig.from_toml(f.read())
-        if not (args.listen or config.coordinator):
-            raise ConfigError(f"{args.config} has no [coordinator] address and no --listen was given")
-    listen = args.listen or config.coordinator
+    config = args.loaded
+    if config is None and args.config != "-":
+        config = ClusterConfig.load(args.config)
+    if config is not None and not (args.listen or config.coordinator):
+        raise ConfigError(f"{args.config} has no [coordinator] address and no --listen was given")
+    listen = args.listen or (config.listen_address(tls.COORDINATOR) if args.loaded else config.coordinator)
     if creds is None:
         tls.require_loopback({"coordinator (listening)": listen})
     service = CoordinatorService(creds)
@@ -71,15 +71,26 @@ async def serve(args, creds) -> int:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mpc-coordinator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="cluster TOML file, or - to read it from stdin after binding")
+    parser.add_argument("--cluster", help="the cluster file: everything the coordinator needs")
+    parser.add_argument("--config", help="cluster TOML file, or - to read it from stdin after binding")
     parser.add_argument("--listen", default=None, help="address to serve on (default: the config's [coordinator])")
     parser.add_argument("--verbose", action="store_true")
     _process.add_tls_arguments(parser)
     args = parser.parse_args(argv)
+    args.loaded = None
+    if args.cluster:
+        if args.config:
+            parser.error("--cluster takes neither --config nor --listen")
+        args.config = args.cluster
+        args.loaded, creds = _process.cluster_or_exit(args.cluster, tls.COORDINATOR, args.insecure, args.certs)
+        _process.reexec_with_runtime_env(["-m", "parties.coordinator", *(sys.argv[1:] if argv is None else argv)])
+    elif not args.config:
+        parser.error("give --cluster FILE, or --config FILE (or - with --listen)")
     if args.config == "-" and not args.listen:
         parser.error("--config - needs --listen")
     _process.setup("coordinator", args.verbose)
-    creds = _process.credentials(parser, args, tls.COORDINATOR)
+    if args.loaded is None:
+        creds = _process.credentials(parser, args, tls.COORDINATOR)
     try:
         sys.exit(asyncio.run(serve(args, creds)))
     except (ConfigError, tls.TLSError, OSError) as exc:

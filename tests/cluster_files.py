@@ -29,10 +29,11 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def write_cluster(directory: Path, n_parties: int = 3, hosts: list[str] | None = None, dealer_host: str | None = None,
                   ports: list[int] | None = None, connect_timeout: float = 20.0, round_timeout: float = 30.0,
-                  certs: bool = True, coordinator: bool = False) -> Path:
+                  certs: bool = True, coordinator: bool = True) -> Path:
     """cluster.toml in `directory` (parties on `hosts`, default loopback), with a CA and the
     certificates of every process in directory/certs and a data directory per party;
-    `coordinator`: with a coordinator beside the dealer, accepting jobs from client-local."""
+    `coordinator`: with a coordinator beside the dealer, accepting jobs from client-local,
+    the operator of every party (without one, no client can submit jobs)."""
     hosts = hosts or ["127.0.0.1"] * n_parties
     dealer_host = dealer_host or hosts[0]
     ports = ports or free_ports(n_parties + 2)
@@ -49,7 +50,8 @@ def write_cluster(directory: Path, n_parties: int = 3, hosts: list[str] | None =
                            {p: f"{hosts[p]}:{ports[p]}" for p in range(n_parties)},
                            connect_timeout=connect_timeout, round_timeout=round_timeout, processes=entries,
                            coordinator=f"{dealer_host}:{ports[n_parties + 1]}" if coordinator else None,
-                           clients=("client-local",) if coordinator else ())
+                           clients=("client-local",) if coordinator else (),
+                           operators={p: "client-local" for p in range(n_parties)} if coordinator else {})
     path = directory / "cluster.toml"
     path.write_text(config.to_toml())
     return path

@@ -1,10 +1,9 @@
-"""Separate hosts on one machine: each party and the dealer in its own network namespace, with its
-own address, started from one cluster file with `mpc party|dealer --cluster`, over mutual TLS;
+"""Separate hosts on one machine: each party, the dealer and the coordinator in its own network namespace, with its
+own address, the coordinator in one more, started from one cluster file with
+`mpc party|dealer|coordinator --cluster`, over mutual TLS;
 a client in the root namespace runs inference (checked against torch) and a short training
 job, once at full speed, once with every link shaped to 100 Mbit/s (tc tbf), and once through a proxy that adds latency
 (netem is not available here). Skips, saying why, only where namespaces cannot be created.
-
-The coordinator slots in as one more name in HOSTS once parties.coordinator exists.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from tests.netns import Hosts, NetnsError
 pytestmark = pytest.mark.slow
 
 N_PARTIES = 3
-HOSTS = [party_name(p) for p in range(N_PARTIES)] + ["dealer"]
+HOSTS = [party_name(p) for p in range(N_PARTIES)] + ["dealer", "coordinator"]
 RATE_BITS = 100e6
 DELAY_S = 0.05
 
@@ -81,7 +80,8 @@ def netns_cluster(directory: Path, hosts: Hosts, port: int, proxies: ProxyThread
     config = ClusterConfig(N_PARTIES, addresses["dealer"], {p: addresses[party_name(p)] for p in range(N_PARTIES)},
                            connect_timeout=30.0, round_timeout=60.0, processes=entries,
                            coordinator=addresses.get("coordinator"),
-                           clients=("client-local",) if "coordinator" in addresses else ())
+                           clients=("client-local",) if "coordinator" in addresses else (),
+                           operators={p: "client-local" for p in range(N_PARTIES)})
     path = directory / "cluster.toml"
     path.write_text(config.to_toml())
     return path

@@ -28,7 +28,10 @@ def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_pa
         for identity in config.identities():
             assert identity in out and config.address_of(identity) in out
         statuses = asyncio.run(status.probe_all(config, status.caller_credentials(config, None, None), 3.0))
-        assert [s.identity for s in statuses] == ["party-0", "party-1", "party-2", "dealer"]
+        assert [s.identity for s in statuses] == ["party-0", "party-1", "party-2", "dealer", "coordinator"]
+        from mpc.net import VERSION
+
+        assert all(s.version == VERSION for s in statuses if s.identity != "dealer"), statuses  # from Health
         in_a_year = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=365)
         for s in statuses:
             assert s.ok and s.cert_source == "served" and abs(s.cert_expires - in_a_year) < datetime.timedelta(1)

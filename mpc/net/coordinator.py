@@ -31,7 +31,7 @@ from collections import OrderedDict
 import grpc
 
 from mpc.compiler import CompileError
-from mpc.net import serde, tls
+from mpc.net import VERSION, serde, tls
 from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
@@ -205,8 +205,9 @@ class CoordinatorService:
     async def health(self, request, context) -> pb.HealthReply:
         if not self.ready.is_set():
             return pb.HealthReply(ready=False, detail="coordinator: connecting to the parties")
-        return pb.HealthReply(n_parties=self.config.n_parties, ready=True,
-                              detail=f"coordinator: {self.jobs_forwarded} jobs, up {time.time() - self.started:.0f} s")
+        return pb.HealthReply(n_parties=self.config.n_parties, ready=True, version=VERSION,
+                              uptime_s=time.time() - self.started,
+                              detail=f"coordinator: {self.jobs_forwarded} jobs forwarded")
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
 from mpc.compiler import CompileError
 from mpc.ir import TO_CALLER
-from mpc.net import framing, serde, tls
+from mpc.net import VERSION, framing, serde, tls
 from mpc.net.access import Access, AccessDenied, kept_handle
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
@@ -52,6 +53,7 @@ class PartyServer:
         self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
         self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
         self.access = Access(pid, creds is not None)
+        self.started = time.monotonic()
 
     async def listen(self, address: str) -> int:
         if self.creds is None:
@@ -266,7 +268,8 @@ class PartyServer:
         return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
                               detail=self.lost_reason or ("ready" if self.ready.is_set() else "connecting"),
                               kept_values=count, kept_bytes=nbytes,
-                              jobs=len(self.session.jobs) if self.session is not None else 0)
+                              jobs=len(self.session.jobs) if self.session is not None else 0,
+                              version=VERSION, uptime_s=time.monotonic() - self.started)
 
     def _lose(self, reason: str) -> None:
         if not self.lost_reason:  # the first loss is the cause; later ones follow from it

@@ -244,7 +244,7 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes", "jobs")
+    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes", "jobs", "version", "uptime_s")
     PID_FIELD_NUMBER: _ClassVar[int]
     N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,8 @@ class HealthReply(_message.Message):
     KEPT_VALUES_FIELD_NUMBER: _ClassVar[int]
     KEPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     pid: int
     n_parties: int
     ready: bool
@@ -259,7 +261,9 @@ class HealthReply(_message.Message):
     kept_values: int
     kept_bytes: int
     jobs: int
-    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ...) -> None: ...
+    version: str
+    uptime_s: float
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("directory", "step", "job_hash", "handles")
