@@ -48,6 +48,20 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
+    if args.latency:
+        from mpc import bench_network
+
+        try:
+            delays = [float(d) for d in args.delays.split(",")]
+        except ValueError:
+            print(f"mpc bench: --delays takes milliseconds separated by commas, got {args.delays!r}", file=sys.stderr)
+            return 2
+        rows = bench_network.run_latency(n_parties=args.parties, reps=args.reps, delays_ms=delays,
+                                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+        print(bench_network.format_latency(rows))
+        if args.json:
+            bench.write_json({"machine": bench.machine_info(args.threads), "latency": rows}, args.json)
+        return 0
     names = args.only.split(",") if args.only else [n for n, w in {**bench.WORKLOADS, **bench.MODEL_WORKLOADS,
                                                                      **bench.TRAIN_WORKLOADS}.items()
                                                       if args.scaling or not w.scaling]
@@ -278,6 +292,9 @@ def main(argv=None) -> None:
     p.add_argument("--only", help="comma-separated workload names")
     p.add_argument("--no-crypten", action="store_true", help="skip the CrypTen reference")
     p.add_argument("--scaling", action="store_true", help="also the scaling runs (relu, mul at 10^3..10^6)")
+    p.add_argument("--latency", action="store_true",
+                   help="instead: mlp_infer and mlp_train with --delays ms added per message (a delaying proxy)")
+    p.add_argument("--delays", default="0,1,10,50", help="with --latency: milliseconds per message")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")

@@ -101,7 +101,7 @@ class LocalCluster(ClusterClient):
     def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS, *,
                  connect_timeout: float = 30.0, round_timeout: float = 120.0, job_timeout: float = 900.0,
                  torch_threads: int = 1, verbose: bool = False, defer_truncation: bool = True,
-                 tls: bool = True, clients: tuple[str, ...] = ()):
+                 tls: bool = True, clients: tuple[str, ...] = (), link_delay_s: float | None = None):
         super().__init__(None, None, job_timeout=job_timeout, defer_truncation=defer_truncation,
                          n_parties=n_parties, frac_bits=frac_bits)
         self.tls = tls
@@ -113,6 +113,10 @@ class LocalCluster(ClusterClient):
         self.verbose = verbose
         self.client_names = ("local", *clients)
         self.processes: list[_Process] = []
+        # With a delay, every connection to a party (from its peers and from clients) goes
+        # through a proxy that delivers each chunk that much later: a WAN on loopback.
+        self.link_delay_s = link_delay_s
+        self._proxies = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -157,6 +161,12 @@ class LocalCluster(ClusterClient):
             ports = [proc.expect("LISTENING", deadline) for proc in parties]
             coordinator_port = coordinator.expect("LISTENING", deadline)
             local = tls_.client_name("local")  # this client, the operator of every party
+            if self.link_delay_s is not None:
+                from mpc.net.delay_proxy import ProxyThread
+
+                self._proxies = ProxyThread()
+                ports = [self._proxies.add("127.0.0.1", ("127.0.0.1", int(port)), delay=self.link_delay_s)
+                         for port in ports]
             self.config = ClusterConfig(self.n_parties, f"127.0.0.1:{dealer_port}",
                                         {p: f"127.0.0.1:{port}" for p, port in enumerate(ports)}, self.frac_bits,
                                         self.connect_timeout, self.round_timeout,
@@ -182,6 +192,12 @@ class LocalCluster(ClusterClient):
         creds = self.ca.issue(tls_.client_name(name)) if self.ca else None
         return ClusterClient(self.config, creds, job_timeout=self.job_timeout, defer_truncation=self.defer_truncation)
 
+    def set_link_delay(self, seconds: float) -> None:
+        """Change the delay every message to a party gets (a cluster started with link_delay_s)."""
+        if self._proxies is None:
+            raise MPCError("this cluster was started without delaying proxies (give link_delay_s)")
+        self._proxies.set_delay(seconds)
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop every process (SIGTERM, then SIGKILL after `grace` seconds)."""
         self.close()
@@ -191,6 +207,9 @@ class LocalCluster(ClusterClient):
         for proc in self.processes:
             proc.stop(grace)
         self.processes = []
+        if self._proxies is not None:  # after the processes: a proxy closing first would look like a lost peer
+            self._proxies.close()
+            self._proxies = None
 
     @property
     def addresses(self) -> dict[str, str]:

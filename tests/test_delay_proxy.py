@@ -6,6 +6,9 @@ import socket
 import threading
 import time
 
+import pytest
+import torch
+
 from mpc.net.delay_proxy import DelayProxy, ProxyThread
 
 
@@ -83,3 +86,21 @@ def test_proxies_in_a_thread_of_their_own():
         proxies.close()
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_behind_delaying_proxies_computes_and_pays_the_delay_per_round():
+    """`LocalCluster(link_delay_s=D)` (what `mpc bench --latency` runs): results are right,
+    and no online phase of R rounds beats R x D (a lower bound, not a speed test)."""
+    import mpc
+    from tests.conftest import ULP, assert_close
+
+    x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    with mpc.LocalCluster(n_parties=2, link_delay_s=0.02) as cluster:
+        assert_close(((cluster.share(x, 0) * cluster.share(y, 1)).relu()).reveal(), (x * y).relu(), 4 * ULP)
+        stats = cluster.last_stats
+        assert min(s.online_s for s in stats) >= 0.9 * 0.02 * max(s.rounds for s in stats)
+        cluster.set_link_delay(0.0)
+        assert_close((cluster.share(x, 0) + 1).reveal(), x + 1, ULP)
+    with mpc.LocalCluster(n_parties=2) as plain, pytest.raises(mpc.MPCError, match="without delaying proxies"):
+        plain.set_link_delay(0.01)
