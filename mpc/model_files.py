@@ -35,7 +35,13 @@ def load_factory(spec: str, kwargs: str | None = None) -> torch.nn.Module:
         args = json.loads(kwargs) if kwargs else {}
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"factory arguments are not JSON: {exc}") from None
-    model = factory(**args)
+    if not isinstance(args, dict):
+        raise ModelFileError(f"factory arguments must be a JSON object (keyword arguments), got {kwargs!r}")
+    try:
+        model = factory(**args)
+    except Exception as exc:  # the user's code: say which call failed and how, not a traceback
+        raise ModelFileError(f"model factory {spec!r} failed with arguments {args}: "
+                             f"{type(exc).__name__}: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelFileError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()

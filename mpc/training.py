@@ -212,9 +212,17 @@ class TrainingMixin:
         # before a pipelined next job overwrites them.
         runs = (((item, self._execute(*item)) for item in items) if checkpoint_every
                 else self._execute_many_with_items(items))
+        from mpc.api import MPCError  # mpc.api builds on this module
+
         start = time.perf_counter()
         step = start_step
-        for (first, group), ((program, _, _), outcomes) in zip(groups, runs):
+        runs = iter(runs)
+        for first, group in groups:
+            try:
+                (program, _, _), outcomes = next(runs)
+            except MPCError as exc:  # a lost party, dealer or coordinator: say where training stopped
+                raise MPCError(f"training stopped at steps {first + 1}-{first + len(group)} (epoch {group[0][0] + 1}; "
+                               f"{first} steps done): {exc}") from exc
             stats = [o.stats for o in outcomes]
             self.last_program, self.last_stats = program, stats
             result.online_s += max(s.online_s for s in stats)

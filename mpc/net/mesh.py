@@ -49,6 +49,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # A ping gRPC itself sends (flow control) waits a minute for its ack by default, and a
+    # keepalive ping behind it waits as long: a frozen peer (SIGSTOP) went unnoticed for
+    # 60-70 s. With this, 5 s after the ping.
+    ("grpc.http2.ping_timeout_ms", 5_000),
 ]
 
 

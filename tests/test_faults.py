@@ -1,0 +1,164 @@
+"""Faults during a secure training job, as an operator would meet them: `mpc train --local 3`
+runs in its own process; a party is killed, the dealer is killed, or a party is frozen
+(SIGSTOP: its connections stay open, it answers nothing) in the middle of the job. The
+job must stop within a bound, naming the process and the steps, with no process left
+behind; after a killed party, `--resume` finishes from the last checkpoint every party
+holds and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mpc import data_files
+from mpc.runtime import checkpoint
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB = """
+[model]
+factory = "mpc.models:MLP"
+kwargs = {{sizes = [6, 8, 8, 3]}}
+init_seed = 3
+
+[training]
+loss = "cross_entropy"
+classes = 3
+epochs = {epochs}
+batch_size = 10
+seed = 5
+
+[optimizer]
+name = "sgd"
+lr = 0.2
+
+[[data.parties]]
+party = 0
+file = "p0.csv"
+label = "label"
+
+[[data.parties]]
+party = 1
+file = "p1.csv"
+label = "label"
+
+[[data.parties]]
+party = 2
+file = "p2.csv"
+label = "label"
+
+[output]
+model = "caller"
+directory = "out"
+
+[checkpoint]
+every = 4
+directory = "ck"
+"""
+
+
+def _job_dir(directory, epochs=8):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    for p in range(3):
+        data_files.write_csv(os.path.join(directory, f"p{p}.csv"), x[20 * p:20 * (p + 1)], y[20 * p:20 * (p + 1)])
+    (directory / "job.toml").write_text(JOB.format(epochs=epochs))
+    return directory
+
+
+def _train(directory, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mpc.cli", "train", "job.toml", "--local", "3", "--no-progress",
+                             *extra], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The launcher's processes by role: party-K, dealer, coordinator."""
+    out = {}
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        try:
+            cmd = open(f"/proc/{child}/cmdline").read().split("\0")
+        except OSError:
+            continue
+        if "parties.party" in cmd:
+            out[f"party-{cmd[cmd.index('--pid') + 1]}"] = int(child)
+        elif "parties.dealer" in cmd:
+            out["dealer"] = int(child)
+        elif "parties.coordinator" in cmd:
+            out["coordinator"] = int(child)
+    return out
+
+
+def _wait_for_checkpoint(directory, step, proc, timeout=240):
+    path = directory / "ck" / "party-0" / checkpoint.file_name(step)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no checkpoint {step} within {timeout} s"
+        time.sleep(0.05)
+
+
+def _interrupt(directory, victim: str, how=signal.SIGKILL, bound_s=15.0):
+    """Start the job, hit `victim` once checkpoint 8 exists; return (seconds to stop, stderr)."""
+    proc = _train(directory)
+    try:
+        _wait_for_checkpoint(directory, 8, proc)
+        children = _children(proc.pid)
+        assert set(children) == {"party-0", "party-1", "party-2", "dealer", "coordinator"}, children
+        os.kill(children[victim], how)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=bound_s + 30)
+        stopped = time.monotonic() - t0
+        assert proc.returncode == 1, err
+        for pid in children.values():  # nothing left behind (a frozen one is killed by its launcher)
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        return stopped, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _children(proc.pid).values():
+            os.kill(pid, signal.SIGCONT)
+
+
+def _model(directory):
+    return torch.load(directory / "out" / "model.pt", weights_only=True)
+
+
+def test_a_party_killed_mid_job_stops_it_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    straight = _job_dir(tmp_path / "straight")
+    proc = _train(straight)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+
+    run = _job_dir(tmp_path / "run")
+    stopped, err = _interrupt(run, "party-1")
+    assert stopped < 15, f"the job took {stopped:.1f} s to stop"
+    assert "party 1" in err and "training stopped at steps" in err, err
+    proc = _train(run, "--resume")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "resuming from step" in (out + err).lower() or "resumed" in (out + err).lower(), out + err
+    a, b = _model(straight), _model(run)
+    assert a.keys() == b.keys()
+    # same seeds and batches: equal up to fixed-point rounding (each run's truncations draw
+    # fresh dealer masks, so two uninterrupted runs differ in the last places as well)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-3
+
+
+@pytest.mark.parametrize("victim, how, named", [
+    ("dealer", signal.SIGKILL, "dealer"),
+    ("party-2", signal.SIGSTOP, "party 2"),  # frozen: keepalive, not a closed socket, finds it
+])
+def test_a_lost_dealer_or_a_frozen_party_stops_the_job_naming_it(tmp_path, victim, how, named):
+    run = _job_dir(tmp_path)
+    stopped, err = _interrupt(run, victim, how)
+    assert stopped < 15, f"the job took {stopped:.1f} s to stop"
+    assert named in err and "training stopped at steps" in err, err
