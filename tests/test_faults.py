@@ -162,3 +162,31 @@ def test_a_lost_dealer_or_a_frozen_party_stops_the_job_naming_it(tmp_path, victi
     stopped, err = _interrupt(run, victim, how)
     assert stopped < 15, f"the job took {stopped:.1f} s to stop"
     assert named in err and "training stopped at steps" in err, err
+
+
+def test_restarted_parties_rejoin_the_running_dealer_and_coordinator(tmp_path):
+    """A party dies; the others stop (status 3); the three parties are started again from the
+    cluster file while the dealer and the coordinator keep running: the first Hello of a
+    restarted party begins a new dealer session, every party joins it, and the next job of
+    the same client runs (the coordinator sends its programs again)."""
+    from mpc.net.config import ClusterConfig  # noqa: F401  (the file the processes read)
+    from mpc.remote import RemoteCluster
+    from tests.cluster_files import start_cluster, stop_all, write_cluster
+    from tests.conftest import ULP, assert_close
+
+    path = write_cluster(tmp_path, 3)
+    procs = start_cluster(path, 3)
+    x, y = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    try:
+        with RemoteCluster.from_file(str(path), str(tmp_path / "certs")) as cluster:
+            assert_close((cluster.share(x, 0) * cluster.share(y, 1)).reveal(), x * y, 4 * ULP)
+            procs["party-1"].proc.kill()
+            for name in ("party-0", "party-2"):
+                assert procs[name].proc.wait(timeout=30) == 3, procs[name].stderr_tail()
+            parties = start_cluster(path, 3, skip=("dealer", "coordinator"))  # in any order, as systemd would
+            procs.update(parties)
+            cluster._call(cluster._wait_ready(), timeout=60)
+            assert_close((cluster.share(x, 2) * cluster.share(y, 0)).reveal(), x * y, 4 * ULP)
+            assert procs["dealer"].proc.poll() is None and procs["coordinator"].proc.poll() is None
+    finally:
+        stop_all(procs)

@@ -116,12 +116,9 @@ def test_plaintext_cluster_on_loopback_only_when_asked():
 # -- the dealer: its own seed once, corrections to party 0 once per job ----------------------------------
 
 
-def test_stolen_party_keys_get_nothing_more_from_a_running_clusters_dealer(cluster):
-    """Every party already said hello: its seed is not served again, and corrections are
-    served only for the dealer's current session, to party 0."""
-    for p in range(3):
-        err = refused(cluster.config.dealer, hello(p), cluster.ca.issue(f"party-{p}"), tls.DEALER)
-        assert err.code() == grpc.StatusCode.ALREADY_EXISTS and f"party {p} already received its seed" in err.details()
+def test_stolen_party_keys_get_no_corrections_of_a_running_clusters_dealer(cluster):
+    """Corrections are served only for the dealer's current session, to party 0. (A second
+    Hello never gets the running session's seed: see the next tests.)"""
     err = refused(cluster.config.dealer, correlations("job-x", [corr.mul_triple((4,), (4,))], bytes(16)),
                   cluster.ca.issue("party-0"), tls.DEALER)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -166,9 +163,18 @@ def test_each_party_gets_its_own_seed_once_with_a_checkable_fingerprint(dealer):
         assert r.commitments[p] == seed_commitment(r.epoch, p, r.seed) and len(r.seed) == 16
     assert len({r.seed for r in replies.values()}) == 3
     assert len({session_fingerprint(r.epoch, list(r.commitments)) for r in replies.values()}) == 1
-    err = refused(address, hello(1), creds["party-1"], tls.DEALER)  # a second Hello, e.g. with a stolen key
-    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert "party 1 already received its seed" in err.details()
+    # A second Hello from party 1's certificate (a restarted party, or a stolen key): never
+    # the seed it had. The session ends; every seed and the epoch are new, so parties
+    # holding the old seeds cannot compute with anyone of the new session, and the old
+    # session's corrections are refused.
+    again = call(address, hello(1), creds["party-1"], tls.DEALER)
+    assert again.epoch != replies[1].epoch and again.seed != replies[1].seed
+    assert not set(again.commitments) & set(replies[0].commitments)
+    err = refused(address, correlations("old-session-job", [corr.mul_triple((4,), (4,))], replies[0].epoch),
+                  creds["party-0"], tls.DEALER)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "a party restarted" in err.details()
+    fresh = call(address, hello(0), creds["party-0"], tls.DEALER)  # the others join the new session
+    assert fresh.epoch == again.epoch and fresh.commitments == again.commitments
 
 
 def test_corrections_go_to_party_0_only_once_per_job(dealer):

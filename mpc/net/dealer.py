@@ -10,7 +10,9 @@ expand their parts from the seed.
 
 What the dealer enforces, and why:
 - a caller is the party its certificate names (with TLS); a request claiming another is refused;
-- a seed is served once per party per session: a second Hello is someone else asking;
+- a seed is served once per party per session: a second Hello from party K's certificate
+  means party K restarted, so the session ends and a new one (new seeds, new epoch) begins,
+  which every party must join; without TLS a second Hello is refused (anyone may send it);
 - corrections go to party 0 only, once per job id: a replayed id under other specs would
   hand out the same streams again, and corrections of two spec lists over one stream
   reveal the other parties' parts;
@@ -61,10 +63,13 @@ class DealerService:
     def __init__(self, n_parties: int, authenticated: bool = True):
         self.n_parties = n_parties
         self.authenticated = authenticated
-        self.epoch = new_seed()  # names this session: a restarted dealer has another
-        self.seeds = [new_seed() for _ in range(n_parties)]
-        self.commitments = [seed_commitment(self.epoch, p, s) for p, s in enumerate(self.seeds)]
         self.bytes_sent = 0
+        self._new_session()
+
+    def _new_session(self) -> None:
+        self.epoch = new_seed()  # names this session: a restarted dealer has another
+        self.seeds = [new_seed() for _ in range(self.n_parties)]
+        self.commitments = [seed_commitment(self.epoch, p, s) for p, s in enumerate(self.seeds)]
         self._greeted: set[int] = set()
         self._jobs: set[str] = set()
 
@@ -93,10 +98,18 @@ class DealerService:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                                f"Hello: dealer serves {self.n_parties} parties; party {pid} of "
                                f"{request.n_parties} said hello")
-        if pid in self._greeted:
+        if pid in self._greeted and not self.authenticated:
             await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
                                f"Hello from party {pid}: party {pid} already received its seed in session "
                                f"{self.epoch.hex()[:8]}; a seed is served once")
+        if pid in self._greeted:
+            # Party K (its certificate says so) starts again: it restarted, and so must its
+            # cluster. A seed is still never served twice: the session ends, every seed is
+            # new, and parties of the old session are refused from here on (their epoch).
+            old = self.epoch.hex()[:8]
+            self._new_session()
+            log.warning("party %d said hello again: session %s ended, session %s begins (every party must join "
+                        "it)", pid, old, self.epoch.hex()[:8])
         self._greeted.add(pid)
         log.info("seed sent to party %d (session %s)", pid, self.epoch.hex()[:8])
         return pb.DealerSeed(seed=self.seeds[pid], epoch=self.epoch, commitments=self.commitments)
@@ -110,8 +123,8 @@ class DealerService:
         if request.epoch != self.epoch:
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                                f"Correlations for job {job!r} in session {request.epoch.hex()[:8] or '(none)'}: "
-                               f"this dealer's session is {self.epoch.hex()[:8]} (the dealer restarted, and the "
-                               f"seeds the parties hold are gone)")
+                               f"this dealer's session is {self.epoch.hex()[:8]} (the dealer restarted, or a party "
+                               f"restarted and began a new session: the seeds the parties hold are gone)")
         if not 0 < len(job) <= MAX_JOB_ID:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                                f"Correlations: a job id of {len(job)} characters (1 to {MAX_JOB_ID})")
