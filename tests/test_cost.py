@@ -57,7 +57,8 @@ CASES = {
 
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
-TRAINING_OPS = {"relu_bit", "gather_rows", "rescale"}  # test_prediction_equals_measurement_for_training
+# test_prediction_equals_measurement_for_training:
+TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "matmul_keep", "matmul_backward"}
 LOCAL_GRAD_OPS = {"scatter", "flip"}  # local ops of the getitem and conv2d gradients: tests/test_grads.py
 
 

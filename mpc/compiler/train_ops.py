@@ -5,6 +5,10 @@ index, and a product rescaled by a public factor in the same truncation.
   exact 0/1 ring integer, so the backward product g * bit needs no truncation.
 - `gather_rows(x, idx)`: rows of a kept data set picked by public indices (a batch):
   local, no communication.
+- `matmul_keep(x, w)` and `matmul_backward(g, masks of matmul_keep)`: a layer's forward
+  product keeps its Beaver masks, and its backward products g w^T and x^T g open only
+  g - d (SecureML's reuse of the masked matrices within a step; protocols/reuse.py,
+  placed by passes/mask_reuse.py).
 - `rescale(x)`: x is an untruncated product (scale 2^2f); multiply by the public factor
   c encoded with k bits and truncate once by f + k bits. The learning rate and 1/batch
   fold into the truncation that the weight gradient needed anyway (Mohassel and Zhang,
@@ -18,7 +22,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, nonlinear
+from mpc.protocols import arithmetic, nonlinear, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -85,3 +89,36 @@ def _rescale(ctx, a, x):
 
 register("rescale", 1, lambda a, x: x, _rescale,
          doc="(untruncated product) * public factor, truncated once by f + k bits")
+
+
+def _meta(shape) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.int64, device="meta")
+
+
+def _keep_shape(a, x, w):
+    """(x @ w, e, f, a, b, d, c', c''): c' shaped like dx = d @ b^T, c'' like dw = a^T @ d."""
+    if x.dim() < 2 or w.dim() < 2:
+        raise ValueError("matmul_keep needs operands of at least 2 dimensions")
+    z = x @ w
+    c1 = z @ w.transpose(-2, -1) if a["dx"] else _meta((0,))
+    c2 = x.transpose(-2, -1) @ z if a["dw"] else _meta((0,))
+    return z, x, w, x, w, z, c1, c2
+
+
+register("matmul_keep", 2, _keep_shape,
+         lambda ctx, a, x, w: reuse.matmul_keep(ctx, x, w, a["dx"], a["dw"], scaled=a.get("truncate", True)),
+         n_outputs=8, doc="x @ w from a triple whose masks the backward products reuse (with them)")
+
+
+def _backward_shape(a, g, e, f, ma, mb, d, c1, c2):
+    if tuple(g.shape) != tuple(d.shape):
+        raise ValueError(f"the gradient's shape {tuple(g.shape)} is not the forward product's {tuple(d.shape)}")
+    dx = g @ f.transpose(-2, -1) if a["dx"] else _meta((0,))
+    dw = e.transpose(-2, -1) @ g if a["dw"] else _meta((0,))
+    return dx, dw
+
+
+register("matmul_backward", 8, _backward_shape,
+         lambda ctx, a, g, *masks: reuse.matmul_backward(ctx, g, *masks, a["dx"], a["dw"], a.get("truncate_dx", True),
+                                                         a.get("truncate_dw", True)),
+         n_outputs=2, doc="(g @ w^T, x^T @ g) reusing the masks of matmul_keep: opens only g - d")

@@ -18,6 +18,9 @@ Savings (measured in `mpc bench`, explained in the README):
   gradient x^T g needs anyway (`rescale`), as SecureML folds the learning rate.
 - A layer's input gradient and weight gradient are independent nodes, so the scheduler
   sends their openings in the same round.
+- Within one step, a layer's backward products reuse the masked operands x - a and w - b
+  opened by its forward product and open only g - d (passes/mask_reuse.py, SecureML §4.2);
+  each step's forward product has fresh masks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mpc.compiler import autodiff, train_ops
 from mpc.compiler.capture import capture
 from mpc.compiler.extract import extract
 from mpc.compiler.graph import GraphBuilder
+from mpc.compiler.passes import mask_reuse
 from mpc.compiler.registry import CompileError
 from mpc.compiler.validate import validate
 from mpc.ir import Program
@@ -39,8 +43,9 @@ from mpc.ir import Program
 LOSSES = ("mse", "bce_with_logits", "cross_entropy")
 V_SHIFT = 12  # Adam's second moment is kept times 2^V_SHIFT (see _update)
 # "bit_products": ReLU's backward product with its 0/1 bit untruncated; "fold_step_size": the
-# step size folded into the weight gradient's truncation. `mpc bench` turns each off to measure it.
-SAVINGS = frozenset({"bit_products", "fold_step_size"})
+# step size folded into the weight gradient's truncation; "reuse_masks": a layer's backward
+# products reuse its forward product's opened masks. `mpc bench` turns each off to measure it.
+SAVINGS = frozenset({"bit_products", "fold_step_size", "reuse_masks"})
 
 
 @dataclass(frozen=True)
@@ -312,7 +317,10 @@ def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]
         current = updates
         if with_loss and i == k - 1:
             loss_node = _loss_value(b, tp.loss, z, y, tp.batch_size)
-    ex = extract(b, [loss_node] if loss_node is not None else [], also=list(current.values()))
+    roots = [loss_node] if loss_node is not None else []
+    if "reuse_masks" in tp.savings:  # node ids keep their meaning: inputs, current and loss_node stand
+        b, _ = mask_reuse.apply(b, roots + list(current.values()))
+    ex = extract(b, roots, also=list(current.values()))
     validate(ex.program)
     index = ex.program_id()
     roles = {"inputs": {name: index[v] for name, v in inputs.items() if v in index},

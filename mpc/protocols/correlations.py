@@ -14,6 +14,10 @@ Kinds:
   square  (a, c = a * a)              free a; dependent c             8 B/elem
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
+  matmul_train (a, b, d, c = a @ b,    free a, b, d; dependent c and   8 B/elem of c, c', c''
+          c' = d @ b^T, c'' = a^T @ d)  the backward products asked for
+                                        (reuse.py: one triple's masks for a layer's forward
+                                        and backward products, SecureML §4.2)
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
   cmp     comparison material          see compare.py                  85 B/elem ("lt"), 47 ("eq"),
                                                                        + 8 B per payload element
@@ -50,6 +54,13 @@ def mul_triple(shape_a, shape_b) -> Spec:
 
 def matmul_triple(shape_a, shape_b) -> Spec:
     return Spec("matmul", (tuple(shape_a), tuple(shape_b)))
+
+
+def matmul_train_triple(shape_a, shape_b, dx: bool, dw: bool) -> Spec:
+    """A matmul triple (a, b, c = a @ b) with a third mask d shaped like c and the products
+    c' = d @ b^T (if dx) and c'' = a^T @ d (if dw): a and b are the very same draws in the
+    forward product and in the backward products of one layer (protocols/reuse.py)."""
+    return Spec("matmul_train", (tuple(shape_a), tuple(shape_b)), (("dw", int(dw)), ("dx", int(dx))))
 
 
 def conv2d_triple(shape_x, shape_w, stride, padding, dilation, groups) -> Spec:
@@ -151,6 +162,16 @@ def _bilinear(spec: Spec):
     raise ValueError(f"unknown correlation kind {kind!r}")
 
 
+def _train_shapes(spec: Spec) -> tuple[tuple[int, ...], ...]:
+    """Shapes of c = a @ b (and of d), of c' = d @ b^T and of c'' = a^T @ d."""
+    if len(spec.shapes[0]) < 2 or len(spec.shapes[1]) < 2:
+        raise ValueError(f"matmul_train needs operands of at least 2 dimensions, got {list(spec.shapes)}")
+    a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
+    b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
+    c = a @ b
+    return tuple(c.shape), tuple((c @ b.transpose(-2, -1)).shape), tuple((a.transpose(-2, -1) @ c).shape)
+
+
 def _word_dtype(bits: int) -> torch.dtype:
     return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else torch.int64
 
@@ -183,6 +204,8 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
                 *(Part(p) for p in payloads)]
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
+    if spec.kind == "matmul_train":
+        return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(_train_shapes(spec)[0])]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
@@ -201,6 +224,9 @@ def dependent_parts(spec: Spec) -> list[Part]:
                 Part(shape), *(Part(p) for p in payloads)]
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
+    if spec.kind == "matmul_train":
+        c, c1, c2 = _train_shapes(spec)
+        return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     return [Part(tuple(_bilinear(spec)(a, b).shape))]
@@ -243,6 +269,14 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         return out
     if spec.kind == "square":
         return [free[0] * free[0]]
+    if spec.kind == "matmul_train":
+        a, b, d = free
+        out = [ring.matmul(a, b)]
+        if spec.param("dx"):
+            out.append(ring.matmul(d, b.transpose(-2, -1)))
+        if spec.param("dw"):
+            out.append(ring.matmul(a.transpose(-2, -1), d))
+        return out
     return [_bilinear(spec)(*free)]
 
 
@@ -305,4 +339,10 @@ def _assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
         return big_r * (1 << f) + rho, big_r, t, m
     if spec.kind == "cmp":
         return (*free, *dependent)
+    if spec.kind == "matmul_train":  # (a, b, d, c, c', c''), an empty tensor for a product not asked for
+        empty = dependent[0].new_empty((0,))
+        rest = iter(dependent[1:])
+        c1 = next(rest) if spec.param("dx") else empty
+        c2 = next(rest) if spec.param("dw") else empty
+        return (*free, dependent[0], c1, c2)
     return (*free, dependent[0])
