@@ -3,6 +3,10 @@ index, and a product rescaled by a public factor in the same truncation.
 
 - `relu_bit` returns (relu(x), [x >= 0]) from one comparison (4 rounds): the bit is an
   exact 0/1 ring integer, so the backward product g * bit needs no truncation.
+- `max_pool2d_argmax` returns (max_pool2d(x), one-hot of each window's maximum) from the
+  same comparisons; the one-hot is 0/1 ring integers, so the backward product g * onehot
+  needs no truncation, and `unpool2d` (local) sums each window's cells back to their
+  input positions (the adjoint of the window unfold).
 - `gather_rows(x, idx)`: rows of a kept data set picked by public indices (a batch):
   local, no communication.
 - `matmul_keep(x, w)` and `matmul_backward(g, masks of matmul_keep)`: a layer's forward
@@ -122,3 +126,38 @@ register("matmul_backward", 8, _backward_shape,
          lambda ctx, a, g, *masks: reuse.matmul_backward(ctx, g, *masks, a["dx"], a["dw"], a.get("truncate_dx", True),
                                                          a.get("truncate_dw", True)),
          n_outputs=2, doc="(g @ w^T, x^T @ g) reusing the masks of matmul_keep: opens only g - d")
+
+
+def _pool_args(a):
+    return tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
+
+
+def _pool_argmax_shape(a, x):
+    kernel, stride, padding = _pool_args(a)
+    out = torch.nn.functional.max_pool2d(torch.empty(x.shape, device="meta"), kernel, stride, padding)
+    return out.to(torch.int64), _meta((*out.shape, kernel[0] * kernel[1]))
+
+
+register("max_pool2d_argmax", 1, _pool_argmax_shape,
+         lambda ctx, a, x: nonlinear.max_pool2d_argmax(ctx, x, *_pool_args(a)), n_outputs=2,
+         doc="(max_pool2d(x), one-hot of each window's maximum as 0/1 ring integers) from one max tree")
+
+
+def _unpool2d(a, w):
+    """Window cells (..., oh, ow, kh * kw) summed back into an input of shape a["shape"]:
+    the adjoint of the pooling windows' unfold (overlapping windows add up; padding is cut)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pool_args(a)
+    shape = tuple(a["shape"])
+    oh, ow = w.shape[-3], w.shape[-2]
+    if w.shape[-1] != kh * kw or tuple(w.shape[:-3]) != shape[:-2]:
+        raise ValueError(f"windows of shape {tuple(w.shape)} do not fit an input {shape} with kernel {(kh, kw)}")
+    h, wd = shape[-2:]
+    out = torch.zeros((*shape[:-2], h + 2 * ph, wd + 2 * pw), dtype=w.dtype, device=w.device)
+    cells = w.reshape(*w.shape[:-1], kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            out[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cells[..., i, j]
+    return out[..., ph:ph + h, pw:pw + wd]
+
+
+local("unpool2d", 1, _unpool2d, doc="pooling-window cells summed back to their input positions: local")

@@ -266,7 +266,7 @@ def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: i
 
 def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit: bool = True) -> int:
     """The captured forward pass on input node x with the given weight nodes; relu keeps
-    its comparison bit for the backward pass."""
+    its comparison bit and max-pooling its one-hot maxima for the backward pass."""
     mapped: dict[int, int] = {}
     for nid in sorted(graph.builder.nodes):  # ids grow in creation order: inputs first
         node = graph.builder.nodes[nid]
@@ -277,6 +277,10 @@ def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit:
         elif node.op == "relu":
             both = b.add("relu_bit", (mapped[node.inputs[0]],), {} if exact_bit else {"exact_bit": False},
                          name=node.name, source=node.source)
+            mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
+        elif node.op == "max_pool2d":  # keeps the one-hot of each window's maximum for the backward
+            both = b.add("max_pool2d_argmax", (mapped[node.inputs[0]],), node.attrs, name=node.name,
+                         source=node.source)
             mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
         else:
             mapped[nid] = b.add(node.op, tuple(mapped[i] for i in node.inputs), node.attrs, name=node.name,
