@@ -58,7 +58,8 @@ CASES = {
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
 # test_prediction_equals_measurement_for_training:
-TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "matmul_keep", "matmul_backward", "max_pool2d_argmax", "unpool2d"}
+TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "matmul_keep", "matmul_backward", "max_pool2d_argmax", "unpool2d",
+                "sqrt_wide", "reciprocal_wide"}
 LOCAL_GRAD_OPS = {"scatter", "flip"}  # local ops of the getitem and conv2d gradients: tests/test_grads.py
 
 
@@ -117,19 +118,23 @@ def _pooled_cnn():
 
 
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
-@pytest.mark.parametrize("model,reveal_loss", [("mlp", False), ("mlp", True), ("cnn_maxpool", False)])
+@pytest.mark.parametrize("model,reveal_loss", [("mlp", False), ("mlp", True), ("cnn_maxpool", False),
+                                               ("linear_adam", False)])
 def test_prediction_equals_measurement_for_training(n_parties, model, reveal_loss):
-    from mpc.compiler.training import SGD
+    from mpc.compiler.training import SGD, Adam
 
     torch.manual_seed(0)
     cluster = mpc.InMemoryCluster(n_parties=n_parties)
     x, y = _t(40, 6), (_t(40) > 0).long()
     if model == "cnn_maxpool":
         x, net = _t(40, 1, 4, 4), _pooled_cnn()
+    elif model == "linear_adam":  # Adam's range-reduced sqrt and reciprocal (one layer: they are slow to run)
+        net = torch.nn.Linear(6, 2)
     else:
         net = models.MLP((6, 5, 5, 2))
     data = cluster.share_data({0: (x[:20], y[:20]), 1: (x[20:], y[20:])}, n_classes=2)
-    cluster.train(net, data, optimizer=SGD(0.1, momentum=0.9), batch_size=10, epochs=1,
+    optimizer = Adam(0.05) if model == "linear_adam" else SGD(0.1, momentum=0.9)
+    cluster.train(net, data, optimizer=optimizer, batch_size=10, epochs=1,
                   reveal_loss_every=1 if reveal_loss else 0)
     cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,) * len(cluster.last_program.outputs))
     stats = cluster.last_stats

@@ -61,7 +61,9 @@ class SGD:
 @dataclass(frozen=True)
 class Adam:
     """Adam with bias correction folded into per-step public step sizes. In 16-bit fixed
-    point the second moment of small gradients underflows, so eps defaults to 1e-2."""
+    point the second moment of small gradients underflows, so eps defaults to 1e-2. The
+    square root and reciprocal of the update are range-reduced: gradients (of the mean
+    loss) up to about 500 in magnitude."""
 
     lr: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
@@ -221,11 +223,14 @@ def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float,
     fresh = b.add("rescale", (d2,), {"value": factor, "bits": train_ops.factor_bits(factor, b.frac_bits)},
                   name=name, source="").id
     v = b.add("add", (_mul_public(b, states[f"{name}:v"], b2, name), fresh), name=name, source="").id
-    root = b.add("sqrt", (b.add("add_public", (v,), {"value": _scalar(2.0 ** -b.frac_bits)}, name=name,
-                                source="").id,), name=name, source="").id  # sqrt(v) * 2^(V_SHIFT / 2)
+    # sqrt(v) * 2^(V_SHIFT / 2) and 1 / (that + eps_t 2^(V_SHIFT / 2)) with range reduction
+    # (protocols/ranges.py): right for v 2^V_SHIFT up to 2^30, i.e. gradients d up to about 500.
+    root = b.add("sqrt_wide", (b.add("add_public", (v,), {"value": _scalar(2.0 ** -b.frac_bits)}, name=name,
+                                     source="").id,), name=name, source="").id
     shape = b.nodes[w].shape
     eps = b.add("expand", (scalars["adam.eps"],), {"shape": shape}, name=name, source="").id  # eps_t 2^(V_SHIFT/2)
-    inv = b.add("reciprocal", (b.add("add", (root, eps), name=name, source="").id,), name=name, source="").id
+    inv = b.add("reciprocal_wide", (b.add("add", (root, eps), name=name, source="").id,), name=name,
+                source="").id
     lr = b.add("expand", (scalars["adam.lr"],), {"shape": shape}, name=name, source="").id  # lr_t 2^(V_SHIFT/2)
     step = b.add("mul", (b.add("mul", (m, inv), name=name, source="").id, lr), name=name, source="").id
     return {f"{name}:m": m, f"{name}:v": v, name: b.add("sub", (w, step), name=name, source="").id}
