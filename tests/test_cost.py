@@ -58,7 +58,7 @@ CASES = {
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
 # test_prediction_equals_measurement_for_training:
-TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "matmul_keep", "matmul_backward", "max_pool2d_argmax", "unpool2d",
+TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "bilinear_keep", "bilinear_backward", "max_pool2d_argmax", "unpool2d",
                 "sqrt_wide", "reciprocal_wide"}
 LOCAL_GRAD_OPS = {"scatter", "flip"}  # local ops of the getitem and conv2d gradients: tests/test_grads.py
 

@@ -9,10 +9,10 @@ index, and a product rescaled by a public factor in the same truncation.
   input positions (the adjoint of the window unfold).
 - `gather_rows(x, idx)`: rows of a kept data set picked by public indices (a batch):
   local, no communication.
-- `matmul_keep(x, w)` and `matmul_backward(g, masks of matmul_keep)`: a layer's forward
-  product keeps its Beaver masks, and its backward products g w^T and x^T g open only
-  g - d (SecureML's reuse of the masked matrices within a step; protocols/reuse.py,
-  placed by passes/mask_reuse.py).
+- `bilinear_keep(x, w)` and `bilinear_backward(g, masks of bilinear_keep)`: a layer's
+  forward product (matmul or stride-1 conv2d) keeps its Beaver masks, and its backward
+  products (g w^T and x^T g for a matmul) open only g - d (SecureML's reuse of the masked
+  matrices within a step; protocols/reuse.py, placed by passes/mask_reuse.py).
 - `rescale(x)`: x is an untruncated product (scale 2^2f); multiply by the public factor
   c encoded with k bits and truncate once by f + k bits. The learning rate and 1/batch
   fold into the truncation that the weight gradient needed anyway (Mohassel and Zhang,
@@ -26,7 +26,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, nonlinear, reuse
+from mpc.protocols import arithmetic, correlations, nonlinear, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -99,33 +99,46 @@ def _meta(shape) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.int64, device="meta")
 
 
+def _padding(a):
+    """None for a matmul; the stride-1 convolution's padding for a conv2d."""
+    return tuple(a["padding"]) if a["conv"] else None
+
+
+def _forms(a, x, w):
+    spec = correlations.bilinear_train_triple(x.shape, w.shape, a["dx"], a["dw"], _padding(a))
+    return correlations.train_forms(spec)
+
+
 def _keep_shape(a, x, w):
-    """(x @ w, e, f, a, b, d, c', c''): c' shaped like dx = d @ b^T, c'' like dw = a^T @ d."""
-    if x.dim() < 2 or w.dim() < 2:
-        raise ValueError("matmul_keep needs operands of at least 2 dimensions")
-    z = x @ w
-    c1 = z @ w.transpose(-2, -1) if a["dx"] else _meta((0,))
-    c2 = x.transpose(-2, -1) @ z if a["dw"] else _meta((0,))
+    """(z, e, f, a, b, d, c', c''): z = B(x, w), c' shaped like dx = Bx(d, b), c'' like dw = Bw(a, d)."""
+    dims = 4 if a["conv"] else 2
+    if x.dim() < dims or w.dim() < dims:
+        raise ValueError(f"bilinear_keep needs operands of at least {dims} dimensions")
+    op, bx, bw = _forms(a, x, w)
+    z = op(x, w)
+    c1 = bx(z, w) if a["dx"] else _meta((0,))
+    c2 = bw(x, z) if a["dw"] else _meta((0,))
     return z, x, w, x, w, z, c1, c2
 
 
-register("matmul_keep", 2, _keep_shape,
-         lambda ctx, a, x, w: reuse.matmul_keep(ctx, x, w, a["dx"], a["dw"], scaled=a.get("truncate", True)),
-         n_outputs=8, doc="x @ w from a triple whose masks the backward products reuse (with them)")
+register("bilinear_keep", 2, _keep_shape,
+         lambda ctx, a, x, w: reuse.bilinear_keep(ctx, x, w, a["dx"], a["dw"], _padding(a),
+                                                  scaled=a.get("truncate", True)),
+         n_outputs=8, doc="a matmul or stride-1 conv2d from a triple whose masks the backward products reuse "
+                          "(with them)")
 
 
 def _backward_shape(a, g, e, f, ma, mb, d, c1, c2):
     if tuple(g.shape) != tuple(d.shape):
         raise ValueError(f"the gradient's shape {tuple(g.shape)} is not the forward product's {tuple(d.shape)}")
-    dx = g @ f.transpose(-2, -1) if a["dx"] else _meta((0,))
-    dw = e.transpose(-2, -1) @ g if a["dw"] else _meta((0,))
-    return dx, dw
+    _, bx, bw = _forms(a, e, f)
+    return (bx(g, f) if a["dx"] else _meta((0,))), (bw(e, g) if a["dw"] else _meta((0,)))
 
 
-register("matmul_backward", 8, _backward_shape,
-         lambda ctx, a, g, *masks: reuse.matmul_backward(ctx, g, *masks, a["dx"], a["dw"], a.get("truncate_dx", True),
-                                                         a.get("truncate_dw", True)),
-         n_outputs=2, doc="(g @ w^T, x^T @ g) reusing the masks of matmul_keep: opens only g - d")
+register("bilinear_backward", 8, _backward_shape,
+         lambda ctx, a, g, *masks: reuse.bilinear_backward(ctx, g, *masks, a["dx"], a["dw"], _padding(a),
+                                                           a.get("truncate_dx", True), a.get("truncate_dw", True)),
+         n_outputs=2, doc="the gradient products of bilinear_keep's product, reusing its masks: opens only g - d")
 
 
 def _pool_args(a):

@@ -18,9 +18,9 @@ Savings (measured in `mpc bench`, explained in the README):
   gradient x^T g needs anyway (`rescale`), as SecureML folds the learning rate.
 - A layer's input gradient and weight gradient are independent nodes, so the scheduler
   sends their openings in the same round.
-- Within one step, a layer's backward products reuse the masked operands x - a and w - b
-  opened by its forward product and open only g - d (passes/mask_reuse.py, SecureML §4.2);
-  each step's forward product has fresh masks.
+- Within one step, a layer's backward products (matmul or convolution) reuse the masked
+  operands x - a and w - b opened by its forward product and open only g - d
+  (passes/mask_reuse.py, SecureML §4.2); each step's forward product has fresh masks.
 """
 
 from __future__ import annotations
