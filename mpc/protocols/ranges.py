@@ -1,10 +1,10 @@
-"""Range reduction: sqrt and 1/x over wide ranges, by scaling x into the range where the
+"""Range reduction: sqrt, 1/sqrt and 1/x over wide ranges, by scaling x into the range where the
 iterations of approx.py are accurate and scaling the result back.
 
-approx.sqrt is accurate for x in [0.1, 100] and approx.reciprocal_positive for x in
-[0.01, 256]; Adam's second moment and its square root leave those ranges as soon as
-gradients grow. As in Catrina and Saxena ("Secure computation with fixed-point numbers",
-FC 2010), x is normalised to a fixed interval, the iteration runs there, and the scale is
+approx.sqrt and approx.inv_sqrt are accurate for x in [0.1, 100] and
+approx.reciprocal_positive for x in [0.01, 256]; Adam's second moment and its square root
+leave those ranges as soon as gradients grow, and so do the variances of raw features. As
+in Catrina and Saxena ("Secure computation with fixed-point numbers", FC 2010), x is normalised to a fixed interval, the iteration runs there, and the scale is
 undone; instead of their bit decomposition (the exact power of two), coarse bands of a
 factor 2^8 are found with one batched comparison, since the iterations tolerate an
 interval of that width:
@@ -98,3 +98,20 @@ def reciprocal_wide(ctx: PartyContext, x: torch.Tensor):
     inv = yield from approx.reciprocal_positive(ctx, x_prime, out_scale=scale)
     factors = [0] + [1 << (BAND_BITS * (k_max - k)) for k in range(k_min, k_max + 1)]
     return (yield from _scale_back(ctx, inv, onehot, factors, scale - ctx.frac_bits + BAND_BITS * k_max))
+
+
+def inv_sqrt_wide(ctx: PartyContext, x: torch.Tensor, gain_bits: int = 0):
+    """2^gain_bits / sqrt(x) for x in [2^-16, 2^30); 0 for x <= 0.
+
+    Bands as sqrt_wide (x' in [0.2, 64)), inside approx.inv_sqrt's [0.1, 100], which
+    returns 1/sqrt(x') at scale 2^-24; 1/sqrt(x) = (1/sqrt(x')) 16^(-k) = (1/sqrt(x')) K / 16^3
+    with K = sum_k o_k 16^(3 - k). A gain keeps significant bits of a small result (a
+    large x) that the scale 2^-f would round away; the caller divides it out after its
+    product. Rounds 5 + 44 + 2 = 51 (approx.inv_sqrt alone: 44)."""
+    k_min, k_max = -2, 3
+    onehot, x_prime = yield from _bands(ctx, x, 0.2, k_min, k_max)
+    scale = 24
+    inv = yield from approx.inv_sqrt(ctx, x_prime, out_scale=scale)
+    half = BAND_BITS // 2
+    factors = [0] + [1 << (half * (k_max - k)) for k in range(k_min, k_max + 1)]
+    return (yield from _scale_back(ctx, inv, onehot, factors, scale - ctx.frac_bits + half * k_max - gain_bits))
