@@ -16,8 +16,10 @@ from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from tests.conftest import assert_close
 
+
 def _t(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
 
 @pytest.mark.parametrize("dx,dw", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("shapes,padding", [(((4, 3), (3, 2)), None), (((2, 4, 3), (3, 2)), None),
@@ -62,6 +64,7 @@ CASES = {
 def _product(a, b, conv):
     return torch.nn.functional.conv2d(a, b, padding=1) if conv else a @ b
 
+
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reused_masks_give_torch_gradients(case, n_parties):
@@ -92,6 +95,7 @@ def test_reused_masks_give_torch_gradients(case, n_parties):
     for got, want in zip(revealed, expected):
         assert_close(got, want, 3e-3, case)
 
+
 def test_a_gradient_that_does_not_depend_on_the_product_is_left_alone():
     """The rewrite needs g downstream of z (so the graph stays acyclic); here it is not."""
     cluster = mpc.InMemoryCluster(n_parties=2)
@@ -101,12 +105,14 @@ def test_a_gradient_that_does_not_depend_on_the_product_is_left_alone():
     _, count = mask_reuse.apply(cluster._builder, list(grads.values()))
     assert count == 0
 
+
 def _mlp_program(savings, k=1):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
     tp = compile_training(model, torch.zeros(1, 20), n_rows=1000, n_outputs=2, optimizer=SGD(0.5), batch_size=100,
                           savings=savings)
     return tp.program(k)[0]
+
 
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
 def test_saving_per_step_is_the_openings_it_removes(n_parties):
@@ -120,6 +126,7 @@ def test_saving_per_step_is_the_openings_it_removes(n_parties):
     assert [a - b for a, b in zip(without.bytes_sent, with_reuse.bytes_sent)] == [saved] * n_parties
     assert without.rounds == with_reuse.rounds
     assert without.dealer_bytes == with_reuse.dealer_bytes
+
 
 def test_every_step_has_fresh_masks():
     """Two unrolled steps: each step's forward products are their own nodes, each with its
