@@ -23,6 +23,13 @@ def _pos(*shape):
     return _t(*shape).abs() + 0.5
 
 
+def _op(c, op, x, **attrs):
+    """A registry op with no SecretTensor method (the range-reduced functions), on x."""
+    from mpc.api import SecretTensor
+
+    return SecretTensor(c, c._builder.add(op, (x._node.id,), attrs))
+
+
 # name -> (ops it exercises, builder(cluster) -> SecretTensor)
 CASES = {
     "linear": ({"add", "sub", "neg", "add_public", "mul_public"},
@@ -50,6 +57,10 @@ CASES = {
                lambda c: c.share(_t(4), 0).exp() + c.share(_pos(4), 1).log() + c.share(_pos(4), 0).reciprocal()
                + c.share(_pos(4), 1).sqrt() + c.share(_pos(4), 0).inv_sqrt() + c.share(_t(4), 1).sigmoid()
                + c.share(_t(4), 0).tanh() + c.share(_t(4), 1) / c.share(_pos(4), 0)),
+    "ranges": ({"sqrt_wide", "reciprocal_wide", "inv_sqrt_wide"},
+               lambda c: _op(c, "sqrt_wide", c.share(_pos(4) * 1000, 0))
+               + _op(c, "reciprocal_wide", c.share(_pos(4), 1))
+               + _op(c, "inv_sqrt_wide", c.share(_pos(4) / 1000, 0), gain_bits=6)),
     "softmax": ({"softmax", "log_softmax"},
                 lambda c: c.share(_t(3, 4), 0).softmax(1) + c.share(_t(3, 4), 1).log_softmax(1)),
 }
@@ -57,7 +68,9 @@ CASES = {
 
 # Ops the model cases below exercise; batch_norm never runs (the compiler folds it away).
 MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
-TRAINING_OPS = {"relu_bit", "gather_rows", "rescale"}  # test_prediction_equals_measurement_for_training
+# test_prediction_equals_measurement_for_training:
+TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "bilinear_keep", "bilinear_backward", "max_pool2d_argmax",
+                "unpool2d"}
 LOCAL_GRAD_OPS = {"scatter", "flip"}  # local ops of the getitem and conv2d gradients: tests/test_grads.py
 
 
@@ -110,16 +123,29 @@ def test_prediction_equals_measurement_for_models(name, options, n_parties):
     assert stats[0].dealer_bytes == cost.dealer_bytes
 
 
+def _pooled_cnn():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 2))
+
+
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
-@pytest.mark.parametrize("reveal_loss", [False, True])
-def test_prediction_equals_measurement_for_training(n_parties, reveal_loss):
-    from mpc.compiler.training import SGD
+@pytest.mark.parametrize("model,reveal_loss", [("mlp", False), ("mlp", True), ("cnn_maxpool", False),
+                                               ("linear_adam", False)])
+def test_prediction_equals_measurement_for_training(n_parties, model, reveal_loss):
+    from mpc.compiler.training import SGD, Adam
 
     torch.manual_seed(0)
     cluster = mpc.InMemoryCluster(n_parties=n_parties)
     x, y = _t(40, 6), (_t(40) > 0).long()
+    if model == "cnn_maxpool":
+        x, net = _t(40, 1, 4, 4), _pooled_cnn()
+    elif model == "linear_adam":  # Adam's range-reduced sqrt and reciprocal (one layer: they are slow to run)
+        net = torch.nn.Linear(6, 2)
+    else:
+        net = models.MLP((6, 5, 5, 2))
     data = cluster.share_data({0: (x[:20], y[:20]), 1: (x[20:], y[20:])}, n_classes=2)
-    cluster.train(models.MLP((6, 5, 5, 2)), data, optimizer=SGD(0.1, momentum=0.9), batch_size=10, epochs=1,
+    optimizer = Adam(0.05) if model == "linear_adam" else SGD(0.1, momentum=0.9)
+    cluster.train(net, data, optimizer=optimizer, batch_size=10, epochs=1,
                   reveal_loss_every=1 if reveal_loss else 0)
     cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,) * len(cluster.last_program.outputs))
     stats = cluster.last_stats

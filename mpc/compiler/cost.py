@@ -100,6 +100,8 @@ def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
             node_cost.dealer_bytes += correlations.correction_nbytes(spec)
             if spec.kind in _PRODUCTS:
                 node_cost.products += math.prod(correlations.dependent_parts(spec)[0].shape)
+            elif spec.kind == "bilinear_train":  # a layer's forward product and its backward products
+                node_cost.products += sum(math.prod(p.shape) for p in correlations.dependent_parts(spec))
             elif spec.kind == "cmp":
                 node_cost.comparisons += math.prod(spec.shapes[0])
         cost.dealer_bytes = sum(c.dealer_bytes for c in cost.per_node.values())

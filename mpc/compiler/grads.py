@@ -163,6 +163,27 @@ def _relu_bit(b, n, gouts, needs):
     return (b.add("mul", (g, fixed.id), name=n.name, source="").id,)
 
 
+def _max_pool2d_argmax(b, n, gouts, needs):
+    """dx = the window cells g * onehot summed back to their input positions: g goes to each
+    window's maximum. The one-hot is an exact 0/1 ring integer: no truncation."""
+    g = gouts[0]
+    if g is None:
+        return (None,)
+    onehot = b.add("take", (n.id,), {"index": 1}, name=n.name, source="").id
+    column = b.add("reshape", (g,), {"shape": (*n.shape, 1)}, name=n.name, source="").id
+    routed = b.add("mul", (column, onehot), {"truncate": False}, name=n.name, source="").id
+    attrs = {"kernel": n.attrs["kernel"], "stride": n.attrs["stride"], "padding": n.attrs["padding"],
+             "shape": _shape(b, n.inputs[0])}
+    return (b.add("unpool2d", (routed,), attrs, name=n.name, source="").id,)
+
+
+def _max_pool2d(b, n, gouts, needs):
+    """Plain max_pool2d keeps no one-hot, so its gradient runs the max tree again with it
+    (the training compiler uses max_pool2d_argmax instead, which keeps it from the forward)."""
+    both = b.add("max_pool2d_argmax", (n.inputs[0],), n.attrs, name=n.name, source="")
+    return _max_pool2d_argmax(b, both, gouts, needs)
+
+
 def _getitem(b, n, gouts, needs):
     shape = _shape(b, n.inputs[0])
     return (b.add("scatter", (gouts[0],), {"shape": shape, "index": n.attrs["index"]}, name=n.name, source="").id,)
@@ -278,6 +299,7 @@ RULES = {
     "square": _square, "matmul": _matmul, "matmul_public": _matmul_public, "reshape": _reshape,
     "transpose": _transpose, "permute": _permute, "expand": _expand, "sum": _sum, "mean": _mean,
     "relu_bit": _relu_bit, "relu": _relu, "getitem": _getitem, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
+    "max_pool2d": _max_pool2d, "max_pool2d_argmax": _max_pool2d_argmax,
 }
 
 for _op, _rule in RULES.items():

@@ -10,7 +10,7 @@ import torch
 
 from mpc import ring
 from mpc.compiler.registry import CompileError, register as _register
-from mpc.protocols import approx, arithmetic, nonlinear
+from mpc.protocols import approx, arithmetic, nonlinear, ranges
 
 _COMPARISONS = ("ge", "gt", "le", "lt", "eq", "ne")
 
@@ -31,6 +31,10 @@ _unary("log", approx.log)
 _unary("reciprocal", approx.reciprocal)
 _unary("sqrt", approx.sqrt)
 _unary("inv_sqrt", approx.inv_sqrt)
+_unary("sqrt_wide", ranges.sqrt_wide)  # x in [2^-16, 2^30): range reduction, 7 rounds more than sqrt
+_unary("reciprocal_wide", ranges.reciprocal_wide)  # x in [2^-16, 2^16)
+# x in [2^-16, 2^30); attrs["gain_bits"] = g returns 2^g / sqrt(x) (more significant bits of a small result)
+_register("inv_sqrt_wide", 1, _same, lambda ctx, a, x: ranges.inv_sqrt_wide(ctx, x, a.get("gain_bits", 0)))
 _unary("sigmoid", approx.sigmoid)
 _unary("tanh", approx.tanh)
 

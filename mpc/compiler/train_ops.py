@@ -3,8 +3,16 @@ index, and a product rescaled by a public factor in the same truncation.
 
 - `relu_bit` returns (relu(x), [x >= 0]) from one comparison (4 rounds): the bit is an
   exact 0/1 ring integer, so the backward product g * bit needs no truncation.
+- `max_pool2d_argmax` returns (max_pool2d(x), one-hot of each window's maximum) from the
+  same comparisons; the one-hot is 0/1 ring integers, so the backward product g * onehot
+  needs no truncation, and `unpool2d` (local) sums each window's cells back to their
+  input positions (the adjoint of the window unfold).
 - `gather_rows(x, idx)`: rows of a kept data set picked by public indices (a batch):
   local, no communication.
+- `bilinear_keep(x, w)` and `bilinear_backward(g, masks of bilinear_keep)`: a layer's
+  forward product (matmul or stride-1 conv2d) keeps its Beaver masks, and its backward
+  products (g w^T and x^T g for a matmul) open only g - d (SecureML's reuse of the masked
+  matrices within a step; protocols/reuse.py, placed by passes/mask_reuse.py).
 - `rescale(x)`: x is an untruncated product (scale 2^2f); multiply by the public factor
   c encoded with k bits and truncate once by f + k bits. The learning rate and 1/batch
   fold into the truncation that the weight gradient needed anyway (Mohassel and Zhang,
@@ -18,7 +26,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, nonlinear
+from mpc.protocols import arithmetic, correlations, nonlinear, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -85,3 +93,84 @@ def _rescale(ctx, a, x):
 
 register("rescale", 1, lambda a, x: x, _rescale,
          doc="(untruncated product) * public factor, truncated once by f + k bits")
+
+
+def _meta(shape) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.int64, device="meta")
+
+
+def _padding(a):
+    """None for a matmul; the stride-1 convolution's padding for a conv2d."""
+    return tuple(a["padding"]) if a["conv"] else None
+
+
+def _forms(a, x, w):
+    spec = correlations.bilinear_train_triple(x.shape, w.shape, a["dx"], a["dw"], _padding(a))
+    return correlations.train_forms(spec)
+
+
+def _keep_shape(a, x, w):
+    """(z, e, f, a, b, d, c', c''): z = B(x, w), c' shaped like dx = Bx(d, b), c'' like dw = Bw(a, d)."""
+    dims = 4 if a["conv"] else 2
+    if x.dim() < dims or w.dim() < dims:
+        raise ValueError(f"bilinear_keep needs operands of at least {dims} dimensions")
+    op, bx, bw = _forms(a, x, w)
+    z = op(x, w)
+    c1 = bx(z, w) if a["dx"] else _meta((0,))
+    c2 = bw(x, z) if a["dw"] else _meta((0,))
+    return z, x, w, x, w, z, c1, c2
+
+
+register("bilinear_keep", 2, _keep_shape,
+         lambda ctx, a, x, w: reuse.bilinear_keep(ctx, x, w, a["dx"], a["dw"], _padding(a),
+                                                  scaled=a.get("truncate", True)),
+         n_outputs=8, doc="a matmul or stride-1 conv2d from a triple whose masks the backward products reuse "
+                          "(with them)")
+
+
+def _backward_shape(a, g, e, f, ma, mb, d, c1, c2):
+    if tuple(g.shape) != tuple(d.shape):
+        raise ValueError(f"the gradient's shape {tuple(g.shape)} is not the forward product's {tuple(d.shape)}")
+    _, bx, bw = _forms(a, e, f)
+    return (bx(g, f) if a["dx"] else _meta((0,))), (bw(e, g) if a["dw"] else _meta((0,)))
+
+
+register("bilinear_backward", 8, _backward_shape,
+         lambda ctx, a, g, *masks: reuse.bilinear_backward(ctx, g, *masks, a["dx"], a["dw"], _padding(a),
+                                                           a.get("truncate_dx", True), a.get("truncate_dw", True)),
+         n_outputs=2, doc="the gradient products of bilinear_keep's product, reusing its masks: opens only g - d")
+
+
+def _pool_args(a):
+    return tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
+
+
+def _pool_argmax_shape(a, x):
+    kernel, stride, padding = _pool_args(a)
+    out = torch.nn.functional.max_pool2d(torch.empty(x.shape, device="meta"), kernel, stride, padding)
+    return out.to(torch.int64), _meta((*out.shape, kernel[0] * kernel[1]))
+
+
+register("max_pool2d_argmax", 1, _pool_argmax_shape,
+         lambda ctx, a, x: nonlinear.max_pool2d_argmax(ctx, x, *_pool_args(a)), n_outputs=2,
+         doc="(max_pool2d(x), one-hot of each window's maximum as 0/1 ring integers) from one max tree")
+
+
+def _unpool2d(a, w):
+    """Window cells (..., oh, ow, kh * kw) summed back into an input of shape a["shape"]:
+    the adjoint of the pooling windows' unfold (overlapping windows add up; padding is cut)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pool_args(a)
+    shape = tuple(a["shape"])
+    oh, ow = w.shape[-3], w.shape[-2]
+    if w.shape[-1] != kh * kw or tuple(w.shape[:-3]) != shape[:-2]:
+        raise ValueError(f"windows of shape {tuple(w.shape)} do not fit an input {shape} with kernel {(kh, kw)}")
+    h, wd = shape[-2:]
+    out = torch.zeros((*shape[:-2], h + 2 * ph, wd + 2 * pw), dtype=w.dtype, device=w.device)
+    cells = w.reshape(*w.shape[:-1], kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            out[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cells[..., i, j]
+    return out[..., ph:ph + h, pw:pw + wd]
+
+
+local("unpool2d", 1, _unpool2d, doc="pooling-window cells summed back to their input positions: local")

@@ -18,6 +18,9 @@ Savings (measured in `mpc bench`, explained in the README):
   gradient x^T g needs anyway (`rescale`), as SecureML folds the learning rate.
 - A layer's input gradient and weight gradient are independent nodes, so the scheduler
   sends their openings in the same round.
+- Within one step, a layer's backward products (matmul or convolution) reuse the masked
+  operands x - a and w - b opened by its forward product and open only g - d
+  (passes/mask_reuse.py, SecureML §4.2); each step's forward product has fresh masks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mpc.compiler import autodiff, train_ops
 from mpc.compiler.capture import capture
 from mpc.compiler.extract import extract
 from mpc.compiler.graph import GraphBuilder
+from mpc.compiler.passes import mask_reuse
 from mpc.compiler.registry import CompileError
 from mpc.compiler.validate import validate
 from mpc.ir import Program
@@ -39,8 +43,9 @@ from mpc.ir import Program
 LOSSES = ("mse", "bce_with_logits", "cross_entropy")
 V_SHIFT = 12  # Adam's second moment is kept times 2^V_SHIFT (see _update)
 # "bit_products": ReLU's backward product with its 0/1 bit untruncated; "fold_step_size": the
-# step size folded into the weight gradient's truncation. `mpc bench` turns each off to measure it.
-SAVINGS = frozenset({"bit_products", "fold_step_size"})
+# step size folded into the weight gradient's truncation; "reuse_masks": a layer's backward
+# products reuse its forward product's opened masks. `mpc bench` turns each off to measure it.
+SAVINGS = frozenset({"bit_products", "fold_step_size", "reuse_masks"})
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,9 @@ class SGD:
 @dataclass(frozen=True)
 class Adam:
     """Adam with bias correction folded into per-step public step sizes. In 16-bit fixed
-    point the second moment of small gradients underflows, so eps defaults to 1e-2."""
+    point the second moment of small gradients underflows, so eps defaults to 1e-2. The
+    square root and reciprocal of the update are range-reduced: gradients (of the mean
+    loss) up to about 500 in magnitude."""
 
     lr: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
@@ -216,11 +223,14 @@ def _update(b: GraphBuilder, opt, name: str, w: int, grad: int, c_over_b: float,
     fresh = b.add("rescale", (d2,), {"value": factor, "bits": train_ops.factor_bits(factor, b.frac_bits)},
                   name=name, source="").id
     v = b.add("add", (_mul_public(b, states[f"{name}:v"], b2, name), fresh), name=name, source="").id
-    root = b.add("sqrt", (b.add("add_public", (v,), {"value": _scalar(2.0 ** -b.frac_bits)}, name=name,
-                                source="").id,), name=name, source="").id  # sqrt(v) * 2^(V_SHIFT / 2)
+    # sqrt(v) * 2^(V_SHIFT / 2) and 1 / (that + eps_t 2^(V_SHIFT / 2)) with range reduction
+    # (protocols/ranges.py): right for v 2^V_SHIFT up to 2^30, i.e. gradients d up to about 500.
+    root = b.add("sqrt_wide", (b.add("add_public", (v,), {"value": _scalar(2.0 ** -b.frac_bits)}, name=name,
+                                     source="").id,), name=name, source="").id
     shape = b.nodes[w].shape
     eps = b.add("expand", (scalars["adam.eps"],), {"shape": shape}, name=name, source="").id  # eps_t 2^(V_SHIFT/2)
-    inv = b.add("reciprocal", (b.add("add", (root, eps), name=name, source="").id,), name=name, source="").id
+    inv = b.add("reciprocal_wide", (b.add("add", (root, eps), name=name, source="").id,), name=name,
+                source="").id
     lr = b.add("expand", (scalars["adam.lr"],), {"shape": shape}, name=name, source="").id  # lr_t 2^(V_SHIFT/2)
     step = b.add("mul", (b.add("mul", (m, inv), name=name, source="").id, lr), name=name, source="").id
     return {f"{name}:m": m, f"{name}:v": v, name: b.add("sub", (w, step), name=name, source="").id}
@@ -261,7 +271,7 @@ def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: i
 
 def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit: bool = True) -> int:
     """The captured forward pass on input node x with the given weight nodes; relu keeps
-    its comparison bit for the backward pass."""
+    its comparison bit and max-pooling its one-hot maxima for the backward pass."""
     mapped: dict[int, int] = {}
     for nid in sorted(graph.builder.nodes):  # ids grow in creation order: inputs first
         node = graph.builder.nodes[nid]
@@ -272,6 +282,10 @@ def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit:
         elif node.op == "relu":
             both = b.add("relu_bit", (mapped[node.inputs[0]],), {} if exact_bit else {"exact_bit": False},
                          name=node.name, source=node.source)
+            mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
+        elif node.op == "max_pool2d":  # keeps the one-hot of each window's maximum for the backward
+            both = b.add("max_pool2d_argmax", (mapped[node.inputs[0]],), node.attrs, name=node.name,
+                         source=node.source)
             mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
         else:
             mapped[nid] = b.add(node.op, tuple(mapped[i] for i in node.inputs), node.attrs, name=node.name,
@@ -312,7 +326,10 @@ def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]
         current = updates
         if with_loss and i == k - 1:
             loss_node = _loss_value(b, tp.loss, z, y, tp.batch_size)
-    ex = extract(b, [loss_node] if loss_node is not None else [], also=list(current.values()))
+    roots = [loss_node] if loss_node is not None else []
+    if "reuse_masks" in tp.savings:  # node ids keep their meaning: inputs, current and loss_node stand
+        b, _ = mask_reuse.apply(b, roots + list(current.values()))
+    ex = extract(b, roots, also=list(current.values()))
     validate(ex.program)
     index = ex.program_id()
     roles = {"inputs": {name: index[v] for name, v in inputs.items() if v in index},

@@ -14,6 +14,11 @@ Kinds:
   square  (a, c = a * a)              free a; dependent c             8 B/elem
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
+  bilinear_train (a, b, d, c = B(a, b), free a, b, d; dependent c and  8 B/elem of c, c', c''
+          c' = Bx(d, b), c'' = Bw(a, d)) the backward products asked for
+                                        (reuse.py: one triple's masks for a layer's forward
+                                        and backward products, SecureML §4.2; B matmul or
+                                        conv2d, Bx and Bw its gradient products: train_forms)
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
   cmp     comparison material          see compare.py                  85 B/elem ("lt"), 47 ("eq"),
                                                                        + 8 B per payload element
@@ -50,6 +55,40 @@ def mul_triple(shape_a, shape_b) -> Spec:
 
 def matmul_triple(shape_a, shape_b) -> Spec:
     return Spec("matmul", (tuple(shape_a), tuple(shape_b)))
+
+
+def bilinear_train_triple(shape_a, shape_b, dx: bool, dw: bool, padding=None) -> Spec:
+    """A triple (a, b, c = B(a, b)) with a third mask d shaped like c and the gradient products
+    c' = Bx(d, b) (if dx) and c'' = Bw(a, d) (if dw), where B is matmul (padding None) or a
+    stride-1 conv2d with `padding` (see train_forms): a and b are the very same draws in the
+    forward product and in the backward products of one layer (protocols/reuse.py)."""
+    conv = padding is not None
+    ph, pw = padding if conv else (0, 0)
+    params = (("conv", int(conv)), ("dw", int(dw)), ("dx", int(dx)), ("pad_h", int(ph)), ("pad_w", int(pw)))
+    return Spec("bilinear_train", (tuple(shape_a), tuple(shape_b)), params)
+
+
+def train_forms(spec: Spec):
+    """(B, Bx, Bw) of a bilinear_train spec: the forward product z = B(x, w) and its
+    gradient products, bilinear in (g, w) and in (x, g):
+      matmul: B = x @ w, Bx(g, w) = g @ w^T, Bw(x, g) = x^T @ g;
+      conv2d (stride 1, padding p): B = conv2d(x, w, p),
+        Bx(g, w) = conv2d(g, flip(w)^T, k - 1 - p) (the transposed convolution),
+        Bw(x, g) = conv2d(x^T, g^T, p) with ^T swapping dims 0 and 1 (the weight gradient,
+        itself transposed back by the caller), as grads.py writes them."""
+    def t(m):
+        return m.transpose(-2, -1)
+
+    if not spec.param("conv"):
+        return ring.matmul, (lambda g, w: ring.matmul(g, t(w))), (lambda x, g: ring.matmul(t(x), g))
+    p = (spec.param("pad_h"), spec.param("pad_w"))
+
+    def bx(g, w):
+        kh, kw = w.shape[-2:]
+        return ring.conv2d(g, w.flip(2, 3).transpose(0, 1), 1, (kh - 1 - p[0], kw - 1 - p[1]), 1, 1)
+
+    return ((lambda x, w: ring.conv2d(x, w, 1, p, 1, 1)), bx,
+            (lambda x, g: ring.conv2d(x.transpose(0, 1), g.transpose(0, 1), 1, p, 1, 1)))
 
 
 def conv2d_triple(shape_x, shape_w, stride, padding, dilation, groups) -> Spec:
@@ -151,6 +190,18 @@ def _bilinear(spec: Spec):
     raise ValueError(f"unknown correlation kind {kind!r}")
 
 
+def _train_shapes(spec: Spec) -> tuple[tuple[int, ...], ...]:
+    """Shapes of c = B(a, b) (and of d), of c' = Bx(d, b) and of c'' = Bw(a, d)."""
+    dims = 4 if spec.param("conv") else 2
+    if len(spec.shapes[0]) < dims or len(spec.shapes[1]) < dims:
+        raise ValueError(f"bilinear_train needs operands of at least {dims} dimensions, got {list(spec.shapes)}")
+    a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
+    b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
+    op, bx, bw = train_forms(spec)
+    c = op(a, b)
+    return tuple(c.shape), tuple(bx(c, b).shape), tuple(bw(a, c).shape)
+
+
 def _word_dtype(bits: int) -> torch.dtype:
     return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else torch.int64
 
@@ -183,6 +234,8 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
                 *(Part(p) for p in payloads)]
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
+    if spec.kind == "bilinear_train":
+        return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(_train_shapes(spec)[0])]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
@@ -201,6 +254,9 @@ def dependent_parts(spec: Spec) -> list[Part]:
                 Part(shape), *(Part(p) for p in payloads)]
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
+    if spec.kind == "bilinear_train":
+        c, c1, c2 = _train_shapes(spec)
+        return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     return [Part(tuple(_bilinear(spec)(a, b).shape))]
@@ -243,6 +299,15 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         return out
     if spec.kind == "square":
         return [free[0] * free[0]]
+    if spec.kind == "bilinear_train":
+        a, b, d = free
+        op, bx, bw = train_forms(spec)
+        out = [op(a, b)]
+        if spec.param("dx"):
+            out.append(bx(d, b))
+        if spec.param("dw"):
+            out.append(bw(a, d))
+        return out
     return [_bilinear(spec)(*free)]
 
 
@@ -305,4 +370,10 @@ def _assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
         return big_r * (1 << f) + rho, big_r, t, m
     if spec.kind == "cmp":
         return (*free, *dependent)
+    if spec.kind == "bilinear_train":  # (a, b, d, c, c', c''), an empty tensor for a product not asked for
+        empty = dependent[0].new_empty((0,))
+        rest = iter(dependent[1:])
+        c1 = next(rest) if spec.param("dx") else empty
+        c2 = next(rest) if spec.param("dw") else empty
+        return (*free, dependent[0], c1, c2)
     return (*free, dependent[0])

@@ -77,19 +77,22 @@ def clamp(ctx: PartyContext, x: torch.Tensor, low: torch.Tensor | None, high: to
     return x - r[0]  # min(x, high) = x - relu(x - high)
 
 
-def max_(ctx: PartyContext, x: torch.Tensor, dim: int, keepdim: bool, with_argmax: bool):
+def max_(ctx: PartyContext, x: torch.Tensor, dim: int, keepdim: bool, with_argmax: bool, exact: bool = False):
     """Max over `dim` by a tree of pairwise steps max(u, v) = v + [u - v >= 0] (u - v).
 
     With `with_argmax`, each step also selects one-hot rows: oh = oh_v + b (oh_u - oh_v),
-    both products riding on the step's comparison. Returns (max, one-hot or None).
-    Rounds 4 * ceil(log2 n); bytes per level 42 (+ 8 n for the one-hot) per pair at N = 3."""
+    both products riding on the step's comparison. Returns (max, one-hot or None); the
+    one-hot is fixed-point, or with `exact` a 0/1 ring integer (a product with it then
+    needs no truncation: the max-pool gradient). Rounds 4 * ceil(log2 n); bytes per
+    level 42 (+ 8 n for the one-hot) per pair at N = 3."""
     n = x.shape[dim]
     if n == 0:
         raise ValueError("max over an empty dimension")
     v = x.movedim(dim, -1)
     oh = None
     if with_argmax:
-        eye = ctx.public(torch.eye(n, dtype=torch.int64, device=x.device) * (1 << ctx.frac_bits))
+        unit = 1 if exact else 1 << ctx.frac_bits
+        eye = ctx.public(torch.eye(n, dtype=torch.int64, device=x.device) * unit)
         oh = eye.expand(v.shape + (n,)).clone()
     while v.shape[-1] > 1:
         m = v.shape[-1]
@@ -116,10 +119,9 @@ def max_(ctx: PartyContext, x: torch.Tensor, dim: int, keepdim: bool, with_argma
     return out, oh
 
 
-def max_pool2d(ctx: PartyContext, x: torch.Tensor, kernel, stride, padding):
-    """torch.nn.functional.max_pool2d over (N, C, H, W) (or (C, H, W)): windows are a
-    local unfold, then a max tree over each window (4 * ceil(log2 kh*kw) rounds). Padding
-    holds -2^(62-2f), the most negative encodable value, below every input."""
+def _windows(ctx: PartyContext, x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+    """The pooling windows of x as (..., oh, ow, kh * kw): a local unfold. Padding holds
+    -2^(62-2f), the most negative encodable value, below every input."""
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
@@ -130,9 +132,23 @@ def max_pool2d(ctx: PartyContext, x: torch.Tensor, kernel, stride, padding):
             pad = torch.where(inside, pad, torch.full_like(pad, -(1 << (62 - ctx.frac_bits))))
         x = pad
     windows = x.unfold(-2, kh, sh).unfold(-2, kw, sw)  # (..., oh, ow, kh, kw)
-    flat = windows.reshape(*windows.shape[:-2], kh * kw)
-    out, _ = yield from max_(ctx, flat, -1, False, False)
+    return windows.reshape(*windows.shape[:-2], kh * kw)
+
+
+def max_pool2d(ctx: PartyContext, x: torch.Tensor, kernel, stride, padding):
+    """torch.nn.functional.max_pool2d over (N, C, H, W) (or (C, H, W)): windows are a
+    local unfold, then a max tree over each window (4 * ceil(log2 kh*kw) rounds)."""
+    out, _ = yield from max_(ctx, _windows(ctx, x, kernel, stride, padding), -1, False, False)
     return out
+
+
+def max_pool2d_argmax(ctx: PartyContext, x: torch.Tensor, kernel, stride, padding):
+    """max_pool2d and, from the same comparisons, the one-hot position of each window's
+    first maximum as 0/1 ring integers shaped (..., oh, ow, kh * kw): what the gradient
+    routes g to (torch's choice among ties, the lowest index). Same rounds as max_pool2d;
+    the one-hot adds 8 (kh kw) bytes per pair and level at N = 3 (the tree's payloads)."""
+    out, oh = yield from max_(ctx, _windows(ctx, x, kernel, stride, padding), -1, False, True, exact=True)
+    return out, oh
 
 
 def argmax(ctx: PartyContext, x: torch.Tensor, dim: int, keepdim: bool, one_hot: bool):
