@@ -204,13 +204,15 @@ def _train(args) -> int:
         jobfile.check_parties(spec, _cluster_size(args) if args.cluster else args.local)
         from mpc.train_jobs import load_parts
 
-        load_parts(spec, args.frac_bits)  # every data file checked before any process starts
+        if not args.cluster:  # on a cluster, each party reads (and checks) its own file
+            load_parts(spec, args.frac_bits)  # every data file checked before any process starts
     except (jobfile.JobFileError, DataError, ConfigError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2
     try:
         with _cluster(args, args.local, args.frac_bits) as cluster:
-            train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+            train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+                      party_files=bool(args.cluster))
     except (ConfigError, TLSError) as exc:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import torch
 
 from mpc import ring
 from mpc.api import MPCError, _Cluster
-from mpc.net import framing, serde
+from mpc.net import framing, party_data, serde
 from mpc.net import tls as tls_
 from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
@@ -196,6 +196,18 @@ class ClusterClient(_Cluster):
                 raise self._party_error(p, exc) from None
 
         return self._call(call(), timeout=self.job_timeout + 10)
+
+    def _describe_data(self, p, name, label, loss, n_classes):
+        """Party p's shapes of its own file `name` (features, and targets if `label`)."""
+        async def ask():
+            try:
+                return await self._stubs[p].DescribeData(pb.DataQuery(
+                    source=party_data.source(name, label, "x", loss, n_classes)), timeout=self.job_timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise self._party_error(p, exc) from None
+
+        info = self._call(ask(), timeout=self.job_timeout + 10)
+        return tuple(info.x_shape), tuple(info.y_shape)
 
     def _save_checkpoint(self, p, directory, step, job_hash, handles):
         return self._checkpoint_call("SaveCheckpoint", p, directory, step, job_hash, handles)

@@ -7,8 +7,9 @@ absent for a party of a column split that holds no labels. Everything a secure j
 cannot use is refused here, before any party shares anything, with the file, the row
 (1-based data row; the line too for CSV) and the column: a missing value, a cell that
 is not a number, a row with the wrong number of columns, a label outside the classes,
-a value outside the fixed-point range. A party only ever reads its own file; in local
-mode (`mpc train --local`) the launcher reads each file on its owner's behalf.
+a value outside the fixed-point range. A party only ever reads its own file: a party process reads it from its own data
+directory (mpc.net.party_data); in local mode (`mpc train --local`) the launcher reads
+each file on its owner's behalf.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import numpy as np
 import torch
 
 from mpc import ring
-from mpc.training import DataError
 
 MISSING = {"", "na", "nan", "null", "none", "?"}
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the source, row and column."""
 
 
 class DataFileError(DataError):
@@ -179,3 +183,23 @@ def write_csv(path: str, x: torch.Tensor, y: torch.Tensor | None, label: str = "
             if y is not None:
                 row.append(str(int(y[r])) if float(y[r]) == int(y[r]) else f"{float(y[r]):.10g}")
             w.writerow(row)
+
+
+def targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
+    """Labels as the training program takes them: one-hot rows for cross-entropy (each label
+    a class number below n_classes), one column per target otherwise."""
+    if loss == "cross_entropy":
+        y = torch.as_tensor(y)
+        if y.dim() != 1:
+            raise DataError(f"{source}: class labels must be one column, got shape {tuple(y.shape)}")
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            row = int((y != y.round()).nonzero()[0])
+            raise DataError(f"{source}: row {row}: label {float(y[row])} is not a class number")
+        y = y.to(torch.int64)
+        bad = ((y < 0) | (y >= n_classes)).nonzero()
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(f"{source}: row {row}: label {int(y[row])} is outside the classes 0..{n_classes - 1}")
+        return torch.nn.functional.one_hot(y, n_classes).to(torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64)
+    return y.view(-1, 1) if y.dim() == 1 else y

@@ -141,6 +141,7 @@ class Job:
     public: dict[int, torch.Tensor] = field(default_factory=dict)  # public input node -> its value, for all
     profile: bool = False  # time the phases of this job (JobStats.phases)
     replay: tuple[int, ...] = ()  # a transport floor (empty program): bytes per round, sender, receiver
+    sources: dict[int, str] = field(default_factory=dict)  # input node -> a file its owner reads (JSON)
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

@@ -128,13 +128,19 @@ class _Progress:
 
 
 def train_job(job, cluster, *, resume: bool = False, progress: bool = True, out=None,
-              stop_after: int | None = None, plaintext: bool = True) -> JobRun:
+              stop_after: int | None = None, plaintext: bool = True, party_files: bool = False) -> JobRun:
     """Run job `job` (a TOML path, or a dict with the same tables) on `cluster`. `stop_after`
-    ends after that many steps (an interruption, for tests); `out` gets the summary."""
+    ends after that many steps (an interruption, for tests); `out` gets the summary.
+    `party_files`: each party reads its file (by name) from its own data directory, and this
+    client never sees a row (so there is no plaintext run to compare with)."""
     spec = job if isinstance(job, jobfile.JobSpec) else jobfile.load(job)
     jobfile.check_parties(spec, cluster.n_parties)
     out = out or sys.stdout
-    parts = load_parts(spec, cluster.frac_bits)
+    if party_files and spec.normalize:
+        raise DataError(f"{spec.source}: [data] normalize: not available when the parties read their own files "
+                        "(each owner checks its columns' range on its plaintext first): normalise the files")
+    parts = None if party_files else load_parts(spec, cluster.frac_bits)
+    plaintext = plaintext and not party_files
     test = None
     if spec.evaluate is not None:
         d = data_files.load(spec.evaluate.file, spec.evaluate.label, frac_bits=cluster.frac_bits,
@@ -143,8 +149,15 @@ def train_job(job, cluster, *, resume: bool = False, progress: bool = True, out=
     model = build_model(spec)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        data = cluster.share_data(parts, loss=spec.loss, n_classes=spec.n_classes, split=spec.split,
-                                  label_owner=spec.label_owner, normalize=spec.normalize)
+        if party_files:
+            files = {src.party: (os.path.basename(src.file),
+                                 src.label if spec.split == "rows" or src.party == spec.label_owner else None)
+                     for src in spec.parties}
+            data = cluster.share_data_files(files, loss=spec.loss, n_classes=spec.n_classes, split=spec.split,
+                                            label_owner=spec.label_owner)
+        else:
+            data = cluster.share_data(parts, loss=spec.loss, n_classes=spec.n_classes, split=spec.split,
+                                      label_owner=spec.label_owner, normalize=spec.normalize)
     except DataError as exc:
         raise DataError(f"{spec.source}: {exc}") from None
     if test is not None and test[0].shape[1:] != data.x_shape[1:]:

@@ -23,14 +23,12 @@ from typing import Callable
 import torch
 
 from mpc import ring
+from mpc.net import party_data
+from mpc.data_files import DataError, targets as _targets  # noqa: F401  (DataError: part of this module's API)
 from mpc.compiler.model import compile_model
 from mpc.compiler.training import TrainingProgram, compile_training
 from mpc.inference import SharedModel
 from mpc.ir import TO_CALLER, Job, Node, Program
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message names the source, row and column."""
 
 
 @dataclass
@@ -62,24 +60,6 @@ def batch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     """The public row order of one epoch: every party (and the plaintext reference,
     mpc.plain_training) draws the same permutation from the job's seed."""
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def _targets(y: torch.Tensor, loss: str, n_classes: int | None, source: str) -> torch.Tensor:
-    if loss == "cross_entropy":
-        y = torch.as_tensor(y)
-        if y.dim() != 1:
-            raise DataError(f"{source}: class labels must be one column, got shape {tuple(y.shape)}")
-        if y.is_floating_point() and not torch.equal(y, y.round()):
-            row = int((y != y.round()).nonzero()[0])
-            raise DataError(f"{source}: row {row}: label {float(y[row])} is not a class number")
-        y = y.to(torch.int64)
-        bad = ((y < 0) | (y >= n_classes)).nonzero()
-        if len(bad):
-            row = int(bad[0])
-            raise DataError(f"{source}: row {row}: label {int(y[row])} is outside the classes 0..{n_classes - 1}")
-        return torch.nn.functional.one_hot(y, n_classes).to(torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-    return y.view(-1, 1) if y.dim() == 1 else y
 
 
 class TrainingMixin:
@@ -131,15 +111,63 @@ class TrainingMixin:
                     col = int(bad[0])
                     raise DataError(f"party {p}'s data: column {col} has variance {float(var[col]):.3g}; secure "
                                     "normalisation needs variances in [0.01, 1e6]: scale that column first")
+        return self._share_parts([(p, x.shape, x, None) for p, x in xs], [(p, y.shape, y, None) for p, y in ys],
+                                 loss, split, normalize)
+
+    def share_data_files(self, files: dict[int, tuple[str, str | int | None]], *, loss: str = "cross_entropy",
+                         n_classes: int | None = None, split: str = "rows",
+                         label_owner: int | None = None) -> SharedData:
+        """Like share_data, but each party p reads its own file `files[p] = (name, label
+        column)` from its data directory and shares it: the rows never leave their owner,
+        not even to this client, which learns only the shapes (mpc.net.party_data)."""
+        if split not in ("rows", "columns"):
+            raise DataError(f"split must be 'rows' or 'columns', got {split!r}")
+        if loss == "cross_entropy" and not n_classes:
+            raise DataError("cross-entropy needs n_classes")
+        xs, ys = [], []
+        for p in sorted(files):
+            if not 0 <= p < self.n_parties:
+                raise DataError(f"data for party {p}, which is not a party of {self.n_parties}")
+            name, label = files[p]
+            label = label if split == "rows" or p == label_owner else None
+            if (split == "rows" or p == label_owner) and label is None:
+                raise DataError(f"party {p} gives no labels (its file's label column)")
+            x_shape, y_shape = self._describe_data(p, name, label, loss, n_classes)
+            xs.append((p, x_shape, None, party_data.source(name, label, "x", loss, n_classes)))
+            if label is not None:
+                ys.append((p, y_shape, None, party_data.source(name, label, "y", loss, n_classes)))
+        if split == "columns":
+            if label_owner is None or not ys:
+                raise DataError("a column split needs label_owner, a party that gives the labels")
+            if len({s[0] for _, s, _, _ in xs}) != 1:
+                raise DataError(f"a column split needs the same rows at every party, got row counts "
+                                f"{sorted(s[0] for _, s, _, _ in xs)}")
+        elif len({tuple(s[1:]) for _, s, _, _ in xs}) != 1:
+            raise DataError(f"a row split needs the same columns at every party, got {[tuple(s[1:]) for _, s, _, _ in xs]}")
+        return self._share_parts(xs, ys, loss, split, normalize=False)
+
+    def _describe_data(self, p, name, label, loss, n_classes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        from mpc.api import MPCError  # mpc.api builds on this module
+
+        raise MPCError(f"{type(self).__name__} has no party processes to read their own files: use a "
+                       "LocalCluster or a ClusterClient")
+
+    def _share_parts(self, xs, ys, loss, split, normalize) -> SharedData:
+        """One job: each (party, shape, value or None, source or None) of xs and ys becomes an
+        input its party owns (its value uploaded, or its file read at the party), the parts
+        joined by rows or columns, kept for training."""
         as_int = loss == "cross_entropy"
         nodes: list[Node] = []
         inputs: dict[int, dict[int, torch.Tensor]] = {p: {} for p in range(self.n_parties)}
-        owners = {}
+        owners, sources = {}, {}
         for tag, items, integer in (("x", xs, False), ("y", ys, as_int)):
-            for p, value in items:
-                attrs = {"shape": tuple(value.shape), "kind": "private", **({"int": True} if integer else {})}
-                nodes.append(Node(len(nodes), "input", (), attrs, tuple(value.shape), f"data.{tag}[{p}]"))
-                inputs[p][nodes[-1].id] = value
+            for p, shape, value, src in items:
+                attrs = {"shape": tuple(shape), "kind": "private", **({"int": True} if integer else {})}
+                nodes.append(Node(len(nodes), "input", (), attrs, tuple(shape), f"data.{tag}[{p}]"))
+                if value is not None:
+                    inputs[p][nodes[-1].id] = value
+                else:
+                    sources[nodes[-1].id] = src
                 owners[nodes[-1].id] = p
         x_ids = [n.id for n in nodes if n.name.startswith("data.x")]
         y_ids = [n.id for n in nodes if n.name.startswith("data.y")]
@@ -159,7 +187,8 @@ class TrainingMixin:
             x_id = _normalized(nodes, x_id)
         x_handle, y_handle = self._new_handle(), self._new_handle()
         program = Program(tuple(nodes), (), (), self.frac_bits)
-        job = Job(uuid.uuid4().hex, program.digest, owners=owners, keep={x_id: x_handle, y_id: y_handle})
+        job = Job(uuid.uuid4().hex, program.digest, owners=owners, keep={x_id: x_handle, y_id: y_handle},
+                  sources=sources)
         self._execute(program, job, inputs)
         return SharedData(x_handle, y_handle, nodes[x_id].shape, nodes[y_id].shape,
                           "classes" if as_int else "values")

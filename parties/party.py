@@ -31,7 +31,8 @@ from parties import _process
 
 
 async def serve(args, creds) -> int:
-    server = PartyServer(args.pid, creds)
+    data_dir = args.data or (args.loaded.entry(party_name(args.pid)).data if args.loaded is not None else None)
+    server = PartyServer(args.pid, creds, data_dir=data_dir)
     stop = _process.stop_event()
     if args.config == "-":
         port = await server.listen(args.listen)
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pid", type=int)
     parser.add_argument("--config", help="cluster TOML file, or - to read it from stdin after binding")
     parser.add_argument("--listen", default=None, help="address to serve on (default: the config's)")
+    parser.add_argument("--data", default=None, help="this party's data directory (default: the cluster file's)")
     parser.add_argument("--verbose", action="store_true")
     _process.add_tls_arguments(parser)
     args = parser.parse_args(argv)

@@ -224,3 +224,13 @@ def test_a_job_one_party_refuses_is_dropped_by_the_others(cluster):
         cluster._execute(program, job, {p: {} for p in range(3)})
     assert [h.jobs for h in cluster.health()] == before
     still_works(cluster)
+
+
+def test_a_party_reads_its_data_files_only_for_its_operator(cluster, bob):
+    """Whoever runs a job on a party's own files can reveal what it computes from them: only
+    the party's operator (client-local here) may; bob is refused before any file is opened."""
+    with pytest.raises(MPCError, match=r"party 0 refuses a data description from client-bob: party 0 reads its "
+                                       r"own data files only for its operator \(client-local\)"):
+        bob.share_data_files({0: ("rows.csv", "label")}, n_classes=2)
+    with pytest.raises(MPCError, match="party 0 has no data directory"):  # the operator gets further
+        cluster.share_data_files({0: ("rows.csv", "label")}, n_classes=2)

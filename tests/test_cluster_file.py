@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -239,6 +240,8 @@ def test_a_cluster_starts_from_its_file_and_computes(tmp_path):
         assert info.value.code == 0
         assert torch.allclose(torch.from_numpy(np.load(tmp_path / "y.npy")).float(), model(images), atol=0.02)
         write_files(str(tmp_path / "digits"), 3)
+        for p in range(3):  # each party's rows only in its own data directory: the client reads none
+            shutil.move(tmp_path / "digits" / f"party-{p}.csv", tmp_path / f"data-{p}" / f"party-{p}.csv")
         (tmp_path / "job.toml").write_text(TRAIN_JOB)
         with pytest.raises(SystemExit) as info:
             cli_main(["train", str(tmp_path / "job.toml"), "--no-progress", *remote])

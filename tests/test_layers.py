@@ -9,10 +9,10 @@ LAYERS = [  # lowest first
     ["mpc.ring", "mpc.prg"],
     ["mpc.protocols"],
     ["mpc.ir", "mpc.compiler"],
-    ["mpc.runtime"],
+    ["mpc.runtime", "mpc.data_files"],
     ["mpc.net"],
     ["parties"],
-    ["mpc.api", "mpc.lifetimes", "mpc.api_functions", "mpc.api_methods", "mpc.torch_api", "mpc.inference", "mpc.training", "mpc.models", "mpc.model_files", "mpc.bench_models", "mpc.bench_profile", "mpc.bench_train", "mpc.bench_network", "mpc.client", "mpc.remote", "mpc.status", "mpc.launcher", "mpc.cli", "mpc.bench", "mpc.reference", "mpc.demo", "mpc.data_files", "mpc.jobfile", "mpc.plain_training", "mpc.train_jobs", "mpc.train_report", "mpc.checkpoints"],
+    ["mpc.api", "mpc.lifetimes", "mpc.api_functions", "mpc.api_methods", "mpc.torch_api", "mpc.inference", "mpc.training", "mpc.models", "mpc.model_files", "mpc.bench_models", "mpc.bench_profile", "mpc.bench_train", "mpc.bench_network", "mpc.client", "mpc.remote", "mpc.status", "mpc.launcher", "mpc.cli", "mpc.bench", "mpc.reference", "mpc.demo", "mpc.jobfile", "mpc.plain_training", "mpc.train_jobs", "mpc.train_report", "mpc.checkpoints"],
 ]
 
 

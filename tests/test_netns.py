@@ -124,6 +124,8 @@ def test_parties_on_separate_hosts_compute_and_slow_down_at_100_mbit(hosts, mode
                 hosts.unshape()
         # a short training job from the root namespace, over the same hosts
         write_files(str(tmp_path / "digits"), N_PARTIES)
+        for p in range(N_PARTIES):  # each party reads its rows from its own data directory
+            shutil.move(tmp_path / "digits" / f"party-{p}.csv", tmp_path / f"data-party-{p}" / f"party-{p}.csv")
         (tmp_path / "job.toml").write_text(TRAIN_JOB)
         with pytest.raises(SystemExit) as info:
             cli_main(["train", str(tmp_path / "job.toml"), "--no-progress", "--cluster", str(path),

@@ -11,6 +11,8 @@ request field. Under mutual TLS a party serves
   its own kept values, Health;
 - a peer party: Exchange only (mpc.net.mesh checks its id against its certificate).
 
+A party reads its own data files (mpc.net.party_data) only for jobs of its operator.
+
 Kept values live in one namespace per submitter: a job can read, free or checkpoint only
 values its own submitter's jobs kept, so no client can reveal another's stored shares.
 Without TLS (loopback only, asked for explicitly) nobody is authenticated and every rule
@@ -92,6 +94,17 @@ class Access:
             raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED,
                                f"party {self.pid} refuses a job for {submitter or 'no submitter'}: "
                                "not a client of this cluster")
+
+    def reads_files_for(self, identity: str, what: str) -> None:
+        """This party reads its own data files only for its operator: whoever submits such a
+        job can reveal what it computes from them, so only the client the party's operator
+        entry names may (without TLS, anyone: one trusted machine)."""
+        if not self.secure:
+            return
+        operator = (self.config.operators if self.config else {}).get(self.pid)
+        if identity != operator:
+            raise self._deny(identity, what, f"party {self.pid} reads its own data files only for its operator "
+                                             f"({operator or 'none named in the cluster file'})")
 
     def operator_of(self, identity: str) -> set[int]:
         """The parties whose revealed outputs `identity` may receive."""

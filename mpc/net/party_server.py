@@ -16,7 +16,10 @@ import grpc
 from mpc.compiler import CompileError
 from mpc.ir import TO_CALLER
 from mpc.net import VERSION, framing, serde, tls
+from mpc.data_files import DataError
 from mpc.net.access import Access, AccessDenied, kept_handle
+from mpc.net import party_data
+from mpc.net.party_data import PartyData, PartyDataError
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
@@ -35,9 +38,10 @@ SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
 
 
 class PartyServer:
-    def __init__(self, pid: int, creds: tls.Credentials | None = None):
+    def __init__(self, pid: int, creds: tls.Credentials | None = None, data_dir: str | None = None):
         """`creds`: this party's TLS material (mutual TLS everywhere); None for plaintext,
-        which listen() and join() allow on loopback addresses only."""
+        which listen() and join() allow on loopback addresses only. `data_dir`: where jobs
+        may read this party's own data files (mpc.net.party_data)."""
         self.pid = pid
         self.creds = creds
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -53,6 +57,8 @@ class PartyServer:
         self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
         self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
         self.access = Access(pid, creds is not None)
+        self.data_dir = data_dir
+        self.data: PartyData | None = None  # once joined (it needs the cluster's fixed-point bits)
         self.started = time.monotonic()
 
     async def listen(self, address: str) -> int:
@@ -71,6 +77,7 @@ class PartyServer:
             tls.require_loopback({"dealer": config.dealer, **{f"party {p}": a for p, a in config.parties.items()}})
         self.config = config
         self.access.config = config
+        self.data = PartyData(self.pid, self.data_dir, config.frac_bits)
         self.mesh = GrpcMesh(self.pid, config.n_parties, config.parties, creds=self.creds,
                              round_timeout=config.round_timeout, known_job=self._known_job,
                              on_dead=self._lose, session=None)
@@ -178,8 +185,14 @@ class PartyServer:
             uploads = self._uploads.pop((submitter, request.upload_key or job.job_id), {})
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
             inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
+            for nid, text in job.sources.items():  # this party's own files: read here, by nobody else
+                if job.owners.get(nid) == self.pid:
+                    self.access.reads_files_for(submitter, f"job {job.job_id}, which reads its data files,")
+                    inputs[nid] = await asyncio.to_thread(self.data.value, text)
             dry = await self.session.submit(job, inputs)
-        except (serde.SerdeError, CompileError, JobError) as exc:
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
+        except (serde.SerdeError, CompileError, JobError, PartyDataError, DataError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         self._submitters[job.job_id] = submitter
@@ -223,6 +236,22 @@ class PartyServer:
         if dropped:
             log.info("job %s cancelled: another party refused it", request.job_id)
         return pb.ExchangeReply(ok=dropped)
+
+    async def describe_data(self, request: pb.DataQuery, context) -> pb.DataInfo:
+        """The shapes of one of this party's files, as a job would read it: what a client
+        needs to compile its program, and nothing of the values."""
+        await self._ready_or_abort(context)
+        who = await self._allowed(context, self.access.client, "a data description")
+        try:
+            self.access.reads_files_for(who, "a data description")
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
+        try:
+            file, label, _, loss, classes = party_data.parse_source(request.source)
+            x, y = await asyncio.to_thread(self.data.load, file, label, loss, classes)
+        except (PartyDataError, DataError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        return pb.DataInfo(x_shape=list(x.shape), y_shape=list(y.shape) if y is not None else [])
 
     async def save_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
         """Write this party's shares of the named kept values to its own checkpoint directory."""
@@ -290,6 +319,9 @@ class PartyServer:
                 response_serializer=pb.SubmitReply.SerializeToString),
             "Run": grpc.unary_stream_rpc_method_handler(
                 self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+            "DescribeData": grpc.unary_unary_rpc_method_handler(
+                self.describe_data, request_deserializer=pb.DataQuery.FromString,
+                response_serializer=pb.DataInfo.SerializeToString),
             "Cancel": grpc.unary_unary_rpc_method_handler(
                 self.cancel, request_deserializer=pb.JobRef.FromString,
                 response_serializer=pb.ExchangeReply.SerializeToString),

@@ -105,7 +105,7 @@ def job_digest(job: Job) -> str:
     kept and freed, public values. Parties compare it before the online phase."""
     h = hashlib.sha256()
     for part in (job.job_id, job.program, sorted(job.owners.items()), sorted(job.kept.items()), list(job.recipients),
-                 sorted(job.keep.items()), sorted(job.free)):
+                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items())):
         h.update(repr(part).encode())
     for nid in sorted(job.public):
         t = job.public[nid].detach().contiguous()
@@ -245,6 +245,10 @@ class PartySession:
             if tuple(value.shape) != tuple(program.nodes[nid].shape):
                 raise JobError(f"kept value {handle} has shape {tuple(value.shape)}, {program.nodes[nid].describe()} "
                                f"needs {tuple(program.nodes[nid].shape)}")
+        for nid in job.sources:
+            if job.owners.get(nid, TO_CALLER) < 0:
+                raise JobError(f"job {job.job_id} reads a data file into node {nid}, which is not an input a party "
+                               "owns")
         public = {n.id for n in program.inputs if n.attrs.get("kind") == "public"}
         if set(job.public) != public:
             raise JobError(f"job {job.job_id} gives public values for nodes {sorted(job.public)}, the program's public "

@@ -64,6 +64,11 @@ class PartyStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
                 _registered_method=True)
+        self.DescribeData = channel.unary_unary(
+                '/mpc.net.proto.Party/DescribeData',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.DataQuery.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.DataInfo.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/mpc.net.proto.Party/Health',
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
@@ -129,6 +134,13 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeData(self, request, context):
+        """the shapes of a file in this party's data directory
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -185,6 +197,11 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.SerializeToString,
+            ),
+            'DescribeData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeData,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.DataQuery.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.DataInfo.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -369,6 +386,33 @@ class Party:
             '/mpc.net.proto.Party/Cancel',
             mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/DescribeData',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.DataQuery.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.DataInfo.FromString,
             options,
             channel_credentials,
             insecure,
