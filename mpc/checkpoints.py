@@ -23,7 +23,11 @@ class ResumeError(MPCError):
 
 class Checkpointer:
     def __init__(self, cluster, directory: str, job_hash: str):
-        self.cluster, self.directory, self.job_hash = cluster, os.path.abspath(directory), job_hash
+        # Parties on other hosts write under their own data directory (<data>/checkpoints/
+        # <client>/NAME/party-K); local ones where the job file says.
+        remote = getattr(cluster, "remote", False)
+        self.directory = os.path.basename(os.path.normpath(directory)) if remote else os.path.abspath(directory)
+        self.cluster, self.job_hash = cluster, job_hash
         self.written: list[int] = []
 
     def party_dir(self, p: int) -> str:

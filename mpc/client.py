@@ -12,6 +12,7 @@ share of what is revealed to the caller, and what is revealed to a party it oper
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 
@@ -45,6 +46,7 @@ class ClusterClient(_Cluster):
         self._channels: list[grpc.aio.Channel] = []
         self._coordinator: pb_grpc.CoordinatorStub | None = None
         self._loaded: set[str] = set()  # program digests the coordinator holds
+        self.session = secrets.token_hex(16)  # with our identity, the namespace of our kept values at the parties
         self._last_submitted: asyncio.Future | None = None  # see _submit_and_run
         self.last_overhead: dict = {}
 
@@ -189,7 +191,9 @@ class ClusterClient(_Cluster):
                     reply = await self._stubs[p].ListCheckpoints(serde.checkpoint_query_to_proto(*args),
                                                                  timeout=self.job_timeout)
                     return serde.checkpoint_list_from_proto(reply)
-                reply = await getattr(self._stubs[p], method)(serde.checkpoint_request_to_proto(*args),
+                request = serde.checkpoint_request_to_proto(*args)
+                request.client_session = self.session
+                reply = await getattr(self._stubs[p], method)(request,
                                                               timeout=self.job_timeout)
                 return reply.path
             except grpc.aio.AioRpcError as exc:
@@ -241,6 +245,7 @@ class ClusterClient(_Cluster):
             t1 = time.perf_counter()
             await _gather_or_raise([upload(p) for p in range(self.n_parties) if inputs[p]])
             request = serde.job_to_proto(job)
+            request.client_session = self.session
             try:
                 try:
                     reply = await self._coordinator.Submit(request, timeout=self.job_timeout)

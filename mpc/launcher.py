@@ -186,7 +186,9 @@ class LocalCluster(ClusterClient):
 
     def client(self, name: str) -> ClusterClient:
         """Another client of this cluster, as client-NAME (listed in `clients`); connect it
-        with `with`. Its jobs and kept values are its own (mpc.net.access)."""
+        with `with`. With TLS its jobs, outputs and kept values are its own (mpc.net.access);
+        without (tls=False, one trusted machine) nobody is authenticated, and only kept
+        values stay apart (each client process has its own namespace)."""
         if name not in self.client_names:
             raise MPCError(f"client-{name} is not a client of this cluster (clients: {', '.join(self.client_names)})")
         creds = self.ca.issue(tls_.client_name(name)) if self.ca else None

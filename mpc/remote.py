@@ -27,6 +27,8 @@ from mpc.net.proto import mpc_pb2 as pb
 class RemoteCluster(ClusterClient):
     """A client attached to running processes, described by a ClusterConfig."""
 
+    remote = True  # its parties' disks are theirs: checkpoints go under their data directories
+
     def __init__(self, config: ClusterConfig, creds: tls.Credentials | None, *, ready_timeout: float = 30.0,
                  job_timeout: float = 900.0, defer_truncation: bool = True):
         """`creds`: this client's certificate (None: plaintext, loopback only). `ready_timeout`:

@@ -190,3 +190,39 @@ def test_restarted_parties_rejoin_the_running_dealer_and_coordinator(tmp_path):
             assert procs["dealer"].proc.poll() is None and procs["coordinator"].proc.poll() is None
     finally:
         stop_all(procs)
+
+
+def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
+    """A client submits a job and runs it at parties 0 and 1 only (it crashed, or means
+    harm): they fail that job within the round deadline, naming party 2, and stay up; the
+    next job runs."""
+    import asyncio
+
+    import mpc
+    from mpc.ir import TO_CALLER, Job, Node, Program
+    from mpc.net import serde
+    from mpc.net.proto import mpc_pb2 as pb
+    from tests.conftest import ULP, assert_close
+
+    program = Program((Node(0, "input", (), {"shape": (4,), "kind": "kept"}, (4,), "x"),
+                       Node(1, "mul", (0, 0), {}, (4,), "x*x")), (1,))
+    with mpc.LocalCluster(n_parties=3, round_timeout=4) as cluster:
+        x = cluster.share(torch.ones(4, dtype=torch.float64), 0)
+        (x * 1).reveal()
+        cluster._call(cluster._load(program))
+        request = serde.job_to_proto(Job("half", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,)))
+        request.client_session = cluster.session
+        job_id = cluster._call(cluster._coordinator.Submit(request, timeout=30)).job_id
+
+        async def run(p):
+            return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=job_id), timeout=60)]
+
+        t0 = time.monotonic()
+        events = cluster._call(asyncio.gather(run(0), run(1)), timeout=90)
+        assert time.monotonic() - t0 < 30
+        for p, evs in enumerate(events):
+            assert evs and evs[-1].WhichOneof("event") == "error", evs
+            assert "party 2" in evs[-1].error, evs[-1].error
+        assert all(proc.proc.poll() is None for proc in cluster.processes)  # nobody stopped
+        y = torch.arange(4, dtype=torch.float64)
+        assert_close((cluster.share(y, 2) * 2).reveal(), y * 2, ULP)

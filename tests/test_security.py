@@ -80,7 +80,7 @@ def test_party_certificate_cannot_claim_another_party(cluster):
 
 def test_client_checks_it_reached_the_party_it_dialed(cluster):
     """Dialing party 0's address while expecting party 1 fails: a server is who its certificate says."""
-    me = cluster.ca.issue("client-probe")
+    me = cluster._client_creds  # a client of this cluster (Health answers the cluster only)
     health = lambda ch: pb_grpc.PartyStub(ch).Health(pb.HealthRequest(), timeout=10)  # noqa: E731
     assert call(cluster.config.parties[0], health, me, "party-0").pid == 0
     err = refused(cluster.config.parties[0], health, me, "party-1")

@@ -137,7 +137,7 @@ def test_a_checkpoint_of_another_job_is_refused(tmp_path):
     _run(tmp_path, stop_after=4)
     other = _job(tmp_path)
     other["optimizer"]["lr"] = 0.3
-    with pytest.raises(ResumeError, match=r"belongs to job .*, not this job .*the job file changed"):
+    with pytest.raises(ResumeError, match=r"belongs to another job \(or another client\), not this job .*the job file changed"):
         _run(tmp_path, job=other, resume=True)
 
 

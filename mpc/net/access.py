@@ -72,21 +72,32 @@ class Access:
             raise self._deny(who, what, f"only the {COORDINATOR} submits programs and jobs")
 
     def client(self, context, what: str) -> str:
-        """A client the cluster file lists (or the coordinator); returns its identity."""
+        """A client the cluster file lists; returns its identity."""
         who = self.identity(context)
         if not self.secure:
             return who
         clients = set(self.config.clients) if self.config else set()
-        if who not in clients and who != COORDINATOR:
-            listed = ", ".join(sorted(clients)) or "none"
-            raise self._deny(who, what, f"not a client of this cluster (clients: {listed})")
+        if who not in clients:  # (which clients are listed is not said: that is nobody else's business)
+            raise self._deny(who, what, "not a client of this cluster")
         return who
 
     def submitter(self, context, submitter: str, job_id: str, what: str) -> None:
-        """Only the client that submitted a job may run it and receive its outputs."""
+        """Only the client that submitted a job may run it and receive its outputs (the
+        refusal does not say whose it is)."""
         who = self.identity(context)
         if self.secure and who != submitter:
-            raise self._deny(who, what, f"job {job_id} was submitted by {submitter or 'nobody known'}")
+            raise self._deny(who, what, f"job {job_id} was not submitted by {who}")
+
+    def member(self, context, what: str) -> str:
+        """Any process of this cluster (a party, the dealer, the coordinator, a listed client)."""
+        who = self.identity(context)
+        if not self.secure or self.config is None:
+            return who
+        pid = tls.party_id(who)
+        if (pid is not None and pid < self.config.n_parties) or who in (tls.DEALER, COORDINATOR) \
+                or who in self.config.clients:
+            return who
+        raise self._deny(who, what, "not a process or client of this cluster")
 
     def check_submitter(self, submitter: str) -> None:
         """A job the coordinator forwards must name a client the cluster file lists."""
@@ -96,14 +107,15 @@ class Access:
                                "not a client of this cluster")
 
     def reads_files_for(self, identity: str, what: str) -> None:
-        """This party reads its own data files only for its operator: whoever submits such a
-        job can reveal what it computes from them, so only the client the party's operator
-        entry names may (without TLS, anyone: one trusted machine)."""
+        """This party reads its own data files (and, without a data directory, writes
+        checkpoints) only for its operator: whoever submits a job on its files can reveal
+        what it computes from them, so only the client the party's operator entry names may
+        (without TLS, anyone: one trusted machine)."""
         if not self.secure:
             return
         operator = (self.config.operators if self.config else {}).get(self.pid)
         if identity != operator:
-            raise self._deny(identity, what, f"party {self.pid} reads its own data files only for its operator "
+            raise self._deny(identity, what, f"party {self.pid} uses its own files only for its operator "
                                              f"({operator or 'none named in the cluster file'})")
 
     def operator_of(self, identity: str) -> set[int]:

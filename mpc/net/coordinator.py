@@ -101,11 +101,9 @@ class CoordinatorService:
         if self.creds is None:
             return ""  # plaintext on loopback: nobody is authenticated
         who = tls.peer_identity(context) or ""
-        if who not in self.config.clients:
-            listed = ", ".join(self.config.clients) or "none"
+        if who not in self.config.clients:  # (not saying which clients are: nobody else's business)
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
-                           f"coordinator refuses {who or 'an unauthenticated caller'}: not a client of this "
-                           f"cluster (clients: {listed})")
+                           f"coordinator refuses {who or 'an unauthenticated caller'}: not a client of this cluster")
         return who
 
     # -- servicer methods ------------------------------------------------------------------------------
@@ -122,7 +120,10 @@ class CoordinatorService:
         self._programs[program.digest] = request
         self._programs.move_to_end(program.digest)
         while len(self._programs) > MAX_PROGRAMS:
-            self._replies.pop(self._programs.popitem(last=False)[0], None)
+            evicted = self._programs.popitem(last=False)[0]
+            self._replies.pop(evicted, None)
+            for loaded in self._loaded.values():  # sent again, from the next copy a client loads
+                loaded.discard(evicted)
         try:
             await self._each(lambda p: self._load(p, program.digest))
         except _Refused as exc:
@@ -170,12 +171,15 @@ class CoordinatorService:
 
         try:
             replies = await self._each(submit)
-        except _Refused as exc:
+        except BaseException as exc:
             # The parties that accepted the job drop it now, instead of holding it (and what
-            # it would keep) until it expires: nothing waits on a job that will not run.
-            await asyncio.gather(*(self._stubs[p].Cancel(pb.JobRef(job_id=forwarded.job_id), timeout=10)
-                                   for p in self.config.parties), return_exceptions=True)
-            await _abort(context, exc)
+            # it would keep) until it expires: nothing waits on a job that will not run. Also
+            # when the client cancelled its Submit, or something unexpected failed here.
+            await asyncio.shield(asyncio.gather(*(self._stubs[p].Cancel(pb.JobRef(job_id=forwarded.job_id), timeout=10)
+                                                  for p in self.config.parties), return_exceptions=True))
+            if isinstance(exc, _Refused):
+                await _abort(context, exc)
+            raise
         self.jobs_forwarded += 1
         log.info("job %s (%s's %s) submitted to %d parties", forwarded.job_id, who or "-", request.job_id, len(replies))
         return pb.SubmitReply(n_correlations=replies[0].n_correlations, rounds=replies[0].rounds,

@@ -143,9 +143,10 @@ class DealerService:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"Correlations for job {job!r}: {exc}")
         self._jobs.add(job)  # before the first byte: a stream cut halfway is still spent
         encoder = framing.StreamEncoder(total, job=job)
+        seeds = self.seeds  # this session's, even if a party's new Hello ends it during the stream
         for k, spec in enumerate(specs):
             # One spec at a time, off the event loop: memory stays at one correlation, not the job.
-            pieces = await asyncio.to_thread(self._correction, job, k, spec)
+            pieces = await asyncio.to_thread(self._correction, seeds, job, k, spec)
             for piece in pieces:
                 for frame in encoder.feed(piece):
                     yield frame
@@ -153,8 +154,9 @@ class DealerService:
             yield frame
         self.bytes_sent += total
 
-    def _correction(self, job: str, k: int, spec) -> list[bytes]:
-        prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in self.seeds]  # as correlations.dealer_stream
+    @staticmethod
+    def _correction(seeds, job: str, k: int, spec) -> list[bytes]:
+        prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in seeds]  # as correlations.dealer_stream
         return correlations.dealer_correction(spec, prgs)
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -35,7 +35,7 @@ import grpc
 from mpc.net import framing, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
-from mpc.runtime.transport import JobAborted, PeerFailure, Transport
+from mpc.runtime.transport import JobAborted, PeerFailure, RoundTimeout, Transport
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,11 @@ class GrpcMesh(Transport):
             try:
                 received[p] = await asyncio.wait_for(fut, self.round_timeout)
             except asyncio.TimeoutError:
-                raise PeerFailure(self.describe(p), f"sent nothing for round {round_no} of job {job} "
-                                                    f"within {self.round_timeout:.0f} s") from None
+                # Only this job: a peer that is really gone is found by keepalive and marked
+                # dead; one that merely never ran this job (its client went away) must not
+                # bring down every other job and the process.
+                raise RoundTimeout(f"{self.describe(p)} sent nothing for round {round_no} of job {job} "
+                                   f"within {self.round_timeout:.0f} s") from None
             finally:
                 self._inbox.pop(key, None)
                 self._buffered.pop(key, None)

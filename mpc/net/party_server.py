@@ -8,7 +8,9 @@ the peer's name and stops itself (`lost` is set), so no process waits forever.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 
 import grpc
@@ -25,7 +27,7 @@ from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime.session import JobError, PartySession
-from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation
+from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ SERVICE = "mpc.net.proto.Party"
 MESH_WAIT_S = 60.0
 UPLOAD_TTL_S = 120.0  # an upload no job claimed by then is dropped
 MAX_UPLOADS = 64  # jobs with uploads waiting, per client
+MAX_UPLOAD_BYTES = 4 << 30  # bytes of uploads waiting (and arriving), per client
 SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
                                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
@@ -126,21 +129,36 @@ class PartyServer:
                 if header.tag != pb.FRAME_INPUT or not header.job:
                     raise framing.FrameError("upload frames must be INPUT frames with a job id")
                 key = (header.job, header.round)
-                if sum(len(p.buffer) for p in parts.values()) + header.total_bytes > framing.MAX_PAYLOAD_BYTES:
-                    raise framing.FrameError("upload exceeds the payload limit")
-                if (who, header.job) not in self._uploads and \
-                        sum(1 for c, _ in self._uploads if c == who) >= MAX_UPLOADS:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"party {self.pid}: {who or 'this client'} has uploads for {MAX_UPLOADS} "
-                                        "jobs not yet submitted")
-                part = parts.setdefault(key, framing.Reassembly(header))
+                part = parts.get(key)
+                if part is None:  # a new input: every limit is checked before its buffer exists
+                    pending = sum(len(p.buffer) for p in parts.values()) + header.total_bytes
+                    if pending > framing.MAX_PAYLOAD_BYTES:
+                        raise framing.FrameError("upload exceeds the payload limit")
+                    if (who, header.job) not in self._uploads and \
+                            sum(1 for c, _ in self._uploads if c == who) >= MAX_UPLOADS:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"party {self.pid}: {who or 'this client'} has uploads for {MAX_UPLOADS} "
+                                            "jobs not yet submitted")
+                    waiting = sum(len(b) for (c, _), bufs in self._uploads.items() if c == who for b in bufs.values())
+                    if waiting + pending > MAX_UPLOAD_BYTES:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"party {self.pid}: {who or 'this client'} would have "
+                                            f"{waiting + pending} bytes of uploads waiting; the limit is "
+                                            f"{MAX_UPLOAD_BYTES}")
+                    part = parts[key] = framing.Reassembly(header, payload)
                 if part.add(header, payload):
                     if (who, header.job) not in self._uploads:
-                        asyncio.get_running_loop().call_later(UPLOAD_TTL_S, self._uploads.pop, (who, header.job), None)
-                    self._uploads.setdefault((who, header.job), {})[header.round] = part.buffer
+                        token = self._uploads[(who, header.job)] = {}
+                        # the timer drops this upload, not a later one under the same key
+                        asyncio.get_running_loop().call_later(UPLOAD_TTL_S, self._drop_upload, (who, header.job), token)
+                    self._uploads[(who, header.job)][header.round] = part.buffer
         except framing.FrameError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         return pb.ExchangeReply(ok=True)
+
+    def _drop_upload(self, key, token) -> None:
+        if self._uploads.get(key) is token:
+            del self._uploads[key]
 
     async def _allowed(self, context, check, *args):
         """check(context, *args), or the call ends with the refusal's status and message."""
@@ -181,7 +199,7 @@ class PartyServer:
             await context.abort(exc.code, str(exc))
         try:
             job, inputs = serde.job_from_proto(request)
-            job = _in_namespace(job, submitter)
+            job = _in_namespace(job, _namespace(submitter, request.client_session))
             uploads = self._uploads.pop((submitter, request.upload_key or job.job_id), {})
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
             inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
@@ -203,7 +221,7 @@ class PartyServer:
     async def run(self, request: pb.JobRef, context):
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
-        who = self.access.identity(context)
+        who = await self._allowed(context, self.access.client, f"running job {request.job_id}")
         if request.job_id not in self._submitters:
             yield pb.JobEvent(error=f"party {self.pid} has no job {request.job_id}")
             return
@@ -211,7 +229,7 @@ class PartyServer:
                             f"running job {request.job_id}")
         try:
             outcome = await self.session.run(request.job_id)
-        except (JobError, CompileError, ProtocolViolation, JobAborted) as exc:
+        except (JobError, CompileError, ProtocolViolation, JobAborted, RoundTimeout) as exc:
             yield pb.JobEvent(error=f"party {self.pid}: {exc}")
             return
         except PeerFailure as exc:
@@ -259,8 +277,14 @@ class PartyServer:
         who = await self._allowed(context, self.access.client, "a checkpoint")
         try:
             directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
-            handles = {name: kept_handle(who, h) for name, h in handles.items()}
-            path = await asyncio.to_thread(self.session.save_checkpoint, directory, step, job_hash, handles)
+            if not handles:
+                raise JobError("a checkpoint names at least one kept value")
+            directory = self._checkpoint_dir(who, directory)
+            handles = {name: kept_handle(_namespace(who, request.client_session), h) for name, h in handles.items()}
+            path = await asyncio.to_thread(self.session.save_checkpoint, directory, step, _owned(who, job_hash),
+                                           handles)
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
         except (serde.SerdeError, JobError, OSError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: checkpoint not written: {exc}")
         return pb.CheckpointReply(path=path)
@@ -270,8 +294,11 @@ class PartyServer:
         who = await self._allowed(context, self.access.client, "a checkpoint")
         try:
             directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
-            handles = {name: kept_handle(who, h) for name, h in handles.items()}
-            path = await asyncio.to_thread(self.session.load_checkpoint, directory, step, job_hash, handles)
+            directory = self._checkpoint_dir(who, directory)
+            handles = {name: kept_handle(_namespace(who, request.client_session), h) for name, h in handles.items()}
+            path = await asyncio.to_thread(self.session.load_checkpoint, directory, step, _owned(who, job_hash), handles)
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
         except (serde.SerdeError, JobError) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc) if str(exc).startswith("party")
                                 else f"party {self.pid}: {exc}")
@@ -279,19 +306,42 @@ class PartyServer:
 
     async def list_checkpoints(self, request: pb.CheckpointQuery, context) -> pb.CheckpointList:
         await self._ready_or_abort(context)
-        await self._allowed(context, self.access.client, "a checkpoint query")
+        who = await self._allowed(context, self.access.client, "a checkpoint query")
         try:
             directory, job_hash = serde.checkpoint_query_from_proto(request)
+            directory = self._checkpoint_dir(who, directory)
+        except AccessDenied as exc:
+            await context.abort(exc.code, str(exc))
         except serde.SerdeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
-        steps, refused = await asyncio.to_thread(self.session.list_checkpoints, directory, job_hash)
+        steps, refused = await asyncio.to_thread(self.session.list_checkpoints, directory, _owned(who, job_hash))
         return serde.checkpoint_list_to_proto(steps, refused)
+
+    def _checkpoint_dir(self, who: str, directory: str) -> str:
+        """Where this party writes a client's checkpoint. With a data directory, inside it:
+        a relative name goes under <data>/checkpoints/<client>/, an absolute path must lie
+        within <data>. Without one (a LocalCluster on one machine), only the party's
+        operator checkpoints, anywhere this process may write."""
+        if not self.access.secure:
+            return directory
+        if self.data_dir is None:
+            self.access.reads_files_for(who, "a checkpoint")
+            return directory
+        root = os.path.realpath(self.data_dir)
+        if not os.path.isabs(directory):
+            root = os.path.join(root, "checkpoints", who)
+        path = os.path.realpath(os.path.join(root, directory))
+        if os.path.commonpath([path, root]) != root:
+            raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"party {self.pid}: checkpoint directory "
+                               f"{directory!r} is outside its data directory")
+        return path
 
     async def _ready_or_abort(self, context) -> None:
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
 
     async def health(self, request, context) -> pb.HealthReply:
+        await self._allowed(context, self.access.member, "a health check")
         n = self.config.n_parties if self.config else 0
         count, nbytes = self.session.kept_stats() if self.session is not None else (0, 0)
         return pb.HealthReply(pid=self.pid, n_parties=n, ready=self.ready.is_set(),
@@ -347,3 +397,15 @@ def _in_namespace(job, submitter: str):
     return replace(job, kept={n: kept_handle(submitter, h) for n, h in job.kept.items()},
                    keep={n: kept_handle(submitter, h) for n, h in job.keep.items()},
                    free=tuple(kept_handle(submitter, h) for h in job.free))
+
+
+def _namespace(identity: str, session: str) -> str:
+    """Kept values belong to one client process: its certified identity and its own random
+    session id (two processes with one certificate must not share handles)."""
+    return f"{identity}/{session[:64]}"
+
+
+def _owned(identity: str, job_hash: str) -> str:
+    """The job hash a checkpoint file records: bound to the client that wrote it, so that
+    another client can neither load it nor have it counted (or pruned) as its own."""
+    return hashlib.sha256(f"{identity}\x00{job_hash}".encode()).hexdigest()

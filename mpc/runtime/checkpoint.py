@@ -64,12 +64,26 @@ def write(directory: str, step: int, job_hash: str, party: int, tensors: dict[st
         os.fsync(dir_fd)  # the rename itself must survive a crash
     finally:
         os.close(dir_fd)
-    _prune(directory)
+    _prune(directory, job_hash)
     return final
 
 
-def _prune(directory: str) -> None:
-    steps = sorted(int(m.group(1)) for n in os.listdir(directory) if (m := _NAME.match(n)))
+def _job_of(path: str) -> str | None:
+    """The job a checkpoint file says it belongs to (None if it says nothing readable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:8] != MAGIC or len(head) < 12:
+                return None
+            return str(json.loads(f.read(min(struct.unpack("<I", head[8:12])[0], 1 << 20)))["job"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _prune(directory: str, job_hash: str) -> None:
+    """Keep this job's newest KEEP checkpoints; never touch another job's files."""
+    steps = sorted(int(m.group(1)) for n in os.listdir(directory) if (m := _NAME.match(n))
+                   and _job_of(os.path.join(directory, n)) == job_hash)
     for step in steps[:-KEEP]:
         try:
             os.remove(os.path.join(directory, file_name(step)))
@@ -96,7 +110,7 @@ def read(path: str, job_hash: str, party: int, step: int | None = None) -> dict[
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: malformed header: {exc}") from None
     if found[0] != job_hash:
-        raise CheckpointError(f"checkpoint {path} belongs to job {found[0][:16]}…, not this job {job_hash[:16]}… "
+        raise CheckpointError(f"checkpoint {path} belongs to another job (or another client), not this job "
                               "(the job file changed: start without --resume, or restore the old job file)")
     if found[1] != party:
         raise CheckpointError(f"checkpoint {path} holds party {found[1]}'s shares, not party {party}'s")

@@ -302,6 +302,9 @@ class PartySession:
         if entry is not None and not entry.started:
             self._end_writes(entry, ok=False)
             self.jobs.pop(job_id, None)
+            # Peers that started it wait for our rounds: tell them it will not run here.
+            self.transport.abort_job(job_id, f"party {self.pid}: the job was never run here (cancelled, or "
+                                             f"not started within {UNSTARTED_TTL_S:.0f} s)")
             self.transport.forget(job_id)
 
     def _end_writes(self, entry: _Job, ok: bool) -> None:
@@ -357,6 +360,9 @@ class PartySession:
             outcome = await self._run(entry)
             ok = True
             return outcome
+        except asyncio.CancelledError:  # its client went away mid-job: the peers must not wait for us
+            self.transport.abort_job(job_id, f"party {self.pid}: the job's Run call was cancelled")
+            raise
         except Exception as exc:
             if not isinstance(exc, (PeerFailure, JobAborted)):  # those came from a peer: it knows
                 self.transport.abort_job(job_id, f"party {self.pid}: {exc}")

@@ -29,6 +29,11 @@ class JobAborted(RuntimeError):
     """A peer gave up on a job (its own check or computation failed) and said why."""
 
 
+class RoundTimeout(RuntimeError):
+    """A live peer sent nothing for a round of a job within the deadline: that job fails,
+    the connection and the peer's other jobs go on (a dead peer is a PeerFailure)."""
+
+
 @dataclass
 class Counters:
     rounds: int = 0

@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "sources")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "client_session", "sources")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class JobRequest(_message.Message):
     REPLAY_FIELD_NUMBER: _ClassVar[int]
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SESSION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
@@ -172,8 +173,9 @@ class JobRequest(_message.Message):
     replay: _containers.RepeatedScalarFieldContainer[int]
     submitter: str
     upload_key: str
+    client_session: str
     sources: _containers.ScalarMap[int, str]
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., client_session: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds", "job_id")
@@ -289,7 +291,7 @@ class HealthReply(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("directory", "step", "job_hash", "handles")
+    __slots__ = ("directory", "step", "job_hash", "handles", "client_session")
     class HandlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -301,11 +303,13 @@ class CheckpointRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     JOB_HASH_FIELD_NUMBER: _ClassVar[int]
     HANDLES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SESSION_FIELD_NUMBER: _ClassVar[int]
     directory: str
     step: int
     job_hash: str
     handles: _containers.ScalarMap[str, int]
-    def __init__(self, directory: _Optional[str] = ..., step: _Optional[int] = ..., job_hash: _Optional[str] = ..., handles: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    client_session: str
+    def __init__(self, directory: _Optional[str] = ..., step: _Optional[int] = ..., job_hash: _Optional[str] = ..., handles: _Optional[_Mapping[str, int]] = ..., client_session: _Optional[str] = ...) -> None: ...
 
 class CheckpointReply(_message.Message):
     __slots__ = ("path",)
