@@ -271,7 +271,13 @@ class TrainingMixin:
             if on_step:
                 on_step(group[-1][0], step, value)
             if checkpoint_every and on_checkpoint and step % checkpoint_every == 0:
-                on_checkpoint(step, handles)
+                try:
+                    on_checkpoint(step, handles)
+                except MPCError as exc:
+                    if type(exc) is not MPCError:  # a refusal of its own kind (a resume, a divergence)
+                        raise
+                    raise MPCError(f"training stopped writing the checkpoint of step {step} (epoch "
+                                   f"{group[-1][0] + 1}; {step} steps done): {exc}") from exc
         result.steps = step
         result.seconds = time.perf_counter() - start
         return result

@@ -28,13 +28,17 @@ def test_eight_clients_and_a_training_job_side_by_side():
     with mpc.LocalCluster(n_parties=3, connect_timeout=30, clients=tuple(names)) as cluster:
         results, errors = {}, []
         start = threading.Barrier(N_CLIENTS + 1)
-        # torch.export is not thread-safe: compile here (a real client is a process of its own)
-        compiled = {k: mpc.compile(_model(k), torch.zeros(4, 12, dtype=torch.float64)) for k in range(N_CLIENTS)}
+        # Built here, not in the threads: torch.export is not thread-safe, and seeding the global
+        # generator in one thread while another draws from it would mix up the weights (a real
+        # client is a process of its own).
+        nets = {k: _model(k) for k in range(N_CLIENTS)}
+        compiled = {k: mpc.compile(nets[k], torch.zeros(4, 12, dtype=torch.float64)) for k in range(N_CLIENTS)}
+        trainer_model = torch.nn.Sequential(torch.nn.Linear(12, 2))
 
         def client(k):
             try:
                 with cluster.client(f"c{k}") as me:
-                    net = _model(k)  # every client its own weights: a mix-up would show in the values
+                    net = nets[k]  # every client its own weights: a mix-up would show in the values
                     xs = [torch.randn(4, 12, generator=torch.Generator().manual_seed(100 * k + r),
                                       dtype=torch.float64) for r in range(REQUESTS)]
                     start.wait(timeout=120)
@@ -51,9 +55,8 @@ def test_eight_clients_and_a_training_job_side_by_side():
                     x = torch.randn(120, 12, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
                     y = (x[:, 0] > 0).long()
                     data = me.share_data({0: (x[:60], y[:60]), 1: (x[60:], y[60:])}, n_classes=2)
-                    model = torch.nn.Sequential(torch.nn.Linear(12, 2))
                     start.wait(timeout=120)
-                    result = me.train(model, data, optimizer=SGD(0.5), epochs=2, batch_size=40)
+                    result = me.train(trainer_model, data, optimizer=SGD(0.5), epochs=2, batch_size=40)
                     trained = me.reveal_model(result)
                     logits = x @ trained["0.weight"].double().T + trained["0.bias"].double()
                     results["trainer"] = float((logits.argmax(1) == y).double().mean())

@@ -58,6 +58,7 @@ class PartyServer:
         self.lost_reason = ""
         self._mesh_ready = asyncio.Event()
         self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
+        self._upload_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
         self.access = Access(pid, creds is not None)
         self.data_dir = data_dir
@@ -148,17 +149,21 @@ class PartyServer:
                     part = parts[key] = framing.Reassembly(header, payload)
                 if part.add(header, payload):
                     if (who, header.job) not in self._uploads:
-                        token = self._uploads[(who, header.job)] = {}
-                        # the timer drops this upload, not a later one under the same key
-                        asyncio.get_running_loop().call_later(UPLOAD_TTL_S, self._drop_upload, (who, header.job), token)
+                        self._uploads[(who, header.job)] = {}
+                        self._upload_timers[(who, header.job)] = asyncio.get_running_loop().call_later(
+                            UPLOAD_TTL_S, self._take_upload, (who, header.job))
                     self._uploads[(who, header.job)][header.round] = part.buffer
         except framing.FrameError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         return pb.ExchangeReply(ok=True)
 
-    def _drop_upload(self, key, token) -> None:
-        if self._uploads.get(key) is token:
-            del self._uploads[key]
+    def _take_upload(self, key) -> dict:
+        """The uploads under `key` (claimed by a job, or expired), and their timer cancelled:
+        the timer must neither drop a later upload under the key nor keep these buffers alive."""
+        timer = self._upload_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        return self._uploads.pop(key, {})
 
     async def _allowed(self, context, check, *args):
         """check(context, *args), or the call ends with the refusal's status and message."""
@@ -200,7 +205,7 @@ class PartyServer:
         try:
             job, inputs = serde.job_from_proto(request)
             job = _in_namespace(job, _namespace(submitter, request.client_session))
-            uploads = self._uploads.pop((submitter, request.upload_key or job.job_id), {})
+            uploads = self._take_upload((submitter, request.upload_key or job.job_id))
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
             inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
             for nid, text in job.sources.items():  # this party's own files: read here, by nobody else
