@@ -140,7 +140,7 @@ def _remote_arguments(p) -> None:
                    help="with --cluster: this client's identity (default client-local)")
 
 
-def _cluster(args, n_parties: int, frac_bits: int | None = None):
+def _cluster(args, n_parties: int, frac_bits: int | None = None, state_dir: str | None = None):
     """A RemoteCluster on --cluster's processes, or LocalCluster's own N parties and dealer."""
     if getattr(args, "cluster", None):
         from mpc.remote import RemoteCluster
@@ -153,7 +153,8 @@ def _cluster(args, n_parties: int, frac_bits: int | None = None):
         return cluster
     from mpc.launcher import LocalCluster
 
-    return LocalCluster(n_parties=n_parties, **({} if frac_bits is None else {"frac_bits": frac_bits}))
+    return LocalCluster(n_parties=n_parties, state_dir=state_dir,
+                        **({} if frac_bits is None else {"frac_bits": frac_bits}))
 
 
 def _infer(args) -> int:
@@ -210,7 +211,10 @@ def _train(args) -> int:
         print(f"mpc train: {exc}", file=sys.stderr)
         return 2
     try:
-        with _cluster(args, args.local, args.frac_bits) as cluster:
+        # With checkpoints, local parties keep their keys beside them: a --resume on a new
+        # local cluster then repeats the interrupted run's randomness (runtime/reproducible.py).
+        state = os.path.join(spec.checkpoint_dir, "local-cluster") if spec.checkpoint_dir else None
+        with _cluster(args, args.local, args.frac_bits, state_dir=state) as cluster:
             train_job(spec, cluster, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
                       party_files=bool(args.cluster))
     except (ConfigError, TLSError) as exc:

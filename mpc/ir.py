@@ -142,6 +142,7 @@ class Job:
     profile: bool = False  # time the phases of this job (JobStats.phases)
     replay: tuple[int, ...] = ()  # a transport floor (empty program): bytes per round, sender, receiver
     sources: dict[int, str] = field(default_factory=dict)  # input node -> a file its owner reads (JSON)
+    reproducible: bool = False  # randomness keyed by the inputs, not the id (runtime.reproducible)
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

@@ -96,17 +96,22 @@ class LocalCluster(ClusterClient):
     and a client of them named client-local (the operator of every party).
 
     Use as a context manager; `addresses` lists where each process serves. `clients` names
-    more clients the cluster accepts (client-NAME); `client(name)` connects as one of them."""
+    more clients the cluster accepts (client-NAME); `client(name)` connects as one of them.
+    `state_dir` keeps the cluster's CA and certificates there instead of throwing them away:
+    a cluster started again on it has the same keys, and so the same long-lived randomness
+    of reproducible jobs (a resumed training repeats the interrupted one bit for bit)."""
 
     def __init__(self, n_parties: int = 3, frac_bits: int = ring.DEFAULT_FRAC_BITS, *,
                  connect_timeout: float = 30.0, round_timeout: float = 120.0, job_timeout: float = 900.0,
                  torch_threads: int = 1, verbose: bool = False, defer_truncation: bool = True,
-                 tls: bool = True, clients: tuple[str, ...] = (), link_delay_s: float | None = None):
+                 tls: bool = True, clients: tuple[str, ...] = (), link_delay_s: float | None = None,
+                 state_dir: str | None = None):
         super().__init__(None, None, job_timeout=job_timeout, defer_truncation=defer_truncation,
                          n_parties=n_parties, frac_bits=frac_bits)
         self.tls = tls
         self.ca: tls_.CertificateAuthority | None = None  # signs this cluster's certificates (TLS only)
         self.certs_dir: tempfile.TemporaryDirectory | None = None  # removed when the cluster is collected
+        self.state_dir = state_dir
         self.connect_timeout = connect_timeout
         self.round_timeout = round_timeout
         self.torch_threads = torch_threads
@@ -142,15 +147,7 @@ class LocalCluster(ClusterClient):
             deadline = time.monotonic() + self.connect_timeout + 30  # + interpreter and torch start-up
             security = ["--insecure"]
             if self.tls:
-                self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
-                self.certs_dir = tempfile.TemporaryDirectory(prefix="mpc-certs-")
-                self.ca.write(self.certs_dir.name, with_key=False)
-                for identity in [tls_.DEALER, tls_.COORDINATOR] + [tls_.party_name(p) for p in range(self.n_parties)]:
-                    tls_.write_credentials(self.certs_dir.name, self.ca.issue(identity))
-                self._client_creds = self.ca.issue(tls_.client_name("local"))
-                # a client of `mpc launch` in another process uses the same identity
-                tls_.write_credentials(self.certs_dir.name, self._client_creds)
-                security = ["--certs", self.certs_dir.name]
+                security = ["--certs", self._make_certs()]
             dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
                                  "--n-parties", str(self.n_parties), *security)
             parties = [self._spawn(f"party {p}", "parties.party", "--pid", str(p), "--listen", "127.0.0.1:0",
@@ -183,6 +180,32 @@ class LocalCluster(ClusterClient):
         except BaseException:
             self.stop()
             raise
+
+    def _make_certs(self) -> str:
+        """The directory of this cluster's certificates: throwaway ones, or those of state_dir
+        (made there on the first start, with the CA's key, readable by their owner only)."""
+        identities = [tls_.DEALER, tls_.COORDINATOR] + [tls_.party_name(p) for p in range(self.n_parties)]
+        local = tls_.client_name("local")
+        if self.state_dir:
+            directory = os.path.join(self.state_dir, "certs")
+            if all(os.path.exists(os.path.join(directory, f"{i}.key")) for i in identities + [local, "ca"]):
+                self.ca = tls_.CertificateAuthority.load(directory)
+                self._client_creds = tls_.Credentials.load(directory, local)
+                return directory
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
+            self.ca.write(directory, with_key=True)
+        else:
+            self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
+            self.certs_dir = tempfile.TemporaryDirectory(prefix="mpc-certs-")
+            directory = self.certs_dir.name
+            self.ca.write(directory, with_key=False)
+        for identity in identities:
+            tls_.write_credentials(directory, self.ca.issue(identity))
+        self._client_creds = self.ca.issue(local)
+        # a client of `mpc launch` in another process uses the same identity
+        tls_.write_credentials(directory, self._client_creds)
+        return directory
 
     def client(self, name: str) -> ClusterClient:
         """Another client of this cluster, as client-NAME (listed in `clients`); connect it

@@ -187,8 +187,10 @@ class TrainingMixin:
             x_id = _normalized(nodes, x_id)
         x_handle, y_handle = self._new_handle(), self._new_handle()
         program = Program(tuple(nodes), (), (), self.frac_bits)
+        # Reproducible (runtime.reproducible): the same rows shared again (a resumed training)
+        # come out as the very same shares, so the steps on them repeat bit for bit.
         job = Job(uuid.uuid4().hex, program.digest, owners=owners, keep={x_id: x_handle, y_id: y_handle},
-                  sources=sources)
+                  sources=sources, reproducible=True)
         self._execute(program, job, inputs)
         return SharedData(x_handle, y_handle, nodes[x_id].shape, nodes[y_id].shape,
                           "classes" if as_int else "values")
@@ -291,7 +293,7 @@ class TrainingMixin:
         handles = {name: self._new_handle() for name, _ in items}
         program = Program(nodes, (), (), self.frac_bits)
         job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner for n in nodes},
-                  keep={n.id: handles[n.name] for n in nodes})
+                  keep={n.id: handles[n.name] for n in nodes}, reproducible=True)
         inputs = {p: ({n.id: v for n, (_, v) in zip(nodes, items)} if p == owner else {}) for p in range(self.n_parties)}
         self._execute(program, job, inputs)
         return handles
@@ -322,7 +324,7 @@ class TrainingMixin:
                 kept[nid] = handles[name]
         keep = {nid: handles[name] for name, nid in roles["updates"].items()}
         job = Job(uuid.uuid4().hex, program.digest, kept=kept, recipients=tuple(TO_CALLER for _ in program.outputs),
-                  keep=keep, public=tp.public_values(roles, first, batches))
+                  keep=keep, public=tp.public_values(roles, first, batches), reproducible=True)
         return program, job, {p: {} for p in range(self.n_parties)}
 
     def _trained_model(self, tp: TrainingProgram, handles: dict[str, int]) -> SharedModel:

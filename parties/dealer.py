@@ -20,11 +20,15 @@ import grpc
 from mpc.net import tls
 from mpc.net.dealer import DealerService
 from mpc.net.party_server import SERVER_OPTIONS
+from mpc.runtime import reproducible
 from parties import _process
 
 
 async def serve(args, creds) -> None:
-    service = DealerService(args.n_parties, authenticated=creds is not None)
+    # The long-lived key of reproducible jobs comes from the dealer's own private key, so a
+    # restarted dealer serves a resumed training the randomness of the original run.
+    master = reproducible.secret_from(creds.key_pem, "dealer-repro-master") if creds else None
+    service = DealerService(args.n_parties, authenticated=creds is not None, repro_master=master)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
     try:

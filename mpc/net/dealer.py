@@ -20,6 +20,12 @@ What the dealer enforces, and why:
   correction is minus the other parties' streams;
 - a request for another session's epoch is refused: a restarted dealer has new seeds,
   and corrections from them would silently break every product.
+
+Reproducible jobs (runtime/reproducible.py) draw from a second set of seeds derived from the
+dealer's long-lived key, the same in every session (with TLS the key is derived from the
+dealer's private key, so a restarted dealer has it again): a job that repeats an earlier one
+on the same inputs gets the same randomness. Its corrections are keyed by the job's
+reproduction key and its spec list together, so one key never streams two spec lists.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import PRG, derive_key, new_seed
 from mpc.protocols import correlations
+from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, PeerFailure
 
 log = logging.getLogger(__name__)
@@ -58,12 +65,16 @@ class DealerService:
     """Holds one seed per party and turns correlation specs into party 0's corrections.
 
     `authenticated`: callers are who their TLS certificate says (party-K); without it
-    (plaintext on loopback) the pid in the request is taken at its word."""
+    (plaintext on loopback) the pid in the request is taken at its word. `repro_master` is
+    the long-lived key of reproducible jobs (fresh if not given: then they reproduce only
+    while this process lives)."""
 
-    def __init__(self, n_parties: int, authenticated: bool = True):
+    def __init__(self, n_parties: int, authenticated: bool = True, repro_master: bytes | None = None):
         self.n_parties = n_parties
         self.authenticated = authenticated
         self.bytes_sent = 0
+        self._repro_master = repro_master or new_seed()
+        self._repro_seeds = [reproducible.long_lived_seed(self._repro_master, p) for p in range(n_parties)]
         self._new_session()
 
     def _new_session(self) -> None:
@@ -112,7 +123,11 @@ class DealerService:
                         "it)", pid, old, self.epoch.hex()[:8])
         self._greeted.add(pid)
         log.info("seed sent to party %d (session %s)", pid, self.epoch.hex()[:8])
-        return pb.DealerSeed(seed=self.seeds[pid], epoch=self.epoch, commitments=self.commitments)
+        pairs = [b"" if p == pid else reproducible.long_lived_pair(self._repro_master, pid, p)
+                 for p in range(self.n_parties)]
+        return pb.DealerSeed(seed=self.seeds[pid], epoch=self.epoch, commitments=self.commitments,
+                             repro_seed=self._repro_seeds[pid], repro_pairs=pairs,
+                             repro_commitment=reproducible.master_commitment(self._repro_master))
 
     async def correlations(self, request: pb.CorrelationRequest, context):
         pid = await self._caller(context, request.pid, "Correlations")
@@ -139,14 +154,20 @@ class DealerService:
                     raise ValueError(f"spec {k} ({spec.kind} of shapes {list(spec.shapes)}) has an empty tensor, "
                                      f"whose correction would be minus the other parties' streams")
             total = sum(correlations.correction_nbytes(s) for s in specs)
+            if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:
+                raise ValueError(f"a reproduction key of {len(request.reproduction_key)} bytes "
+                                 f"({reproducible.KEY_BYTES} expected)")
         except (ValueError, KeyError) as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"Correlations for job {job!r}: {exc}")
         self._jobs.add(job)  # before the first byte: a stream cut halfway is still spent
         encoder = framing.StreamEncoder(total, job=job)
-        seeds = self.seeds  # this session's, even if a party's new Hello ends it during the stream
+        if request.reproduction_key:
+            seeds, label = self._repro_seeds, reproducible.stream_label(request.reproduction_key, specs)
+        else:
+            seeds, label = self.seeds, job  # this session's, even if a party's new Hello ends it during the stream
         for k, spec in enumerate(specs):
             # One spec at a time, off the event loop: memory stays at one correlation, not the job.
-            pieces = await asyncio.to_thread(self._correction, seeds, job, k, spec)
+            pieces = await asyncio.to_thread(self._correction, seeds, label, k, spec)
             for piece in pieces:
                 for frame in encoder.feed(piece):
                     yield frame
@@ -181,6 +202,8 @@ class GrpcDealerLink(DealerLink):
         self.pid, self.n_parties, self.address, self.timeout = pid, n_parties, address, timeout
         self._channel = client_channel(address, creds, tls.DEALER)
         self._seed: bytes | None = None
+        self._repro_seed = b""
+        self._repro_pairs: list[bytes] = []
         self.epoch = b""
         self.fingerprint = b""
 
@@ -206,8 +229,14 @@ class GrpcDealerLink(DealerLink):
                                 f"{len(reply.commitments)} commitments for {self.n_parties} parties")
         if reply.commitments[self.pid] != seed_commitment(reply.epoch, self.pid, reply.seed):
             raise self._failure("sent a seed that does not match its own commitment to it")
+        if len(reply.repro_seed) != 16 or len(reply.repro_pairs) != self.n_parties or len(reply.repro_commitment) != 32 \
+                or any(len(k) != (0 if p == self.pid else 16) for p, k in enumerate(reply.repro_pairs)):
+            raise self._failure("sent malformed long-lived keys for reproducible jobs")
         self._seed, self.epoch = reply.seed, reply.epoch
-        self.fingerprint = session_fingerprint(reply.epoch, list(reply.commitments))
+        self._repro_seed, self._repro_pairs = reply.repro_seed, list(reply.repro_pairs)
+        # The long-lived key's commitment is part of the fingerprint the parties compare: parties
+        # whose reproducible randomness would not match never compute together.
+        self.fingerprint = session_fingerprint(reply.epoch, [*reply.commitments, reply.repro_commitment])
 
     @property
     def seed(self) -> bytes:
@@ -215,9 +244,18 @@ class GrpcDealerLink(DealerLink):
             raise RuntimeError("the dealer link is not connected")
         return self._seed
 
-    async def _corrections(self, job, specs, nbytes):
+    @property
+    def repro_seed(self) -> bytes:
+        if not self._repro_seed:
+            raise RuntimeError("the dealer link is not connected")
+        return self._repro_seed
+
+    def repro_pair(self, peer: int) -> bytes:
+        return self._repro_pairs[peer]
+
+    async def _corrections(self, job, specs, nbytes, reproduction_key=b""):
         request = pb.CorrelationRequest(job_id=job, pid=self.pid, specs=[serde.spec_to_proto(s) for s in specs],
-                                        epoch=self.epoch)
+                                        epoch=self.epoch, reproduction_key=reproduction_key)
         call = self._channel.unary_stream(f"/{SERVICE}/Correlations",
                                           request_serializer=pb.CorrelationRequest.SerializeToString,
                                           response_deserializer=None)(request)

@@ -10,6 +10,7 @@ import asyncio
 
 from mpc.prg import new_seed
 from mpc.protocols import correlations
+from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, JobAborted, Transport
 
 
@@ -20,6 +21,8 @@ class MemoryNetwork:
         self.aborted: dict[str, JobAborted] = {}  # job -> why a party gave up on it
         self._pair_keys = {(i, j): new_seed() for i in range(n_parties) for j in range(i + 1, n_parties)}
         self.dealer_seeds = [new_seed() for _ in range(n_parties)]
+        self.repro_master = new_seed()  # the dealer's long-lived key: one per network
+        self.repro_seeds = [reproducible.long_lived_seed(self.repro_master, p) for p in range(n_parties)]
 
     def _box(self, key) -> asyncio.Future:
         fut = self._boxes.get(key)
@@ -72,6 +75,17 @@ class MemoryDealer(DealerLink):
     def seed(self) -> bytes:
         return self._net.dealer_seeds[self._pid]
 
-    async def _corrections(self, job, specs, nbytes):
-        return memoryview(bytearray(b"".join(correlations.dealer_stream(self._net.dealer_seeds, job, specs))))
+    @property
+    def repro_seed(self) -> bytes:
+        return self._net.repro_seeds[self._pid]
+
+    def repro_pair(self, peer: int) -> bytes:
+        return reproducible.long_lived_pair(self._net.repro_master, self._pid, peer)
+
+    async def _corrections(self, job, specs, nbytes, reproduction_key=b""):
+        if reproduction_key:
+            seeds, label = self._net.repro_seeds, reproducible.stream_label(reproduction_key, specs)
+        else:
+            seeds, label = self._net.dealer_seeds, job
+        return memoryview(bytearray(b"".join(correlations.dealer_stream(seeds, label, specs))))
 

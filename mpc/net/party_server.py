@@ -26,6 +26,7 @@ from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
+from mpc.runtime import reproducible
 from mpc.runtime.session import JobError, PartySession
 from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
@@ -93,7 +94,10 @@ class PartyServer:
         await self.dealer.connect(config.connect_timeout)
         self.mesh.set_session(self.dealer.fingerprint)
         await self.mesh.connect(max(1.0, config.connect_timeout - (asyncio.get_running_loop().time() - start)))
-        self.session = PartySession(self.mesh, self.dealer)
+        # The salt of this party's input hashes outlives the process (it is derived from the
+        # party's key): a restarted party's reproducible jobs repeat the ones it ran before.
+        salt = reproducible.secret_from(self.creds.key_pem, "input-salt") if self.creds else None
+        self.session = PartySession(self.mesh, self.dealer, input_salt=salt)
         self.ready.set()
 
     def _known_job(self, job: str) -> bool:

@@ -190,7 +190,8 @@ def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.
                          recipients=list(job.recipients), keep=job.keep, free=list(job.free),
                          inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()},
                          public={k: tensor_to_proto(v) for k, v in job.public.items()},
-                         profile=job.profile, replay=list(job.replay), sources=job.sources)
+                         profile=job.profile, replay=list(job.replay), sources=job.sources,
+                         reproducible=job.reproducible)
 
 
 def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
@@ -199,7 +200,8 @@ def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
     if len(m.program) != 64:
         raise SerdeError(f"job {m.job_id} names program {m.program!r}, not a SHA-256 digest")
     job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free),
-              {k: tensor_from_proto(v) for k, v in m.public.items()}, m.profile, tuple(m.replay), dict(m.sources))
+              {k: tensor_from_proto(v) for k, v in m.public.items()}, m.profile, tuple(m.replay), dict(m.sources),
+              m.reproducible)
     return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 

@@ -227,6 +227,17 @@ class CertificateAuthority:
                 .sign(key, hashes.SHA256()))
         return cls(key, cert)
 
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "CertificateAuthority":
+        """The CA that `write` (with its key) left in `directory`."""
+        d = Path(directory)
+        try:
+            cert = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
+            key = serialization.load_pem_private_key((d / CA_KEY).read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise TLSError(f"cannot load the CA of {d}: {exc}") from None
+        return cls(key, cert)
+
     @property
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)

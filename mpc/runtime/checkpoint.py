@@ -2,7 +2,9 @@
 
 A checkpoint holds only this party's shares (raw little-endian int64 ring elements,
 never plaintext, never pickled) and a small JSON header: format, party id, step, the
-job's hash, each tensor's name and shape, and the SHA-256 of the payload. It is written
+job's hash, each tensor's name and shape, its tag (runtime.reproducible: what computed
+it, so that a resumed run repeats the original's randomness), and the SHA-256 of the
+payload. It is written
 to a temporary file in the same directory, flushed and fsynced, then renamed over its
 final name (and the directory fsynced), so a crash leaves either the whole file or none.
 Reading checks everything in the header against the file and against what the caller
@@ -36,8 +38,9 @@ def file_name(step: int) -> str:
     return f"step-{step:09d}.ckpt"
 
 
-def write(directory: str, step: int, job_hash: str, party: int, tensors: dict[str, torch.Tensor]) -> str:
-    """Write this party's shares atomically; return the final path."""
+def write(directory: str, step: int, job_hash: str, party: int, tensors: dict[str, torch.Tensor],
+          tags: dict[str, bytes] | None = None) -> str:
+    """Write this party's shares (and their tags) atomically; return the final path."""
     os.makedirs(directory, exist_ok=True)
     payload = hashlib.sha256()
     entries = []
@@ -49,6 +52,7 @@ def write(directory: str, step: int, job_hash: str, party: int, tensors: dict[st
     for b in blobs:
         payload.update(b)
     header = json.dumps({"format": 1, "party": party, "step": step, "job": job_hash, "tensors": entries,
+                         "tags": {n: t.hex() for n, t in (tags or {}).items()},
                          "sha256": payload.hexdigest()}, sort_keys=True).encode()
     final = os.path.join(directory, file_name(step))
     tmp = f"{final}.tmp-{os.getpid()}"
@@ -91,8 +95,9 @@ def _prune(directory: str, job_hash: str) -> None:
             pass
 
 
-def read(path: str, job_hash: str, party: int, step: int | None = None) -> dict[str, torch.Tensor]:
-    """This party's shares from `path`, after every check; CheckpointError otherwise."""
+def read(path: str, job_hash: str, party: int, step: int | None = None, with_tags: bool = False):
+    """This party's shares from `path`, after every check (and, `with_tags`, their tags by
+    name as a second result); CheckpointError otherwise."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -107,6 +112,7 @@ def read(path: str, job_hash: str, party: int, step: int | None = None) -> dict[
         header = json.loads(data[12:12 + n])
         entries = [(str(name), tuple(int(d) for d in shape)) for name, shape in header["tensors"]]
         found = (header["job"], int(header["party"]), int(header["step"]), header["sha256"])
+        tags = {str(n): bytes.fromhex(t) for n, t in header.get("tags", {}).items()}
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: malformed header: {exc}") from None
     if found[0] != job_hash:
@@ -128,7 +134,7 @@ def read(path: str, job_hash: str, party: int, step: int | None = None) -> dict[
         out[name] = torch.frombuffer(bytearray(payload[offset:offset + size]), dtype=torch.int64).reshape(shape) \
             if size else torch.zeros(shape, dtype=torch.int64)
         offset += size
-    return out
+    return (out, tags) if with_tags else out
 
 
 def _numel(shape) -> int:

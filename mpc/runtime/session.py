@@ -27,6 +27,7 @@ from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime import checkpoint
+from mpc.runtime import reproducible as reproducible_
 from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.profile import OFF, Profile
 from mpc.runtime.transport import DealerLink, JobAborted, PeerFailure, ProtocolViolation, Transport
@@ -34,22 +35,36 @@ from mpc.runtime.transport import DealerLink, JobAborted, PeerFailure, ProtocolV
 
 # The round number of the barrier between the offline and online phases; programs never reach it.
 READY_ROUND = (1 << 32) - 1
+# The round in which a reproducible job's parties exchange their contributions to its key.
+KEY_ROUND = READY_ROUND - 1
 MAX_PROGRAMS = 256
 UNSTARTED_TTL_S = 120.0  # a job submitted but not run within this is dropped (its writes marked failed)
 WAIT_DEADLINE_S = 900.0  # the longest a job waits for an earlier job's kept values
 
 
 class _Write:
-    """A pending write of a kept value by a submitted job: done when it ends, ok if it kept it."""
+    """A pending write of a kept value by a submitted job: done when it ends, ok if it kept it.
+    Its tag (runtime.reproducible) is known once the job knows its reproduction key, which
+    is before its offline phase: a reproducible job reading the value needs only that."""
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str, node: int, reproducible: bool):
         self.job_id = job_id
         self.event = asyncio.Event()
         self.ok = False
+        self.tagged = asyncio.Event()
+        self.tag: bytes | None = None
+        if not reproducible:
+            self.set_tag(reproducible_.fresh_tag(job_id, node))
+
+    def set_tag(self, tag: bytes | None) -> None:
+        if not self.tagged.is_set():
+            self.tag = tag
+            self.tagged.set()
 
     def finish(self, ok: bool) -> None:
         self.ok = ok
         self.event.set()
+        self.set_tag(None)  # a job that failed before its key tags nothing: readers are told
 
 # How many freed handles a session remembers, only to say "freed" rather than "unknown" when a
 # later job names one: bounded so that a session of millions of jobs stays flat.
@@ -105,7 +120,7 @@ def job_digest(job: Job) -> str:
     kept and freed, public values. Parties compare it before the online phase."""
     h = hashlib.sha256()
     for part in (job.job_id, job.program, sorted(job.owners.items()), sorted(job.kept.items()), list(job.recipients),
-                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items())):
+                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items()), job.reproducible):
         h.update(repr(part).encode())
     for nid in sorted(job.public):
         t = job.public[nid].detach().contiguous()
@@ -136,10 +151,13 @@ def output_mask(transport: Transport, job: str, node: int, shape) -> torch.Tenso
     return total
 
 
-def input_mask(transport: Transport, job: str, node: int, owner: int, shape) -> torch.Tensor:
-    """This party's part of the zero-communication input sharing (arithmetic.share_input)."""
+def input_mask(transport: Transport, job: str, node: int, owner: int, shape, pair_key=None) -> torch.Tensor:
+    """This party's part of the zero-communication input sharing (arithmetic.share_input).
+    `pair_key(peer)` replaces the mesh's pairwise keys (a reproducible job's long-lived ones)."""
+    pair_key = pair_key or transport.pairwise_key
+
     def stream(peer):
-        return PRG(derive_key(transport.pairwise_key(peer), "input", job, node)).ring(shape)
+        return PRG(derive_key(pair_key(peer), "input", job, node)).ring(shape)
 
     if transport.pid != owner:
         return stream(owner)
@@ -150,12 +168,17 @@ def input_mask(transport: Transport, job: str, node: int, owner: int, shape) -> 
 
 
 class PartySession:
-    def __init__(self, transport: Transport, dealer: DealerLink):
+    """`input_salt`: this party's own long-lived secret keying the hash of its inputs in a
+    reproducible job's key (runtime.reproducible); fresh if not given."""
+
+    def __init__(self, transport: Transport, dealer: DealerLink, input_salt: bytes | None = None):
         self.transport = transport
         self.dealer = dealer
         self.pid = transport.pid
         self.n_parties = transport.n_parties
+        self.input_salt = input_salt or os.urandom(16)
         self.kept: dict[int, torch.Tensor] = {}
+        self.tags: dict[int, bytes] = {}  # handle -> the tag of the value kept under it
         self.programs: OrderedDict[str, Loaded] = OrderedDict()
         self.jobs: dict[str, _Job] = {}
         self._seen: set[str] = set()  # every job id submitted in this session: ids are never reused
@@ -214,7 +237,7 @@ class PartySession:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
         self._seen.add(job.job_id)
         waits = {h: w for h in job.kept.values() if (w := self._writers.get(h)) is not None}
-        writes = {h: _Write(job.job_id) for h in job.keep.values()}
+        writes = {h: _Write(job.job_id, nid, job.reproducible) for nid, h in job.keep.items()}
         self._writers.update(writes)
         self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes)
         asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._expire, job.job_id)
@@ -318,13 +341,14 @@ class PartySession:
         missing = [name for name, h in handles.items() if h not in self.kept]
         if missing:
             raise JobError(f"party {self.pid} cannot checkpoint {', '.join(missing[:3])}: not kept here")
-        return checkpoint.write(directory, step, job_hash, self.pid, {n: self.kept[h] for n, h in handles.items()})
+        return checkpoint.write(directory, step, job_hash, self.pid, {n: self.kept[h] for n, h in handles.items()},
+                                tags={n: self.tags[h] for n, h in handles.items() if h in self.tags})
 
     def load_checkpoint(self, directory: str, step: int, job_hash: str, handles: dict[str, int]) -> str:
         """Keep the shares of checkpoint `step` under `handles` (by name), after every check."""
         path = os.path.join(directory, checkpoint.file_name(step))
         try:
-            values = checkpoint.read(path, job_hash, self.pid, step)
+            values, tags = checkpoint.read(path, job_hash, self.pid, step, with_tags=True)
         except checkpoint.CheckpointError as exc:
             raise JobError(f"party {self.pid}: {exc}") from None
         if set(values) != set(handles):
@@ -332,6 +356,9 @@ class PartySession:
                            f"{sorted(handles)[:4]}…")
         for name, h in handles.items():
             self.kept[h] = values[name]
+            # The tag written with the shares: a reproducible job on them repeats the original
+            # run's randomness. Without one (an older file), a tag never seen before.
+            self.tags[h] = tags.get(name) or os.urandom(32)
         return path
 
     def list_checkpoints(self, directory: str, job_hash: str) -> tuple[list[int], list[str]]:
@@ -339,6 +366,7 @@ class PartySession:
 
     def free(self, handles) -> None:
         for h in handles:
+            self.tags.pop(h, None)
             if self.kept.pop(h, None) is not None:
                 self._freed[h] = None
                 while len(self._freed) > REMEMBER_FREED:
@@ -384,7 +412,11 @@ class PartySession:
         self.transport.set_profile(job.job_id, prof)
 
         t0 = time.perf_counter()
-        pool = await self._offline(job.job_id, dry, prof)
+        key = b""
+        if job.reproducible:
+            with prof.phase("reproduction_key"):
+                key = await self._reproduction_key(entry)
+        pool = await self._offline(job.job_id, dry, prof, key)
         with prof.phase("output_masks"):  # data-independent: made offline, off the online path
             out_masks = {nid: output_mask(self.transport, job.job_id, nid, program.nodes[nid].shape)
                          for nid, to in zip(program.outputs, job.recipients) if to == TO_CALLER}
@@ -401,7 +433,10 @@ class PartySession:
         waited = time.perf_counter() - t_wait  # the previous job's online phase: neither ours nor offline
         prof.add("previous_job", waited)
         with prof.phase("barrier"):  # peers finishing their offline phase
-            await self._barrier(job.job_id, job_digest(job))
+            digest = job_digest(job)
+            if key:  # parties holding different inputs would compute garbage together: compare keys too
+                digest = hashlib.sha256(bytes.fromhex(digest) + key).hexdigest()
+            await self._barrier(job.job_id, digest)
         t1 = time.perf_counter()
         for nid, h in job.kept.items():
             value = self.kept.get(h)
@@ -412,9 +447,11 @@ class PartySession:
                                f"{tuple(program.nodes[nid].shape)}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
 
+        label, pair_key = (f"repro:{key.hex()}", self.dealer.repro_pair) if key else (job.job_id, None)
+
         def mask(node, req):
             with prof.phase("input_masks"):  # PRG expansion, inside "arithmetic": separated in _phases
-                return input_mask(self.transport, job.job_id, node, req.owner, req.shape)
+                return input_mask(self.transport, label, node, req.owner, req.shape, pair_key)
 
         if job.replay:
             values, rounds = {}, await self._replay(job)
@@ -438,6 +475,7 @@ class PartySession:
         stats.rounds, stats.bytes_sent, stats.messages_sent = counters.rounds, counters.bytes_sent, counters.messages_sent
         for nid, handle in job.keep.items():
             self.kept[handle] = values[nid]
+            self.tags[handle] = entry.writes[handle].tag
         if job.profile:
             stats.phases = _phases(prof.finish())
             stats.round_sizes = [[sizes.get(q, 0) for q in range(self.n_parties)] for sizes in counters.round_sizes]
@@ -485,22 +523,64 @@ class PartySession:
         for p in sorted(peers):
             if bytes(received[p]) != mine:
                 raise ProtocolViolation(f"party {p} runs job {job} as {bytes(received[p]).hex()[:16]}…, party {self.pid} "
-                                        f"as {digest[:16]}…: the parties were sent different programs or bindings")
+                                        f"as {digest[:16]}…: the parties were sent different programs or bindings, or (a "
+                                        f"reproducible job) hold different tags or inputs")
         self.transport.reset_counters(job)
 
-    async def _offline(self, job: str, dry: DryRun, prof=OFF) -> dict:
+    async def _reproduction_key(self, entry: _Job) -> bytes:
+        """K of a reproducible job (runtime.reproducible): the tags of its kept inputs (an
+        earlier job still running tags them before its offline phase) and every party's
+        contribution, exchanged in one round when any input is brought to this job."""
+        job = entry.job
+        tags = {}
+        for nid, h in job.kept.items():
+            write = entry.waits.get(h)
+            if write is not None:
+                try:
+                    await asyncio.wait_for(write.tagged.wait(), WAIT_DEADLINE_S)
+                except asyncio.TimeoutError:
+                    raise JobError(f"job {job.job_id} waited {WAIT_DEADLINE_S:.0f} s for job {write.job_id} to "
+                                   f"start at party {self.pid}") from None
+                tag = write.tag
+            else:
+                tag = self.tags.get(h)
+            if tag is None:
+                raise JobError(f"job {job.job_id} reads kept value {h}, which party {self.pid} does not hold (the "
+                               f"job that was to keep it failed)")
+            tags[nid] = tag
+        contributions = []
+        if job.owners:
+            owned = {nid: v for nid, v in entry.inputs.items() if job.owners.get(nid) == self.pid}
+            shares = {nid: v for nid, v in entry.inputs.items() if job.owners.get(nid) == TO_CALLER}
+            mine = reproducible_.contribution(self.input_salt, owned, shares)
+            peers = set(self.transport.peers)
+            received = await self.transport.exchange(job.job_id, KEY_ROUND, {p: mine for p in peers}, peers)
+            for p in sorted(peers):
+                if len(received[p]) != len(mine):
+                    raise ProtocolViolation(f"party {p} sent a {len(received[p])}-byte contribution to job "
+                                            f"{job.job_id}'s reproduction key, expected {len(mine)}")
+            contributions = [mine if p == self.pid else bytes(received[p]) for p in range(self.n_parties)]
+        key = reproducible_.reproduction_key(job, tags, contributions)
+        for nid, h in job.keep.items():
+            entry.writes[h].set_tag(reproducible_.kept_tag(key, nid))
+        return key
+
+    async def _offline(self, job: str, dry: DryRun, prof=OFF, key: bytes = b"") -> dict:
         specs = [s for _, _, s in dry.specs]
         corr = None
         if self.pid == 0 and specs:
             sizes = [correlations.correction_nbytes(s) for s in specs]
             with prof.phase("dealer"):  # the dealer generating and sending party 0's corrections
-                corr = await self.dealer.corrections(job, specs, sum(sizes))
+                corr = await self.dealer.corrections(job, specs, sum(sizes), key)
         with prof.phase("prg_expand"):
-            return await asyncio.to_thread(self._expand, job, dry, corr)
+            return await asyncio.to_thread(self._expand, job, dry, corr, key)
 
-    def _expand(self, job: str, dry: DryRun, corr) -> dict:
+    def _expand(self, job: str, dry: DryRun, corr, key: bytes = b"") -> dict:
         pool, offset = {}, 0
-        seed = self.dealer.seed
+        if key:  # long-lived seeds, and the key with the spec list in the job id's place
+            seed, job = self.dealer.repro_seed, reproducible_.stream_label(key, [s for _, _, s in dry.specs])
+        else:
+            seed = self.dealer.seed
         for k, (node, seq, spec) in enumerate(dry.specs):
             prg = PRG(derive_key(seed, "corr", job, k))
             if self.pid == 0:

@@ -107,8 +107,9 @@ class Transport(abc.ABC):
 
 
 class DealerLink(abc.ABC):
-    """This party's view of the dealer: a seed agreed at start-up, and (for party 0)
-    the corrections of a job's correlations."""
+    """This party's view of the dealer: a seed agreed at start-up, the long-lived seed and
+    pair keys of reproducible jobs (runtime.reproducible), and (for party 0) the corrections
+    of a job's correlations."""
 
     def __init__(self):
         self.bytes_received = 0
@@ -117,12 +118,21 @@ class DealerLink(abc.ABC):
     @abc.abstractmethod
     def seed(self) -> bytes: ...
 
-    async def corrections(self, job: str, specs: list, nbytes: int) -> memoryview:
-        buf = await self._corrections(job, specs, nbytes)
+    @property
+    @abc.abstractmethod
+    def repro_seed(self) -> bytes: ...
+
+    @abc.abstractmethod
+    def repro_pair(self, peer: int) -> bytes:
+        """The long-lived key of this party and `peer` for reproducible input masks."""
+
+    async def corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes = b"") -> memoryview:
+        """Party 0's corrections; with a reproduction key, from the long-lived seeds."""
+        buf = await self._corrections(job, specs, nbytes, reproduction_key)
         if len(buf) != nbytes:
             raise ProtocolViolation(f"dealer sent {len(buf)} correction bytes for job {job}, expected {nbytes}")
         self.bytes_received += nbytes
         return buf
 
     @abc.abstractmethod
-    async def _corrections(self, job: str, specs: list, nbytes: int) -> memoryview: ...
+    async def _corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes) -> memoryview: ...

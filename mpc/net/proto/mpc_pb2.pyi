@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "client_session", "sources")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "client_session", "sources", "reproducible")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class JobRequest(_message.Message):
     UPLOAD_KEY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_SESSION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCIBLE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
     owners: _containers.ScalarMap[int, int]
@@ -175,7 +176,8 @@ class JobRequest(_message.Message):
     upload_key: str
     client_session: str
     sources: _containers.ScalarMap[int, str]
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., client_session: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ...) -> None: ...
+    reproducible: bool
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., client_session: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ..., reproducible: _Optional[bool] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds", "job_id")
@@ -368,14 +370,20 @@ class DealerHello(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ...) -> None: ...
 
 class DealerSeed(_message.Message):
-    __slots__ = ("seed", "epoch", "commitments")
+    __slots__ = ("seed", "epoch", "commitments", "repro_seed", "repro_pairs", "repro_commitment")
     SEED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    REPRO_SEED_FIELD_NUMBER: _ClassVar[int]
+    REPRO_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    REPRO_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     seed: bytes
     epoch: bytes
     commitments: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, seed: _Optional[bytes] = ..., epoch: _Optional[bytes] = ..., commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    repro_seed: bytes
+    repro_pairs: _containers.RepeatedScalarFieldContainer[bytes]
+    repro_commitment: bytes
+    def __init__(self, seed: _Optional[bytes] = ..., epoch: _Optional[bytes] = ..., commitments: _Optional[_Iterable[bytes]] = ..., repro_seed: _Optional[bytes] = ..., repro_pairs: _Optional[_Iterable[bytes]] = ..., repro_commitment: _Optional[bytes] = ...) -> None: ...
 
 class CorrelationSpec(_message.Message):
     __slots__ = ("kind", "shapes", "params")
@@ -395,13 +403,15 @@ class CorrelationSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., shapes: _Optional[_Iterable[_Union[IntList, _Mapping]]] = ..., params: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CorrelationRequest(_message.Message):
-    __slots__ = ("job_id", "pid", "specs", "epoch")
+    __slots__ = ("job_id", "pid", "specs", "epoch", "reproduction_key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCTION_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pid: int
     specs: _containers.RepeatedCompositeFieldContainer[CorrelationSpec]
     epoch: bytes
-    def __init__(self, job_id: _Optional[str] = ..., pid: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[CorrelationSpec, _Mapping]]] = ..., epoch: _Optional[bytes] = ...) -> None: ...
+    reproduction_key: bytes
+    def __init__(self, job_id: _Optional[str] = ..., pid: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[CorrelationSpec, _Mapping]]] = ..., epoch: _Optional[bytes] = ..., reproduction_key: _Optional[bytes] = ...) -> None: ...
