@@ -12,6 +12,7 @@ share of what is revealed to the caller, and what is revealed to a party it oper
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import threading
 import time
@@ -27,6 +28,7 @@ from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+from mpc.runtime.session import job_digest
 
 
 class ClusterClient(_Cluster):
@@ -264,7 +266,8 @@ class ClusterClient(_Cluster):
         async def run(p):
             assembly, assembling, t0 = serde.OutcomeAssembly(), 0.0, time.perf_counter()
             try:
-                async for event in self._stubs[p].Run(pb.JobRef(job_id=job_id), timeout=self.job_timeout):
+                async for event in self._stubs[p].Run(pb.JobRef(job_id=job_id, binding=binding),
+                                                      timeout=self.job_timeout):
                     kind = event.WhichOneof("event")
                     if kind == "error":
                         raise MPCError(event.error)
@@ -283,6 +286,9 @@ class ClusterClient(_Cluster):
             raise MPCError(f"party {p} ended job {job_id} without a result")
 
         job_id = await submit()
+        # Each party runs the job only if it holds what we submitted: our digest of it under the
+        # coordinator's id, compared there with the job the coordinator forwarded.
+        binding = job_digest(dataclasses.replace(job, job_id=job_id))
         if submitted is not None and not submitted.done():
             submitted.set_result(None)
         self.last_overhead = overhead

@@ -5,6 +5,7 @@ same CA. Every refusal must name who and why, and a legitimate job must still co
 right beside it (mpc.net.access, mpc.net.coordinator)."""
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from mpc.ir import TO_CALLER, Job, Node, Program
 from mpc.net import serde, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
+from mpc.runtime.session import job_digest
 from tests.attack import rand, still_works
 from tests.conftest import ULP, assert_close
 
@@ -154,8 +156,10 @@ def test_outputs_reach_only_the_client_that_submitted_the_job(cluster, bob):
         return await pb_grpc.CoordinatorStub(ch).Submit(_request(cluster, job), timeout=10)
     job_id = _as(cluster, "client-local", cluster.config.coordinator, tls.COORDINATOR, submit).job_id
 
+    binding = job_digest(dataclasses.replace(job, job_id=job_id))
+
     async def run(ch):
-        return [e async for e in pb_grpc.PartyStub(ch).Run(pb.JobRef(job_id=job_id), timeout=10)]
+        return [e async for e in pb_grpc.PartyStub(ch).Run(pb.JobRef(job_id=job_id, binding=binding), timeout=10)]
     for identity, why in (("client-bob", f"job {job_id} was not submitted by client-bob"),
                           ("coordinator", "not a client of this cluster"), ("party-0", "not a client of this cluster")):
         err = _denied(cluster, identity, cluster.config.parties[0], "party-0", run)
@@ -180,6 +184,44 @@ def test_outputs_reach_only_the_client_that_submitted_the_job(cluster, bob):
             elif e.WhichOneof("event") == "stats":
                 shares.append(assembly.finish(e.stats, 3).shares[0])
     assert_close(mpc.ring.decode(sum(shares), cluster.frac_bits), rand(3, seed=3), ULP)
+
+
+def test_a_job_the_coordinator_changed_is_not_run(cluster):
+    """Someone holding the coordinator's certificate forwards the client's job with another
+    recipient (its output opened to every party). The client runs the job id it was given,
+    naming its own digest of what it submitted: every party refuses before any round, and
+    drops the job; with the digest of the forwarded job, the same parties would run it."""
+    program = _kept_reader((3,))
+    x = cluster.share(rand(3, seed=4), 1)
+    (x * 1).reveal()
+    cluster._call(cluster._load(program))
+    mine = Job("mine", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+    changed = dataclasses.replace(mine, job_id=f"forged-{rand(1, seed=5).abs().item():.9f}", recipients=(mpc.ir.TO_ALL,))
+
+    async def forward(ch):  # as the coordinator: the program is loaded, the changed job submitted
+        stub = pb_grpc.PartyStub(ch)
+        request = _request(cluster, changed)
+        request.submitter = "client-local"
+        return await stub.Submit(request, timeout=10)
+
+    for p in range(3):
+        _as(cluster, "coordinator", cluster.config.parties[p], f"party-{p}", forward)
+
+    async def run(p, binding):
+        return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=changed.job_id, binding=binding),
+                                                       timeout=10)]
+
+    async def run_all(binding):
+        return await asyncio.gather(*(run(p, binding) for p in range(3)))
+
+    events = cluster._call(run_all(job_digest(dataclasses.replace(mine, job_id=changed.job_id))), timeout=30)
+    for p, evs in enumerate(events):
+        assert len(evs) == 1 and evs[0].WhichOneof("event") == "error", evs
+        assert f"party {p} refuses to run job {changed.job_id}: it is not the job its client submitted" in evs[0].error
+    # Dropped, not merely refused: running it again finds no job.
+    events = cluster._call(run_all(job_digest(changed)), timeout=30)
+    assert all(f"has no job {changed.job_id}" in evs[-1].error for evs in events), events
+    still_works(cluster)
 
 
 def test_caller_shares_are_fresh_every_time(cluster):

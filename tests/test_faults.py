@@ -7,6 +7,7 @@ checkpoint every party holds and ends bit for bit where an uninterrupted run end
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -213,6 +214,7 @@ def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
     from mpc.ir import TO_CALLER, Job, Node, Program
     from mpc.net import serde
     from mpc.net.proto import mpc_pb2 as pb
+    from mpc.runtime.session import job_digest
     from tests.conftest import ULP, assert_close
 
     program = Program((Node(0, "input", (), {"shape": (4,), "kind": "kept"}, (4,), "x"),
@@ -221,15 +223,17 @@ def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
         x = cluster.share(torch.ones(4, dtype=torch.float64), 0)
         (x * 1).reveal()
         cluster._call(cluster._load(program))
-        request = serde.job_to_proto(Job("half", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,)))
+        job = Job("half", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
+        request = serde.job_to_proto(job)
         request.client_session = cluster.session
         async def submit():
             return await cluster._coordinator.Submit(request, timeout=30)
 
         job_id = cluster._call(submit()).job_id
+        binding = job_digest(dataclasses.replace(job, job_id=job_id))
 
         async def run(p):
-            return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=job_id), timeout=60)]
+            return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=job_id, binding=binding), timeout=60)]
 
         t0 = time.monotonic()
         async def parties_0_and_1():

@@ -27,7 +27,7 @@ from mpc.net.dealer import GrpcDealerLink
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime import reproducible
-from mpc.runtime.session import JobError, PartySession
+from mpc.runtime.session import JobError, PartySession, job_digest
 from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class PartyServer:
         self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
         self._upload_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
+        self._bindings: dict[str, str] = {}  # job id -> job_digest of the job as the coordinator sent it
         self.access = Access(pid, creds is not None)
         self.data_dir = data_dir
         self.data: PartyData | None = None  # once joined (it needs the cluster's fixed-point bits)
@@ -208,6 +209,7 @@ class PartyServer:
             await context.abort(exc.code, str(exc))
         try:
             job, inputs = serde.job_from_proto(request)
+            binding = job_digest(job)  # what its client will name when it runs it (before our namespace)
             job = _in_namespace(job, _namespace(submitter, request.client_session))
             uploads = self._take_upload((submitter, request.upload_key or job.job_id))
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
@@ -223,7 +225,10 @@ class PartyServer:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         self._submitters[job.job_id] = submitter
-        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._submitters.pop, job.job_id, None)
+        self._bindings[job.job_id] = binding
+        loop = asyncio.get_running_loop()
+        loop.call_later(2 * UPLOAD_TTL_S, self._submitters.pop, job.job_id, None)
+        loop.call_later(2 * UPLOAD_TTL_S, self._bindings.pop, job.job_id, None)
         log.info("job %s submitted by %s: program %s", job.job_id, submitter or "-", job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
 
@@ -236,6 +241,15 @@ class PartyServer:
             return
         await self._allowed(context, self.access.submitter, self._submitters[request.job_id], request.job_id,
                             f"running job {request.job_id}")
+        # The client's own digest of what it submitted: a coordinator that changed anything on
+        # the way (a recipient, a kept value, the program) is caught here, before any round.
+        if (request.binding or self.access.secure) and request.binding != self._bindings.get(request.job_id):
+            log.warning("job %s refused: its client submitted other bindings", request.job_id)
+            self.session.cancel(request.job_id)
+            yield pb.JobEvent(error=f"party {self.pid} refuses to run job {request.job_id}: it is not the job its "
+                                    f"client submitted (the bindings it received differ; the coordinator changed "
+                                    f"them or the client named another job)")
+            return
         try:
             outcome = await self.session.run(request.job_id)
         except (JobError, CompileError, ProtocolViolation, JobAborted, RoundTimeout) as exc:

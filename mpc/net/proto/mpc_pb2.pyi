@@ -190,10 +190,12 @@ class SubmitReply(_message.Message):
     def __init__(self, n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "binding")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    binding: str
+    def __init__(self, job_id: _Optional[str] = ..., binding: _Optional[str] = ...) -> None: ...
 
 class JobStatsProto(_message.Message):
     __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations", "phases", "round_bytes")
