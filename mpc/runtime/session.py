@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -32,6 +33,8 @@ from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.profile import OFF, Profile
 from mpc.runtime.transport import DealerLink, JobAborted, PeerFailure, ProtocolViolation, Transport
 
+
+log = logging.getLogger(__name__)
 
 # The round number of the barrier between the offline and online phases; programs never reach it.
 READY_ROUND = (1 << 32) - 1
@@ -231,7 +234,12 @@ class PartySession:
                 bits = 0 if nodes[nid].attrs.get("int") else loaded.program.frac_bits
                 encoded[nid] = ring.encode(value, bits)
             except ring.RangeError as exc:
-                raise JobError(f"input {nodes[nid].describe()}: {exc}") from None
+                # The refusal travels through the coordinator, which must not learn a private
+                # value's magnitude: it says which input and why; this party's log says how far.
+                log.warning("job %s: input %s: %s", job.job_id, nodes[nid].describe(), exc)
+                raise JobError(f"input {nodes[nid].describe()} at party {self.pid}: a value is NaN, infinite or "
+                               f"outside the fixed-point range for {bits} fractional bits (the party's log has "
+                               f"the detail)") from None
         for nid, owner in job.owners.items():
             if owner in (self.pid, TO_CALLER) and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
