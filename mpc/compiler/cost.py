@@ -19,7 +19,7 @@ import torch
 from mpc.compiler import schedule
 from mpc.compiler.lower import starter
 from mpc.ir import TO_CALLER, Program
-from mpc.protocols import correlations
+from mpc.protocols import correlations, scatter
 from mpc.protocols.base import Spec
 
 _PRODUCTS = ("mul", "matmul", "conv2d", "square")
@@ -85,12 +85,14 @@ def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
     try:
         while True:
             round_ = gen.send(reply)
+            split = scatter.splits(round_.opens, n_parties)  # two rounds, fewer bytes (protocols/scatter.py)
             for op, nid in zip(round_.opens, round_.nodes):
                 node_cost = cost.per_node[nid]
-                node_cost.rounds.add(rounds)
-                node_cost.bytes_sent[pid] += _open_bytes(op, pid, n_parties)
+                node_cost.rounds.update(range(rounds, rounds + (2 if split else 1)))
+                node_cost.bytes_sent[pid] += scatter.bytes_sent([op], pid, n_parties) if split \
+                    else _open_bytes(op, pid, n_parties)
             reply = [_meta_values(pid, n_parties, op) for op in round_.opens]
-            rounds += 1
+            rounds += 2 if split else 1
     except StopIteration:
         pass
     if pid == 0:

@@ -21,6 +21,7 @@ import torch
 from mpc.compiler import schedule
 from mpc.compiler.lower import starter
 from mpc.ir import Program
+from mpc.protocols import scatter
 from mpc.protocols.base import Open, Spec
 from mpc.protocols.correlations import meta_part
 from mpc.runtime.profile import OFF
@@ -55,7 +56,7 @@ class Executor:
             except StopIteration as stop:
                 return stop.value, rounds
             reply = await exchange(rounds, round_.opens)
-            rounds += 1
+            rounds += scatter.rounds_of(round_.opens, self.n_parties)  # a split opening takes two
 
     async def dry_run(self) -> DryRun:
         result = DryRun()
@@ -103,6 +104,8 @@ def make_exchange(transport: Transport, job: str, profile=OFF):
     pid = transport.pid
 
     async def exchange(round_no: int, opens: list[Open]):
+        if scatter.splits(opens, transport.n_parties):
+            return await _split_exchange(transport, job, round_no, opens, profile)
         outgoing_values: dict[int, list] = {p: [] for p in transport.peers}
         for op in opens:
             for p in transport.peers:
@@ -122,6 +125,74 @@ def make_exchange(transport: Transport, job: str, profile=OFF):
             return _combine(transport, job, round_no, opens, mine, incoming, received)
 
     return exchange
+
+
+async def _split_exchange(transport, job, round_no, opens, profile):
+    """Open every value to all as a reduce-scatter (round_no) then an all-gather (round_no + 1):
+    protocols/scatter.py. Received slices are summed in the received buffers, and each
+    opened value is assembled once, into a buffer of its own."""
+    pid, n, peers = transport.pid, transport.n_parties, transport.peers
+    values = [(v.reshape(-1), op.xor) for op in opens for v in op.values]
+    order = _layout(values)
+
+    def sliced(j):
+        return [(v[slice(*scatter.bounds(v.numel(), n, j))], xor) for v, xor in values]
+
+    with profile.phase("encode"):
+        outgoing = {p: _payload(sliced(p)) for p in peers}
+    with profile.phase("exchange"):
+        received = await transport.exchange(job, round_no, outgoing, set(peers))
+    with profile.phase("combine"):
+        opened_own = _sum_slices(job, round_no, sliced(pid), received, order)
+    with profile.phase("encode"):
+        mine = _payload([(opened_own[k], values[k][1]) for k in range(len(values))])
+    with profile.phase("exchange"):
+        gathered = await transport.exchange(job, round_no + 1, {p: mine for p in peers}, set(peers))
+    with profile.phase("combine"):
+        out = [torch.empty_like(v) for v, _ in values]
+        for k, (v, _) in enumerate(values):
+            out[k][slice(*scatter.bounds(v.numel(), n, pid))] = opened_own[k]
+        for p in peers:
+            theirs = sliced(p)
+            expected = sum(t.numel() * t.element_size() for t, _ in theirs)
+            if len(gathered[p]) != expected:
+                raise ProtocolViolation(f"party {p} sent {len(gathered[p])} bytes in round {round_no + 1} of job "
+                                        f"{job}, expected {expected}")
+            offset = 0
+            for k in order:
+                t = theirs[k][0]
+                lo, hi = scatter.bounds(values[k][0].numel(), n, p)
+                out[k][lo:hi] = torch.from_numpy(np.frombuffer(gathered[p], dtype=_NUMPY_DTYPES[t.dtype],
+                                                               count=t.numel(), offset=offset))
+                offset += t.numel() * t.element_size()
+    results, k = [], 0
+    for op in opens:
+        results.append(tuple(out[k + i].view(v.shape) for i, v in enumerate(op.values)))
+        k += len(op.values)
+    return results
+
+
+def _sum_slices(job, round_no, own, received, order):
+    """Our slice of every value, opened: the peers' slices summed (or XORed) with ours."""
+    expected = sum(t.numel() * t.element_size() for t, _ in own)
+    for p, buf in received.items():
+        if len(buf) != expected:
+            raise ProtocolViolation(f"party {p} sent {len(buf)} bytes in round {round_no} of job {job}, "
+                                    f"expected {expected}")
+    opened, offset = {}, 0
+    peers = sorted(received)
+    for k in order:
+        t, xor = own[k]
+        views = [torch.from_numpy(np.frombuffer(received[p], dtype=_NUMPY_DTYPES[t.dtype], count=t.numel(),
+                                                offset=offset)) for p in peers]
+        combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
+        acc = views[0]  # the received buffer is ours: accumulate into it
+        for other in views[1:]:
+            combine(acc, other)
+        combine(acc, t)
+        opened[k] = acc
+        offset += t.numel() * t.element_size()
+    return opened
 
 
 def _combine(transport, job, round_no, opens, mine, incoming, received):
