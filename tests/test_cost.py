@@ -23,11 +23,15 @@ def _pos(*shape):
     return _t(*shape).abs() + 0.5
 
 
-def _op(c, op, x, **attrs):
-    """A registry op with no SecretTensor method (the range-reduced functions), on x."""
+def _op(c, op, *xs, **attrs):
+    """A registry op with no SecretTensor method (the range-reduced functions, gradient
+    products), on xs."""
     from mpc.api import SecretTensor
 
-    return SecretTensor(c, c._builder.add(op, (x._node.id,), attrs))
+    return SecretTensor(c, c._builder.add(op, tuple(x._node.id for x in xs), attrs))
+
+
+_STRIDED = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}  # of a conv2d (1, 4, 5, 6) -> (1, 2, 3, 2)
 
 
 # name -> (ops it exercises, builder(cluster) -> SecretTensor)
@@ -61,6 +65,13 @@ CASES = {
                lambda c: _op(c, "sqrt_wide", c.share(_pos(4) * 1000, 0))
                + _op(c, "reciprocal_wide", c.share(_pos(4), 1))
                + _op(c, "inv_sqrt_wide", c.share(_pos(4) / 1000, 0), gain_bits=6)),
+    "conv_gradients": ({"conv_transpose2d", "conv_transpose2d_public", "conv2d_weight"},
+                       lambda c: _op(c, "conv_transpose2d", c.share(_t(1, 2, 3, 2), 0), c.share(_t(2, 2, 3, 3), 1),
+                                     output_padding=(0, 0), **_STRIDED).sum()
+                       + _op(c, "conv_transpose2d_public", c.share(_t(1, 2, 3, 2), 1), value=_t(2, 2, 3, 3),
+                             output_padding=(0, 0), **_STRIDED).sum()
+                       + _op(c, "conv2d_weight", c.share(_t(1, 4, 5, 6), 0), c.share(_t(1, 2, 3, 2), 1),
+                             kernel=(3, 3), **_STRIDED).sum()),
     "softmax": ({"softmax", "log_softmax"},
                 lambda c: c.share(_t(3, 4), 0).softmax(1) + c.share(_t(3, 4), 1).log_softmax(1)),
 }
@@ -71,7 +82,7 @@ MODEL_OPS = {"avg_pool2d", "conv2d_public", "square", "batch_norm"}
 # test_prediction_equals_measurement_for_training:
 TRAINING_OPS = {"relu_bit", "gather_rows", "rescale", "bilinear_keep", "bilinear_backward", "max_pool2d_argmax",
                 "unpool2d"}
-LOCAL_GRAD_OPS = {"scatter", "flip"}  # local ops of the getitem and conv2d gradients: tests/test_grads.py
+LOCAL_GRAD_OPS = {"scatter"}  # the local op of the getitem gradient: tests/test_grads.py
 
 
 def test_every_op_is_covered():

@@ -143,7 +143,7 @@ def _double_product(b: GraphBuilder, nid: int) -> int | None:
     while cur.op in ("permute", "transpose", "reshape", "sum") and users.get(cur.inputs[0], 0) == 1:
         chain.append(cur)
         cur = b.nodes[cur.inputs[0]]
-    if cur.op not in ("matmul", "mul", "conv2d") or cur.attrs.get("truncate") is False:
+    if cur.op not in ("matmul", "mul", "conv2d", "conv2d_weight") or cur.attrs.get("truncate") is False:
         return None
     out = b.add(cur.op, cur.inputs, {**cur.attrs, "truncate": False}, name=cur.name, source=cur.source).id
     for n in reversed(chain):
