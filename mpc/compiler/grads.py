@@ -13,6 +13,8 @@ turn into untruncated ones to fold its step size into their truncation (optim.py
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mpc import ring
@@ -279,13 +281,54 @@ def _conv2d_public(b, n, gouts, needs):
                              {"value": value}),)
 
 
+def _batch_norm_train(b, n, gouts, needs):
+    """y = gamma x_hat + beta with the batch's statistics (Ioffe and Szegedy, ICML 2015, §3):
+    dbeta = sum g and dgamma = sum g x_hat over every dim but the channel, and
+
+        dx = (1/m) inv_std (m g_hat - sum g_hat - x_hat sum(g_hat x_hat)),   g_hat = g gamma,
+
+    written with gamma taken out of the per-channel sums (sum g_hat = gamma dbeta, sum g_hat
+    x_hat = gamma dgamma) as dx = gamma inv_std (g - (dbeta + x_hat dgamma) / m): three
+    products in a row (g x_hat, x_hat dgamma, the last), each truncated once; the 1/m
+    folds into the second's truncation (rescale) and gamma inv_std is per channel."""
+    g, *rest = gouts
+    if g is None or any(r is not None for r in rest):
+        raise NotImplementedError("a gradient of batch_norm_train's statistics or normalised values")
+    x, gamma, beta = n.inputs
+    shape, c = n.shape, n.shape[1]
+    dims = (0, *range(2, len(shape)))
+    m = math.prod(shape) // c
+    view = (1, c) + (1,) * (len(shape) - 2)
+
+    def add(op, inputs, attrs=None):
+        return b.add(op, inputs, attrs or {}, name=n.name, source="").id
+
+    x_hat, inv = add("take", (n.id,), {"index": 1}), add("take", (n.id,), {"index": 2})
+    dbeta = add("sum", (g,), {"dims": dims, "keepdim": True})
+    dgamma = add("sum", (add("mul", (g, x_hat)),), {"dims": dims, "keepdim": True})
+    gx = None
+    if needs[0]:
+        # (dbeta + x_hat dgamma) / m: the product left at 2^2f, dbeta brought there exactly
+        both = add("add", (add("mul", (x_hat, dgamma), {"truncate": False}),
+                           add("mul_public", (dbeta,), {"value": torch.tensor(float(1 << b.frac_bits), dtype=torch.float64)})))
+        centred = add("rescale", (both,), {"value": 1.0 / m, "bits": train_ops.factor_bits(1.0 / m, b.frac_bits)})
+        gain = 2.0 ** -n.attrs["gain_bits"]  # inv is 2^gain_bits / sqrt(var + eps)
+        scale = add("rescale", (add("mul", (add("reshape", (gamma,), {"shape": view}),
+                                            add("reshape", (inv,), {"shape": view})), {"truncate": False}),),
+                    {"value": gain, "bits": train_ops.factor_bits(gain, b.frac_bits)})
+        gx = add("mul", (add("sub", (g, centred)), scale))
+    gw = add("reshape", (dgamma,), {"shape": (c,)}) if needs[1] else None
+    gb = add("reshape", (dbeta,), {"shape": (c,)}) if needs[2] else None
+    return gx, gw, gb
+
+
 RULES = {
     "conv2d": _conv2d, "conv2d_public": _conv2d_public,
     "add": _add, "sub": _sub, "neg": _neg, "add_public": _add_public, "mul_public": _mul_public, "mul": _mul,
     "square": _square, "matmul": _matmul, "matmul_public": _matmul_public, "reshape": _reshape,
     "transpose": _transpose, "permute": _permute, "expand": _expand, "sum": _sum, "mean": _mean,
     "relu_bit": _relu_bit, "relu": _relu, "getitem": _getitem, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
-    "max_pool2d": _max_pool2d, "max_pool2d_argmax": _max_pool2d_argmax,
+    "max_pool2d": _max_pool2d, "max_pool2d_argmax": _max_pool2d_argmax, "batch_norm_train": _batch_norm_train,
 }
 
 for _op, _rule in RULES.items():

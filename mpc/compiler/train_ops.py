@@ -13,6 +13,10 @@ index, and a product rescaled by a public factor in the same truncation.
   forward product (matmul or conv2d) keeps its Beaver masks, and its backward
   products (g w^T and x^T g for a matmul) open only g - d (SecureML's reuse of the masked
   matrices within a step; protocols/reuse.py, placed by passes/mask_reuse.py).
+- `batch_norm_train(x, gamma, beta)`: BatchNorm with the batch's statistics, returning
+  (y, x_hat, 2^g / sqrt(var + eps), mean, var): the backward rule reuses x_hat and the
+  inverse square root, the training compiler updates the running statistics from mean
+  and var (protocols/normalization.py).
 - `rescale(x)`: x is an untruncated product (scale 2^2f); multiply by the public factor
   c encoded with k bits and truncate once by f + k bits. The learning rate and 1/batch
   fold into the truncation that the weight gradient needed anyway (Mohassel and Zhang,
@@ -26,7 +30,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, correlations, nonlinear, reuse
+from mpc.protocols import arithmetic, correlations, nonlinear, normalization, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -173,3 +177,21 @@ def _unpool2d(a, w):
 
 
 local("unpool2d", 1, _unpool2d, doc="pooling-window cells summed back to their input positions: local")
+
+
+def _batch_norm_train_shape(a, x, gamma, beta):
+    if x.dim() < 2:
+        raise ValueError("batch_norm_train expects an input with a channel dimension 1")
+    c = x.shape[1]
+    for p in (gamma, beta):
+        if tuple(p.shape) != (c,):
+            raise ValueError(f"batch_norm_train parameter of shape {tuple(p.shape)} does not fit {c} channels")
+    if x.numel() // c < 2:
+        raise ValueError(f"batch_norm_train needs more than one value per channel, input shape {tuple(x.shape)}")
+    stat = _meta((c,))
+    return x, x, stat, stat, stat
+
+
+register("batch_norm_train", 3, _batch_norm_train_shape,
+         lambda ctx, a, x, gamma, beta: normalization.batch_norm_train(ctx, x, gamma, beta, a["eps"], a["gain_bits"]),
+         n_outputs=5, doc="BatchNorm with batch statistics: (y, x_hat, 2^g/sqrt(var + eps), mean, biased var)")
