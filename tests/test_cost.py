@@ -31,7 +31,8 @@ def _op(c, op, *xs, **attrs):
     return SecretTensor(c, c._builder.add(op, tuple(x._node.id for x in xs), attrs))
 
 
-_STRIDED = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}  # of a conv2d (1, 4, 5, 6) -> (1, 2, 3, 2)
+# the arguments of a conv2d of (1, 4, 5, 6) by (2, 2, 3, 3) to (1, 2, 3, 2)
+_STRIDED = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
 
 
 # name -> (ops it exercises, builder(cluster) -> SecretTensor)

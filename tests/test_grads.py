@@ -63,8 +63,8 @@ CASES = {
     "conv2d_public": ({"conv2d_public"}, [(2, 2, 5, 5)],
                       lambda a: torch.nn.functional.conv2d(a, KERNEL), 3e-3),
     "conv2d_public_strided": ({"conv2d_public"}, [(2, 4, 7, 7)],
-                              lambda a: torch.nn.functional.conv2d(a, GROUPED_KERNEL, stride=(2, 1), padding=1, dilation=2,
-                                                                   groups=2), 3e-3),
+                              lambda a: torch.nn.functional.conv2d(a, GROUPED_KERNEL, stride=(2, 1), padding=1,
+                                                                   dilation=2, groups=2), 3e-3),
     "avg_pool2d": ({"avg_pool2d"}, [(2, 3, 4, 4)], lambda a: torch.nn.functional.avg_pool2d(a, 2), 1e-3),
     # g routed to each window's maximum: exact (0/1 one-hot, no truncation) but for g's own encoding
     "max_pool2d": ({"max_pool2d", "max_pool2d_argmax"}, [(2, 3, 4, 4)],

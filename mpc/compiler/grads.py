@@ -294,7 +294,7 @@ def _batch_norm_train(b, n, gouts, needs):
     g, *rest = gouts
     if g is None or any(r is not None for r in rest):
         raise NotImplementedError("a gradient of batch_norm_train's statistics or normalised values")
-    x, gamma, beta = n.inputs
+    gamma = n.inputs[1]
     shape, c = n.shape, n.shape[1]
     dims = (0, *range(2, len(shape)))
     m = math.prod(shape) // c
@@ -308,9 +308,11 @@ def _batch_norm_train(b, n, gouts, needs):
     dgamma = add("sum", (add("mul", (g, x_hat)),), {"dims": dims, "keepdim": True})
     gx = None
     if needs[0]:
-        # (dbeta + x_hat dgamma) / m: the product left at 2^2f, dbeta brought there exactly
+        # (dbeta + x_hat dgamma) / m: the product left at 2^2f, dbeta brought there exactly (an
+        # integer factor); rescale keeps sums up to 2^16 in magnitude exact (train_ops.factor_bits)
+        two_f = torch.tensor(float(1 << b.frac_bits), dtype=torch.float64)
         both = add("add", (add("mul", (x_hat, dgamma), {"truncate": False}),
-                           add("mul_public", (dbeta,), {"value": torch.tensor(float(1 << b.frac_bits), dtype=torch.float64)})))
+                           add("mul_public", (dbeta,), {"value": two_f})))
         centred = add("rescale", (both,), {"value": 1.0 / m, "bits": train_ops.factor_bits(1.0 / m, b.frac_bits)})
         gain = 2.0 ** -n.attrs["gain_bits"]  # inv is 2^gain_bits / sqrt(var + eps)
         scale = add("rescale", (add("mul", (add("reshape", (gamma,), {"shape": view}),
