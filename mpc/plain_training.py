@@ -101,8 +101,14 @@ def train_plaintext(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """In eval mode (BatchNorm uses, and does not update, its running statistics)."""
     dtype = next(model.parameters()).dtype
-    return float((model(x.to(dtype)).argmax(1) == y.long()).double().mean())
+    was_training = model.training
+    model.eval()
+    try:
+        return float((model(x.to(dtype)).argmax(1) == y.long()).double().mean())
+    finally:
+        model.train(was_training)
 
 
 class _Adam:

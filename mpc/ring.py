@@ -81,8 +81,8 @@ def msb(x: torch.Tensor) -> torch.Tensor:
 
 
 # -- bilinear maps in the ring --------------------------------------------------------------
-# torch's CPU kernels for int64 matmul and conv2d accumulate in int64 and so wrap modulo
-# 2^64 exactly (tests/test_ring.py checks them against Python integers).
+# torch's CPU kernels for int64 matmul, conv2d and conv_transpose2d accumulate in int64 and
+# so wrap modulo 2^64 exactly (tests/test_ring.py checks them against Python integers).
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -93,3 +93,40 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
     """conv2d(x, w) mod 2^64, without bias."""
     return F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv2d_output_padding(in_hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """The rows and columns of conv2d's input that no output reads (a strided window that
+    floor-divided): conv_transpose2d must add them back to give the input's size."""
+    return tuple((h + 2 * p - d * (k - 1) - 1) % s for h, k, s, p, d in
+                 zip(in_hw, _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)))
+
+
+def conv_transpose2d(g: torch.Tensor, w: torch.Tensor, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups: int = 1) -> torch.Tensor:
+    """conv2d's adjoint in its input, mod 2^64: for z = conv2d(x, w, ...) (w shaped as conv2d's
+    kernel), <conv2d(x, w), g> = <x, conv_transpose2d(g, w, ...)> with the input's shape when
+    output_padding is conv2d_output_padding. Bilinear in (g, w)."""
+    return F.conv_transpose2d(g, w, stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                              dilation=dilation)
+
+
+def conv2d_weight(x: torch.Tensor, g: torch.Tensor, kernel, stride=1, padding=0, dilation=1,
+                  groups: int = 1) -> torch.Tensor:
+    """conv2d's adjoint in its kernel, mod 2^64: dw[o, c, i, j] = sum over n, y, x of
+    g[n, o, y, x] x_pad[n, group(o) C/G + c, s y + d i, s x + d j]. Bilinear in (x, g).
+
+    One conv2d in which the batch is the summed channel axis: x becomes (C/G, G N, H, W)
+    (the batch of each group as that group's channels), g becomes the kernel (O, N, OH, OW),
+    and the forward's stride and dilation swap roles; the result (C/G, O, kh', kw') has
+    kh' >= kh (the rows past kh read padding that no output used) and is cut to the kernel."""
+    n, c, h, wd = x.shape
+    kh, kw = _pair(kernel)
+    xt = x.reshape(n, groups, c // groups, h, wd).permute(2, 1, 0, 3, 4).reshape(c // groups, groups * n, h, wd)
+    out = F.conv2d(xt, g.transpose(0, 1), stride=_pair(dilation), padding=_pair(padding), dilation=_pair(stride),
+                   groups=groups)
+    return out[:, :, :kh, :kw].transpose(0, 1)

@@ -26,7 +26,7 @@ from mpc.api import MPCError
 from mpc.checkpoints import Checkpointer
 from mpc.compiler.training import compile_training
 from mpc.ir import Job, Node, Program
-from mpc.training import DataError
+from mpc.training import DataError, public_buffers
 
 
 @dataclass
@@ -244,4 +244,5 @@ def reveal_to_party(cluster, result, party: int) -> dict[str, torch.Tensor]:
     job = Job(uuid.uuid4().hex, program.digest, kept={k: handles[n] for k, n in enumerate(names)},
               recipients=tuple(party for _ in nodes))
     outcomes = cluster._execute(program, job, {p: {} for p in range(cluster.n_parties)})
-    return {n: outcomes[party].plaintexts[k].to(torch.float32) for k, n in enumerate(names)}
+    state = {n: outcomes[party].plaintexts[k].to(torch.float32) for k, n in enumerate(names)}
+    return {**state, **public_buffers(result)}

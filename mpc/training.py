@@ -25,6 +25,7 @@ import torch
 from mpc import ring
 from mpc.net import party_data
 from mpc.data_files import DataError, targets as _targets  # noqa: F401  (DataError: part of this module's API)
+from mpc.compiler import batch_norm
 from mpc.compiler.model import compile_model
 from mpc.compiler.training import TrainingProgram, compile_training
 from mpc.inference import SharedModel
@@ -333,7 +334,8 @@ class TrainingMixin:
         return SharedModel(_TrainedLayout(tp), -1, {name: handles[name] for name in tp.params})
 
     def reveal_model(self, result: TrainResult, to: int | None = None) -> dict[str, torch.Tensor] | None:
-        """Open the trained weights to the caller (a state dict) or to party `to` (None here)."""
+        """Open the trained weights to the caller (a state dict, BatchNorm's running statistics and
+        step counters included) or to party `to` (None here)."""
         handles = result.shared.handles
         names = list(handles)
         shapes = {name: tuple(v.shape) for name, v in result.shared.compiled.params.items()}
@@ -346,8 +348,15 @@ class TrainingMixin:
         outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
         if recipient != TO_CALLER:
             return None
-        return {n: ring.decode(sum(o.shares[k] for o in outcomes), self.frac_bits).to(torch.float32)
-                for k, n in enumerate(names)}
+        state = {n: ring.decode(sum(o.shares[k] for o in outcomes), self.frac_bits).to(torch.float32)
+                 for k, n in enumerate(names)}
+        return {**state, **public_buffers(result)}
+
+
+def public_buffers(result: TrainResult) -> dict[str, torch.Tensor]:
+    """The trained model's state that is public: BatchNorm's step counters (one a step)."""
+    layout = result.shared.compiled
+    return batch_norm.tracked_batches(layout.tp.model, result.steps) if isinstance(layout, _TrainedLayout) else {}
 
 
 class _TrainedLayout:

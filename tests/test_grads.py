@@ -21,6 +21,7 @@ def _t(*shape, seed=0, scale=1.0):
 
 
 KERNEL = _t(3, 2, 2, 2, seed=7)
+GROUPED_KERNEL = _t(4, 2, 2, 2, seed=8)
 P = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
 
 # name: (ops covered, input shapes, fn(*tensors) working on torch and secret tensors alike, tolerance)
@@ -42,10 +43,28 @@ CASES = {
     "sigmoid": ({"sigmoid"}, [(6,)], lambda a: a.sigmoid(), 2e-3),
     "tanh": ({"tanh"}, [(6,)], lambda a: a.tanh(), 2e-3),
     "cat": ({"cat"}, [(2, 3), (1, 3)], lambda a, b: (mpc.cat if isinstance(a, SecretTensor) else torch.cat)([a, b]), 1e-4),
-    "conv2d": ({"conv2d", "flip"}, [(2, 2, 5, 5), (3, 2, 3, 3)],
+    "conv2d": ({"conv2d"}, [(2, 2, 5, 5), (3, 2, 3, 3)],
                lambda a, b: torch.nn.functional.conv2d(a, b, padding=1), 3e-3),
+    # dx = conv_transpose2d(g, w), dw = conv2d_weight(x, g): strided windows that skip the
+    # input's last row (output padding 1), unequal strides, dilation, groups, depthwise, and
+    # padding of a kernel's size (the old stride-1 rule refused it)
+    "conv2d_stride2": ({"conv2d"}, [(2, 2, 8, 8), (3, 2, 3, 3)],
+                       lambda a, b: torch.nn.functional.conv2d(a, b, stride=2, padding=1), 3e-3),
+    "conv2d_stride2x1": ({"conv2d"}, [(2, 2, 6, 5), (3, 2, 3, 2)],
+                         lambda a, b: torch.nn.functional.conv2d(a, b, stride=(2, 1), padding=(0, 1)), 3e-3),
+    "conv2d_dilation2": ({"conv2d"}, [(1, 2, 7, 7), (2, 2, 3, 3)],
+                         lambda a, b: torch.nn.functional.conv2d(a, b, padding=2, dilation=2), 3e-3),
+    "conv2d_groups2": ({"conv2d"}, [(2, 4, 7, 7), (6, 2, 3, 3)],
+                       lambda a, b: torch.nn.functional.conv2d(a, b, stride=2, groups=2), 3e-3),
+    "conv2d_depthwise": ({"conv2d"}, [(2, 3, 6, 6), (3, 1, 3, 3)],
+                         lambda a, b: torch.nn.functional.conv2d(a, b, stride=2, padding=1, groups=3), 3e-3),
+    "conv2d_wide_padding": ({"conv2d"}, [(1, 1, 4, 4), (2, 1, 2, 2)],
+                            lambda a, b: torch.nn.functional.conv2d(a, b, stride=2, padding=2), 3e-3),
     "conv2d_public": ({"conv2d_public"}, [(2, 2, 5, 5)],
                       lambda a: torch.nn.functional.conv2d(a, KERNEL), 3e-3),
+    "conv2d_public_strided": ({"conv2d_public"}, [(2, 4, 7, 7)],
+                              lambda a: torch.nn.functional.conv2d(a, GROUPED_KERNEL, stride=(2, 1), padding=1,
+                                                                   dilation=2, groups=2), 3e-3),
     "avg_pool2d": ({"avg_pool2d"}, [(2, 3, 4, 4)], lambda a: torch.nn.functional.avg_pool2d(a, 2), 1e-3),
     # g routed to each window's maximum: exact (0/1 one-hot, no truncation) but for g's own encoding
     "max_pool2d": ({"max_pool2d", "max_pool2d_argmax"}, [(2, 3, 4, 4)],
@@ -56,9 +75,10 @@ CASES = {
 
 
 def test_rules_are_covered():
-    """Every op with a gradient rule appears in the table (relu_bit through training)."""
+    """Every op with a gradient rule appears in the table (relu_bit through training;
+    batch_norm_train, which has no torch-like method, in tests/test_batch_norm.py the same way)."""
     with_rule = {op for op, d in OPS.items() if d.grad}
-    covered = set().union(*(ops for ops, *_ in CASES.values())) | {"relu_bit"}
+    covered = set().union(*(ops for ops, *_ in CASES.values())) | {"relu_bit", "batch_norm_train"}
     assert with_rule - covered == set()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mpc
-from mpc import compiler
+from mpc import compiler, ring
 from mpc.api import SecretTensor
 from mpc.compiler import autodiff
 from mpc.compiler.passes import mask_reuse
@@ -21,14 +21,21 @@ def _t(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+STRIDED = ((2, 2), (1, 1), (1, 1), 2)  # stride 2, padding 1, groups 2: (stride, padding, dilation, groups)
+DILATED = ((2, 1), (0, 1), (2, 1), 2)  # unequal strides and dilations, groups 2
+
+
 @pytest.mark.parametrize("dx,dw", [(True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("shapes,padding", [(((4, 3), (3, 2)), None), (((2, 4, 3), (3, 2)), None),
-                                            (((2, 2, 5, 5), (3, 2, 3, 3)), (1, 1)),
-                                            (((1, 2, 4, 4), (2, 2, 3, 3)), (0, 0))])
-def test_correlation_shares_a_and_b_between_the_three_products(shapes, padding, dx, dw):
+@pytest.mark.parametrize("shapes,conv", [(((4, 3), (3, 2)), None), (((2, 4, 3), (3, 2)), None),
+                                         (((2, 2, 5, 5), (3, 2, 3, 3)), ((1, 1), (1, 1), (1, 1), 1)),
+                                         (((1, 2, 4, 4), (2, 2, 3, 3)), ((1, 1), (0, 0), (1, 1), 1)),
+                                         (((2, 4, 8, 8), (6, 2, 3, 3)), STRIDED),
+                                         (((1, 2, 9, 7), (2, 1, 3, 2)), DILATED)])
+def test_correlation_shares_a_and_b_between_the_three_products(shapes, conv, dx, dw):
     """Summed over 3 parties: c = B(a, b), c' = Bx(d, b), c'' = Bw(a, d) with the same a and b
-    (exact, in the ring), for a matmul and for a convolution."""
-    spec = correlations.bilinear_train_triple(*shapes, dx=dx, dw=dw, padding=padding)
+    (exact, in the ring), for a matmul and for convolutions (of any stride, dilation and
+    groups: Bx and Bw are conv2d's adjoints, checked against torch autograd in test_ring.py)."""
+    spec = correlations.bilinear_train_triple(*shapes, dx=dx, dw=dw, conv=conv)
     seeds = [bytes([p]) * 16 for p in range(3)]
     prgs = lambda: [PRG(derive_key(s, "corr", "job", 0)) for s in seeds]  # noqa: E731
     correction = b"".join(correlations.dealer_correction(spec, prgs()))
@@ -36,43 +43,46 @@ def test_correlation_shares_a_and_b_between_the_three_products(shapes, padding, 
     parts = [correlations.party_part(spec, p, prg, memoryview(correction) if p == 0 else None)
              for p, prg in enumerate(prgs())]
     a, b, d, c, c1, c2 = (sum(part[k] for part in parts) for k in range(6))
-    if padding is None:
+    if conv is None:
         t = lambda m: m.transpose(-2, -1)  # noqa: E731
         want = (a @ b, d @ t(b), t(a) @ d)
     else:
-        conv = torch.nn.functional.conv2d  # in int64: wraps mod 2^64, as the ring does
-        k = b.shape[-1]
-        want = (conv(a, b, padding=padding), conv(d, b.flip(2, 3).transpose(0, 1), padding=k - 1 - padding[0]),
-                conv(a.transpose(0, 1), d.transpose(0, 1), padding=padding))
+        stride, padding, dilation, groups = conv
+        out_pad = ring.conv2d_output_padding(a.shape[-2:], b.shape[-2:], stride, padding, dilation)
+        want = (ring.conv2d(a, b, *conv), ring.conv_transpose2d(d, b, stride, padding, out_pad, dilation, groups),
+                ring.conv2d_weight(a, d, b.shape[-2:], *conv))
+        assert want[1].shape == a.shape and want[2].shape == b.shape
     assert torch.equal(c, want[0])
     assert torch.equal(c1, want[1]) if dx else c1.numel() == 0
     assert torch.equal(c2, want[2]) if dw else c2.numel() == 0
     assert [tuple(v.shape) for v in parts[1]] == [tuple(m.shape) for m in correlations.meta_part(spec)]
 
 
-# name: (shapes of x and w, which of them get gradients)
+# name: (shapes of x and w, which of them get gradients, conv2d's arguments or None for a matmul)
 CASES = {
-    "both": (((4, 3), (3, 2)), (True, True)),
-    "batched": (((2, 4, 3), (3, 2)), (True, True)),
-    "weight_only": (((5, 3), (3, 4)), (False, True)),
-    "input_only": (((5, 3), (3, 4)), (True, False)),
-    "conv": (((2, 2, 5, 5), (3, 2, 3, 3)), (True, True)),
-    "conv_weight_only": (((2, 1, 4, 4), (2, 1, 3, 3)), (False, True)),
+    "both": (((4, 3), (3, 2)), (True, True), None),
+    "batched": (((2, 4, 3), (3, 2)), (True, True), None),
+    "weight_only": (((5, 3), (3, 4)), (False, True), None),
+    "input_only": (((5, 3), (3, 4)), (True, False), None),
+    "conv": (((2, 2, 5, 5), (3, 2, 3, 3)), (True, True), {"padding": 1}),
+    "conv_weight_only": (((2, 1, 4, 4), (2, 1, 3, 3)), (False, True), {"padding": 1}),
+    "conv_strided_grouped": (((2, 4, 8, 8), (6, 2, 3, 3)), (True, True), {"stride": 2, "padding": 1, "groups": 2}),
+    "conv_dilated_depthwise": (((1, 2, 9, 7), (2, 1, 3, 2)), (True, True),
+                               {"stride": (2, 1), "dilation": 2, "groups": 2}),
 }
 
 
 def _product(a, b, conv):
-    return torch.nn.functional.conv2d(a, b, padding=1) if conv else a @ b
+    return a @ b if conv is None else torch.nn.functional.conv2d(a, b, **conv)
 
 
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reused_masks_give_torch_gradients(case, n_parties):
-    """z = x @ w (or conv2d(x, w, padding 1)) and its gradient products, rewritten to reuse
-    the forward masks, against torch autograd. Tolerance 3e-3: one truncation of sums of
-    products of order-1 values (as test_grads.py's conv2d row)."""
-    (sx, sw), wants = CASES[case]
-    conv = case.startswith("conv")
+    """z = x @ w (or conv2d(x, w, ...), strided, dilated, grouped) and its gradient products,
+    rewritten to reuse the forward masks, against torch autograd. Tolerance 3e-3: one
+    truncation of sums of products of order-1 values (as test_grads.py's conv2d rows)."""
+    (sx, sw), wants, conv = CASES[case]
     x, w = _t(*sx, seed=1), _t(*sw, seed=2)
     leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
     out = _product(*leaves, conv)
@@ -90,7 +100,7 @@ def test_reused_masks_give_torch_gradients(case, n_parties):
     ops = [n.op for n in cluster._builder.nodes.values()]
     assert ops.count("bilinear_keep") == 1 and ops.count("bilinear_backward") == 1
     revealed = cluster.reveal(*(SecretTensor(cluster, cluster._builder.nodes[grads[k]]) for k in wrt))
-    assert not {"matmul", "conv2d"} & {n.op for n in cluster.last_program.nodes}  # all products reuse the masks
+    assert not {"matmul", "conv2d", "conv_transpose2d", "conv2d_weight"} & {n.op for n in cluster.last_program.nodes}
     expected = [leaf.grad for leaf, want in zip(leaves, wants) if want]
     for got, want in zip(revealed, expected):
         assert_close(got, want, 3e-3, case)

@@ -22,7 +22,7 @@ from mpc.ir import TO_CALLER, Program
 from mpc.protocols import correlations, scatter
 from mpc.protocols.base import Spec
 
-_PRODUCTS = ("mul", "matmul", "conv2d", "square")
+_PRODUCTS = ("mul", "matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "square")
 
 
 @dataclass

@@ -13,8 +13,11 @@ turn into untruncated ones to fold its step size into their truncation (optim.py
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from mpc import ring
 from mpc.compiler import layer_ops  # noqa: F401  (its ops must exist before rules attach)
 from mpc.compiler import train_ops  # noqa: F401
 from mpc.compiler.graph import GraphBuilder
@@ -245,61 +248,89 @@ def _avg_pool2d(b, n, gouts, needs):
                   source="").id,)
 
 
-def _conv_plain(n):
-    stride, padding, dilation, groups = tuple(n.attrs["stride"]), tuple(n.attrs["padding"]), \
-        tuple(n.attrs["dilation"]), n.attrs["groups"]
-    if stride != (1, 1) or dilation != (1, 1) or groups != 1:
-        raise NotImplementedError("conv2d gradient for stride, dilation or groups other than 1")
-    return padding
+def _conv_attrs(n) -> dict:
+    return {"stride": tuple(n.attrs["stride"]), "padding": tuple(n.attrs["padding"]),
+            "dilation": tuple(n.attrs["dilation"]), "groups": n.attrs["groups"]}
 
 
-def _conv_input_grad(b, n, g, w_flipped_t: int, op: str, value=None):
-    """dx = conv2d(g, flip(w)^T, padding k - 1 - p): the transposed convolution at stride 1."""
-    (ph, pw), (kh, kw) = _conv_plain(n), (n.attrs.get("kernel_hw") or _shape(b, n.inputs[1])[-2:])
-    if ph > kh - 1 or pw > kw - 1:
-        raise NotImplementedError("conv2d gradient with padding of a kernel's size or more")
-    attrs = {"stride": (1, 1), "padding": (kh - 1 - ph, kw - 1 - pw), "dilation": (1, 1), "groups": 1}
-    if op == "conv2d_public":
-        return b.add("conv2d_public", (g,), {**attrs, "value": value}, name=n.name, source="").id
-    return b.add("conv2d", (g, w_flipped_t), attrs, name=n.name, source="").id
+def _conv_input_grad(b, n, g, kernel_hw, inputs, op: str, extra: dict) -> int:
+    """dx = conv_transpose2d(g, w): conv2d's adjoint in its input, for any stride, padding,
+    dilation and groups; output_padding gives back the input rows a strided window skipped."""
+    attrs = _conv_attrs(n)
+    attrs["output_padding"] = ring.conv2d_output_padding(_shape(b, n.inputs[0])[-2:], kernel_hw, attrs["stride"],
+                                                         attrs["padding"], attrs["dilation"])
+    return b.add(op, inputs, {**attrs, **extra}, name=n.name, source="").id
 
 
 def _conv2d(b, n, gouts, needs):
-    """z = conv2d(x, w), stride 1: dw = conv2d(x^T, g^T, padding p)^T (batch as the channel
-    sum), dx = conv2d(g, flip(w)^T, padding k - 1 - p); both secret products (Beaver)."""
+    """z = conv2d(x, w): dx = conv_transpose2d(g, w), dw = conv2d_weight(x, g), each one
+    Beaver product of two secrets (ring.py has both maps, exact in the ring)."""
     (g,) = gouts
     x, w = n.inputs
-    padding = _conv_plain(n)
-    gx = gw = None
-    if needs[0]:
-        flipped = b.add("flip", (w,), {"dims": (2, 3)}, name=n.name, source="").id
-        wt = b.add("transpose", (flipped,), {"dim0": 0, "dim1": 1}, name=n.name, source="").id
-        gx = _conv_input_grad(b, n, g, wt, "conv2d")
+    kernel = _shape(b, w)[-2:]
+    gx = _conv_input_grad(b, n, g, kernel, (g, w), "conv_transpose2d", {}) if needs[0] else None
+    gw = None
     if needs[1]:
-        xt = b.add("transpose", (x,), {"dim0": 0, "dim1": 1}, name=n.name, source="").id
-        gt = b.add("transpose", (g,), {"dim0": 0, "dim1": 1}, name=n.name, source="").id
-        attrs = {"stride": (1, 1), "padding": padding, "dilation": (1, 1), "groups": 1}
-        dw = b.add("conv2d", (xt, gt), attrs, name=n.name, source="").id
-        gw = b.add("transpose", (dw,), {"dim0": 0, "dim1": 1}, name=n.name, source="").id
+        gw = b.add("conv2d_weight", (x, g), {**_conv_attrs(n), "kernel": tuple(kernel)}, name=n.name, source="").id
     return gx, gw
 
 
 def _conv2d_public(b, n, gouts, needs):
     value = n.attrs["value"]
-    n_attrs = {**n.attrs, "kernel_hw": tuple(value.shape[-2:])}
-    probe = type(n)(n.id, n.op, n.inputs, n_attrs, n.shape, n.name, n.source)
-    flipped_t = value.flip(2, 3).transpose(0, 1).contiguous()
-    return (_conv_input_grad(b, probe, gouts[0], None, "conv2d_public", flipped_t),)
+    return (_conv_input_grad(b, n, gouts[0], value.shape[-2:], (gouts[0],), "conv_transpose2d_public",
+                             {"value": value}),)
+
+
+def _batch_norm_train(b, n, gouts, needs):
+    """y = gamma x_hat + beta with the batch's statistics (Ioffe and Szegedy, ICML 2015, §3):
+    dbeta = sum g and dgamma = sum g x_hat over every dim but the channel, and
+
+        dx = (1/m) inv_std (m g_hat - sum g_hat - x_hat sum(g_hat x_hat)),   g_hat = g gamma,
+
+    written with gamma taken out of the per-channel sums (sum g_hat = gamma dbeta, sum g_hat
+    x_hat = gamma dgamma) as dx = gamma inv_std (g - (dbeta + x_hat dgamma) / m): three
+    products in a row (g x_hat, x_hat dgamma, the last), each truncated once; the 1/m
+    folds into the second's truncation (rescale) and gamma inv_std is per channel."""
+    g, *rest = gouts
+    if g is None or any(r is not None for r in rest):
+        raise NotImplementedError("a gradient of batch_norm_train's statistics or normalised values")
+    gamma = n.inputs[1]
+    shape, c = n.shape, n.shape[1]
+    dims = (0, *range(2, len(shape)))
+    m = math.prod(shape) // c
+    view = (1, c) + (1,) * (len(shape) - 2)
+
+    def add(op, inputs, attrs=None):
+        return b.add(op, inputs, attrs or {}, name=n.name, source="").id
+
+    x_hat, inv = add("take", (n.id,), {"index": 1}), add("take", (n.id,), {"index": 2})
+    dbeta = add("sum", (g,), {"dims": dims, "keepdim": True})
+    dgamma = add("sum", (add("mul", (g, x_hat)),), {"dims": dims, "keepdim": True})
+    gx = None
+    if needs[0]:
+        # (dbeta + x_hat dgamma) / m: the product left at 2^2f, dbeta brought there exactly (an
+        # integer factor); rescale keeps sums up to 2^16 in magnitude exact (train_ops.factor_bits)
+        two_f = torch.tensor(float(1 << b.frac_bits), dtype=torch.float64)
+        both = add("add", (add("mul", (x_hat, dgamma), {"truncate": False}),
+                           add("mul_public", (dbeta,), {"value": two_f})))
+        centred = add("rescale", (both,), {"value": 1.0 / m, "bits": train_ops.factor_bits(1.0 / m, b.frac_bits)})
+        gain = 2.0 ** -n.attrs["gain_bits"]  # inv is 2^gain_bits / sqrt(var + eps)
+        scale = add("rescale", (add("mul", (add("reshape", (gamma,), {"shape": view}),
+                                            add("reshape", (inv,), {"shape": view})), {"truncate": False}),),
+                    {"value": gain, "bits": train_ops.factor_bits(gain, b.frac_bits)})
+        gx = add("mul", (add("sub", (g, centred)), scale))
+    gw = add("reshape", (dgamma,), {"shape": (c,)}) if needs[1] else None
+    gb = add("reshape", (dbeta,), {"shape": (c,)}) if needs[2] else None
+    return gx, gw, gb
 
 
 RULES = {
-    "conv2d": _conv2d, "conv2d_public": _conv2d_public, "flip": lambda b, n, gouts, needs: (
-        b.add("flip", (gouts[0],), {"dims": n.attrs["dims"]}, name=n.name, source="").id,),
+    "conv2d": _conv2d, "conv2d_public": _conv2d_public,
     "add": _add, "sub": _sub, "neg": _neg, "add_public": _add_public, "mul_public": _mul_public, "mul": _mul,
     "square": _square, "matmul": _matmul, "matmul_public": _matmul_public, "reshape": _reshape,
     "transpose": _transpose, "permute": _permute, "expand": _expand, "sum": _sum, "mean": _mean,
     "relu_bit": _relu_bit, "relu": _relu, "getitem": _getitem, "sigmoid": _sigmoid, "tanh": _tanh, "cat": _cat, "avg_pool2d": _avg_pool2d,
-    "max_pool2d": _max_pool2d, "max_pool2d_argmax": _max_pool2d_argmax,
+    "max_pool2d": _max_pool2d, "max_pool2d_argmax": _max_pool2d_argmax, "batch_norm_train": _batch_norm_train,
 }
 
 for _op, _rule in RULES.items():

@@ -3,6 +3,8 @@
 `avg_pool2d` sums each window locally on the shares and scales once by a public factor
 (one truncation round); `conv2d_public` convolves a secret input with a public kernel
 (a public-weight model's convolution: local, then one truncation, no Beaver triple);
+`conv_transpose2d` and `conv2d_weight` are conv2d's gradient products (each one Beaver
+product of two secrets; `conv_transpose2d_public` the input gradient of a public kernel);
 `square` is x*x from a square pair (one opening instead of a triple's two; the
 `replace={"relu": "square"}` option uses it); `batch_norm` exists only between capture and
 the BatchNorm-folding pass, which always removes it, so it has a shape rule and a
@@ -85,6 +87,54 @@ def _conv2d_public(ctx, a, x):
 
 register("conv2d_public", 1, _conv2d_public_shape, _conv2d_public,
          doc="convolution with a public kernel: local, then one truncation")
+
+
+# conv2d's two adjoints, its gradient products (grads.py): conv_transpose2d(g, w) is the input
+# gradient, conv2d_weight(x, g) the kernel gradient, for any stride, padding, dilation and groups.
+
+
+def _transpose_args(a):
+    return tuple(a["stride"]), tuple(a["padding"]), tuple(a["output_padding"]), tuple(a["dilation"]), a["groups"]
+
+
+def _conv_transpose2d_shape(a, g, w):
+    if g.dim() != 4 or w.dim() != 4:
+        raise ValueError("conv_transpose2d expects a 4-d gradient and a 4-d kernel")
+    return ring.conv_transpose2d(g, w, *_transpose_args(a))
+
+
+register("conv_transpose2d", 2, _conv_transpose2d_shape,
+         lambda ctx, a, g, w: arithmetic.conv_transpose2d(ctx, g, w, *_transpose_args(a),
+                                                          scaled=a.get("truncate", True)),
+         doc="conv2d's input gradient of a secret g and a secret kernel: one Beaver product")
+
+
+def _conv_transpose2d_public(ctx, a, g):
+    args = _transpose_args(a)
+    return arithmetic.scale_public(ctx, g, a["value"], op=lambda u, v: ring.conv_transpose2d(u, v, *args))
+
+
+register("conv_transpose2d_public", 1,
+         lambda a, g: _conv_transpose2d_shape(a, g, a["value"].to(device="meta", dtype=torch.int64)),
+         _conv_transpose2d_public, doc="conv2d's input gradient with a public kernel: local, then one truncation")
+
+
+def _weight_args(a):
+    return tuple(a["kernel"]), *conv_params(a)
+
+
+def _conv2d_weight_shape(a, x, g):
+    if x.dim() != 4 or g.dim() != 4:
+        raise ValueError("conv2d_weight expects a 4-d input and a 4-d gradient")
+    out = ring.conv2d_weight(x, g, *_weight_args(a))
+    if tuple(out.shape[-2:]) != tuple(a["kernel"]):
+        raise ValueError(f"a gradient of shape {tuple(g.shape)} does not come from a kernel {tuple(a['kernel'])}")
+    return out
+
+
+register("conv2d_weight", 2, _conv2d_weight_shape,
+         lambda ctx, a, x, g: arithmetic.conv2d_weight(ctx, x, g, *_weight_args(a), scaled=a.get("truncate", True)),
+         doc="conv2d's kernel gradient of a secret input and a secret g: one Beaver product")
 
 
 def _square(ctx, a, x):

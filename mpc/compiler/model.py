@@ -120,14 +120,16 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, *, public: bool
                   replace: dict | None = None, frac_bits: int = 16, trainable: bool = False) -> CompiledModel:
     """Compile `model` for inputs shaped like `example` into a CompiledModel. Starts nothing.
 
-    With `trainable`, every parameter is an input named and shaped as in the state dict
-    (no folding), so weights a training job left at the parties serve it directly."""
+    With `trainable`, every parameter (and BatchNorm's running statistics) is an input named
+    and shaped as in the state dict (no folding: BatchNorm is computed on shares), so
+    weights a training job left at the parties serve it directly."""
     replace = replace_pass.check(replace)
     if trainable and public:
         raise CompileError("a trainable layout is for secret weights: public=True does not apply")
     captured = capture(model, example, frac_bits, trainable=trainable)
     graph = replace_pass.apply(captured.graph, replace)
-    graph = bn_fold.apply(graph)
+    # a trainable layout's weights are kept shares (a training job's): BatchNorm is computed, not folded
+    graph = bn_fold.apply_secret(graph) if trainable else bn_fold.apply(graph)
     if public:
         graph = public_weights.apply(graph)
     extracted = extract(graph.builder, graph.outputs)

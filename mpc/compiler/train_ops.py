@@ -10,9 +10,13 @@ index, and a product rescaled by a public factor in the same truncation.
 - `gather_rows(x, idx)`: rows of a kept data set picked by public indices (a batch):
   local, no communication.
 - `bilinear_keep(x, w)` and `bilinear_backward(g, masks of bilinear_keep)`: a layer's
-  forward product (matmul or stride-1 conv2d) keeps its Beaver masks, and its backward
+  forward product (matmul or conv2d) keeps its Beaver masks, and its backward
   products (g w^T and x^T g for a matmul) open only g - d (SecureML's reuse of the masked
   matrices within a step; protocols/reuse.py, placed by passes/mask_reuse.py).
+- `batch_norm_train(x, gamma, beta)`: BatchNorm with the batch's statistics, returning
+  (y, x_hat, 2^g / sqrt(var + eps), mean, var): the backward rule reuses x_hat and the
+  inverse square root, the training compiler updates the running statistics from mean
+  and var (protocols/normalization.py).
 - `rescale(x)`: x is an untruncated product (scale 2^2f); multiply by the public factor
   c encoded with k bits and truncate once by f + k bits. The learning rate and 1/batch
   fold into the truncation that the weight gradient needed anyway (Mohassel and Zhang,
@@ -26,7 +30,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, correlations, nonlinear, reuse
+from mpc.protocols import arithmetic, correlations, nonlinear, normalization, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -63,9 +67,6 @@ register("scatter", 1, lambda a, g: _scatter(a, g), lambda ctx, a, g: _scatter(a
          doc="zeros with g at a basic index (getitem's gradient): local")
 
 
-local("flip", 1, lambda a, x: x.flip(tuple(a["dims"])), doc="reverse the order along dims: local")
-
-
 HEADROOM_BITS = 16  # `rescale` keeps the untruncated product's magnitude up to 2^16 clear of the ring
 
 
@@ -99,13 +100,15 @@ def _meta(shape) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.int64, device="meta")
 
 
-def _padding(a):
-    """None for a matmul; the stride-1 convolution's padding for a conv2d."""
-    return tuple(a["padding"]) if a["conv"] else None
+def _conv(a):
+    """None for a matmul; (stride, padding, dilation, groups) for a conv2d."""
+    if not a["conv"]:
+        return None
+    return tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"]
 
 
 def _forms(a, x, w):
-    spec = correlations.bilinear_train_triple(x.shape, w.shape, a["dx"], a["dw"], _padding(a))
+    spec = correlations.bilinear_train_triple(x.shape, w.shape, a["dx"], a["dw"], _conv(a))
     return correlations.train_forms(spec)
 
 
@@ -122,9 +125,9 @@ def _keep_shape(a, x, w):
 
 
 register("bilinear_keep", 2, _keep_shape,
-         lambda ctx, a, x, w: reuse.bilinear_keep(ctx, x, w, a["dx"], a["dw"], _padding(a),
+         lambda ctx, a, x, w: reuse.bilinear_keep(ctx, x, w, a["dx"], a["dw"], _conv(a),
                                                   scaled=a.get("truncate", True)),
-         n_outputs=8, doc="a matmul or stride-1 conv2d from a triple whose masks the backward products reuse "
+         n_outputs=8, doc="a matmul or conv2d from a triple whose masks the backward products reuse "
                           "(with them)")
 
 
@@ -136,7 +139,7 @@ def _backward_shape(a, g, e, f, ma, mb, d, c1, c2):
 
 
 register("bilinear_backward", 8, _backward_shape,
-         lambda ctx, a, g, *masks: reuse.bilinear_backward(ctx, g, *masks, a["dx"], a["dw"], _padding(a),
+         lambda ctx, a, g, *masks: reuse.bilinear_backward(ctx, g, *masks, a["dx"], a["dw"], _conv(a),
                                                            a.get("truncate_dx", True), a.get("truncate_dw", True)),
          n_outputs=2, doc="the gradient products of bilinear_keep's product, reusing its masks: opens only g - d")
 
@@ -174,3 +177,21 @@ def _unpool2d(a, w):
 
 
 local("unpool2d", 1, _unpool2d, doc="pooling-window cells summed back to their input positions: local")
+
+
+def _batch_norm_train_shape(a, x, gamma, beta):
+    if x.dim() < 2:
+        raise ValueError("batch_norm_train expects an input with a channel dimension 1")
+    c = x.shape[1]
+    for p in (gamma, beta):
+        if tuple(p.shape) != (c,):
+            raise ValueError(f"batch_norm_train parameter of shape {tuple(p.shape)} does not fit {c} channels")
+    if x.numel() // c < 2:
+        raise ValueError(f"batch_norm_train needs more than one value per channel, input shape {tuple(x.shape)}")
+    stat = _meta((c,))
+    return x, x, stat, stat, stat
+
+
+register("batch_norm_train", 3, _batch_norm_train_shape,
+         lambda ctx, a, x, gamma, beta: normalization.batch_norm_train(ctx, x, gamma, beta, a["eps"], a["gain_bits"]),
+         n_outputs=5, doc="BatchNorm with batch statistics: (y, x_hat, 2^g/sqrt(var + eps), mean, biased var)")

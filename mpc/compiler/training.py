@@ -9,7 +9,8 @@ inputs are all kept values (data, weights, optimizer state) plus public per-step
 (batch indices; Adam's bias-corrected step sizes); its updated weights and state are
 kept under the same handles, so step after step runs the same program with nothing
 recompiled or re-sent. A second variant also reveals the batch loss, for the steps on
-which the job asks for it.
+which the job asks for it. BatchNorm runs on the batch's statistics and its running
+statistics are kept beside the weights, updated by the forward pass (batch_norm.py).
 
 Savings (measured in `mpc bench`, explained in the README):
 - ReLU's backward product with its comparison bit needs no truncation (the bit is an
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpc.compiler import autodiff, train_ops
+from mpc.compiler import autodiff, batch_norm, train_ops
 from mpc.compiler.capture import capture
 from mpc.compiler.extract import extract
 from mpc.compiler.graph import GraphBuilder
@@ -87,7 +88,7 @@ class TrainingProgram:
     barrier, the dealer's latency) are paid once per k steps while the rounds per step
     stay those of one step. Each variant is built once and reused for every group."""
 
-    params: dict[str, torch.Tensor]  # initial values (the model owner's), by parameter name
+    params: dict[str, torch.Tensor]  # initial values (the model owner's), by parameter name, buffers included
     state_shapes: dict[str, tuple[int, ...]]  # optimizer state (starts at zero), by name
     loss: str
     optimizer: object
@@ -99,6 +100,8 @@ class TrainingProgram:
     model: torch.nn.Module = field(repr=False, default=None)
     graph: object = field(repr=False, default=None)  # the captured forward pass (trainable layout)
     savings: frozenset = SAVINGS  # which training-specific savings are on (all, unless measuring them)
+    # names in params that the forward pass updates, not the optimizer (BatchNorm's running statistics)
+    buffers: frozenset = frozenset()
     variants: dict[tuple[int, bool], tuple[Program, dict]] = field(default_factory=dict, repr=False)
 
     @property
@@ -143,7 +146,7 @@ def _double_product(b: GraphBuilder, nid: int) -> int | None:
     while cur.op in ("permute", "transpose", "reshape", "sum") and users.get(cur.inputs[0], 0) == 1:
         chain.append(cur)
         cur = b.nodes[cur.inputs[0]]
-    if cur.op not in ("matmul", "mul", "conv2d") or cur.attrs.get("truncate") is False:
+    if cur.op not in ("matmul", "mul", "conv2d", "conv2d_weight") or cur.attrs.get("truncate") is False:
         return None
     out = b.add(cur.op, cur.inputs, {**cur.attrs, "truncate": False}, name=cur.name, source=cur.source).id
     for n in reversed(chain):
@@ -254,25 +257,28 @@ def compile_training(model: torch.nn.Module, example: torch.Tensor, *, n_rows: i
     graph = captured.graph
     if graph.extra_outputs:
         raise CompileError(f"training needs a model with one output, this one has {1 + len(graph.extra_outputs)}")
-    for node in graph.builder.nodes.values():
-        if node.op == "batch_norm":
-            raise CompileError(f"{node.describe()}: BatchNorm is not supported in training (eval-mode BatchNorm is "
-                               "folded for inference only)")
+    buffers = batch_norm.check(model, graph)
     if captured.output_shape != (batch_size, n_outputs):
         raise CompileError(f"the model's output has shape {captured.output_shape}; the targets need "
                            f"({batch_size}, {n_outputs})")
     params = {graph.builder.nodes[nid].name: v for nid, v in graph.params.items()}
-    state_shapes = {key: tuple(v.shape) for name, v in params.items() for key in optimizer.state_names(name)}
+    state_shapes = {key: tuple(v.shape) for name, v in params.items() if name not in buffers
+                    for key in optimizer.state_names(name)}
     tp = TrainingProgram(params, state_shapes, loss, optimizer, batch_size, n_rows, (n_rows, *features),
-                         (n_rows, n_outputs), frac_bits, copy.deepcopy(model), graph, frozenset(savings))
+                         (n_rows, n_outputs), frac_bits, copy.deepcopy(model), graph, frozenset(savings),
+                         frozenset(buffers))
     tp.program(1, False)  # build (and validate) the plain step now: errors surface at compile time
     return tp
 
 
-def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit: bool = True) -> int:
-    """The captured forward pass on input node x with the given weight nodes; relu keeps
-    its comparison bit and max-pooling its one-hot maxima for the backward pass."""
+def _forward(b: GraphBuilder, tp: TrainingProgram, x: int, weights: dict[str, int],
+             exact_bit: bool = True) -> tuple[int, dict[str, int]]:
+    """The captured forward pass on input node x with the given weight nodes, and the updated
+    buffers by name; relu keeps its comparison bit, max-pooling its one-hot maxima and
+    BatchNorm its normalised input for the backward pass."""
+    graph = tp.graph
     mapped: dict[int, int] = {}
+    buffers: dict[str, int] = {}
     for nid in sorted(graph.builder.nodes):  # ids grow in creation order: inputs first
         node = graph.builder.nodes[nid]
         if nid == graph.input_id:
@@ -287,10 +293,15 @@ def _forward(b: GraphBuilder, graph, x: int, weights: dict[str, int], exact_bit:
             both = b.add("max_pool2d_argmax", (mapped[node.inputs[0]],), node.attrs, name=node.name,
                          source=node.source)
             mapped[nid] = b.add("take", (both.id,), {"index": 0}, name=node.name, source=node.source).id
+        elif node.op == "batch_norm":  # batch statistics; the running ones are updated beside
+            names = tuple(graph.builder.nodes[i].name for i in node.inputs[3:])
+            mapped[nid], updated = batch_norm.train_forward(b, node, tp.model, tuple(mapped[i] for i in node.inputs),
+                                                            names)
+            buffers.update(updated)
         else:
             mapped[nid] = b.add(node.op, tuple(mapped[i] for i in node.inputs), node.attrs, name=node.name,
                                 source=node.source).id
-    return mapped[graph.output]
+    return mapped[graph.output], buffers
 
 
 def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]:
@@ -314,12 +325,13 @@ def _build(tp: TrainingProgram, k: int, with_loss: bool) -> tuple[Program, dict]
                                                                name=f"{key}[{i}]", source="").id
         x = b.add("gather_rows", (data_x, batch), name="input", source="").id
         y = b.add("gather_rows", (data_y, batch), name="labels", source="").id
-        z = _forward(b, tp.graph, x, current, "bit_products" in tp.savings)
+        z, updates = _forward(b, tp, x, current, "bit_products" in tp.savings)  # updates: the buffers'
         g, c = _loss_grad(b, tp.loss, z, y)
-        weights = [current[name] for name in tp.params]
+        weights = [current[name] for name in tp.params if name not in tp.buffers]
         grads = autodiff.backward(b, {z: g}, weights)
-        updates: dict[str, int] = {}
         for name in tp.params:
+            if name in tp.buffers:
+                continue
             states = {key: current[key] for key in tp.optimizer.state_names(name)}
             updates.update(_update(b, tp.optimizer, name, current[name], grads[current[name]],
                                    c / tp.batch_size, states, scalars, "fold_step_size" in tp.savings))

@@ -126,6 +126,33 @@ def conv2d(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, stride, padding,
     return (yield from truncate(ctx, z)) if scaled else z
 
 
+def conv_transpose2d(ctx: PartyContext, g: torch.Tensor, w: torch.Tensor, stride, padding, output_padding, dilation,
+                     groups: int, scaled: bool = True):
+    """conv2d's input gradient conv_transpose2d(g, w) of a secret g and a secret kernel: one
+    Beaver product (ring.conv_transpose2d is bilinear), so only g - a and w - b are opened,
+    not the zero-inserted g a stride would make; truncated unless not scaled."""
+    spec = correlations.conv_transpose2d_triple(g.shape, w.shape, stride, padding, output_padding, dilation, groups)
+
+    def op(u, v):
+        return ring.conv_transpose2d(u, v, stride, padding, output_padding, dilation, groups)
+
+    z = yield from _beaver(ctx, spec, op, g, w)
+    return (yield from truncate(ctx, z)) if scaled else z
+
+
+def conv2d_weight(ctx: PartyContext, x: torch.Tensor, g: torch.Tensor, kernel, stride, padding, dilation,
+                  groups: int, scaled: bool = True):
+    """conv2d's kernel gradient conv2d_weight(x, g) of a secret input and a secret g: one
+    Beaver product (ring.conv2d_weight is bilinear); truncated unless not scaled."""
+    spec = correlations.conv2d_weight_triple(x.shape, g.shape, kernel, stride, padding, dilation, groups)
+
+    def op(u, v):
+        return ring.conv2d_weight(u, v, kernel, stride, padding, dilation, groups)
+
+    z = yield from _beaver(ctx, spec, op, x, g)
+    return (yield from truncate(ctx, z)) if scaled else z
+
+
 def scale_public(ctx: PartyContext, x: torch.Tensor, factor: torch.Tensor, op=torch.mul):
     """op(x, public factor): exact for integer factors, else encoded and truncated."""
     if ring.is_integral(factor):

@@ -14,6 +14,8 @@ Kinds:
   square  (a, c = a * a)              free a; dependent c             8 B/elem
   matmul  (a, b, c = a @ b)           free a, b; dependent c          8 B/elem of c
   conv2d  (a, b, c = conv2d(a, b))    free a, b; dependent c          8 B/elem of c
+  conv_transpose2d, conv2d_weight      the same, c = conv2d's adjoint   8 B/elem of c
+          (a gradient product: ring.conv_transpose2d, ring.conv2d_weight)
   bilinear_train (a, b, d, c = B(a, b), free a, b, d; dependent c and  8 B/elem of c, c', c''
           c' = Bx(d, b), c'' = Bw(a, d)) the backward products asked for
                                         (reuse.py: one triple's masks for a layer's forward
@@ -57,44 +59,65 @@ def matmul_triple(shape_a, shape_b) -> Spec:
     return Spec("matmul", (tuple(shape_a), tuple(shape_b)))
 
 
-def bilinear_train_triple(shape_a, shape_b, dx: bool, dw: bool, padding=None) -> Spec:
+def bilinear_train_triple(shape_a, shape_b, dx: bool, dw: bool, conv=None) -> Spec:
     """A triple (a, b, c = B(a, b)) with a third mask d shaped like c and the gradient products
-    c' = Bx(d, b) (if dx) and c'' = Bw(a, d) (if dw), where B is matmul (padding None) or a
-    stride-1 conv2d with `padding` (see train_forms): a and b are the very same draws in the
-    forward product and in the backward products of one layer (protocols/reuse.py)."""
-    conv = padding is not None
-    ph, pw = padding if conv else (0, 0)
-    params = (("conv", int(conv)), ("dw", int(dw)), ("dx", int(dx)), ("pad_h", int(ph)), ("pad_w", int(pw)))
+    c' = Bx(d, b) (if dx) and c'' = Bw(a, d) (if dw), where B is matmul (conv None) or a conv2d
+    with conv = (stride, padding, dilation, groups) (see train_forms): a and b are the very
+    same draws in the forward product and in the backward products of one layer
+    (protocols/reuse.py)."""
+    flags = (("conv", int(conv is not None)), ("dw", int(dw)), ("dx", int(dx)))
+    params = tuple(sorted(flags + (_conv_params(*conv) if conv is not None else ())))
     return Spec("bilinear_train", (tuple(shape_a), tuple(shape_b)), params)
 
 
 def train_forms(spec: Spec):
     """(B, Bx, Bw) of a bilinear_train spec: the forward product z = B(x, w) and its
-    gradient products, bilinear in (g, w) and in (x, g):
+    gradient products, bilinear in (g, w) and in (x, g), as grads.py writes them:
       matmul: B = x @ w, Bx(g, w) = g @ w^T, Bw(x, g) = x^T @ g;
-      conv2d (stride 1, padding p): B = conv2d(x, w, p),
-        Bx(g, w) = conv2d(g, flip(w)^T, k - 1 - p) (the transposed convolution),
-        Bw(x, g) = conv2d(x^T, g^T, p) with ^T swapping dims 0 and 1 (the weight gradient,
-        itself transposed back by the caller), as grads.py writes them."""
+      conv2d: B = conv2d(x, w), Bx(g, w) = conv_transpose2d(g, w) (with the output padding
+        that gives back x's size), Bw(x, g) = conv2d_weight(x, g), with the forward's
+        stride, padding, dilation and groups (ring.py)."""
     def t(m):
         return m.transpose(-2, -1)
 
     if not spec.param("conv"):
         return ring.matmul, (lambda g, w: ring.matmul(g, t(w))), (lambda x, g: ring.matmul(t(x), g))
-    p = (spec.param("pad_h"), spec.param("pad_w"))
+    stride, padding, dilation, groups = conv_args(spec)
+    kernel = spec.shapes[1][-2:]
+    out_pad = ring.conv2d_output_padding(spec.shapes[0][-2:], kernel, stride, padding, dilation)
+    return ((lambda x, w: ring.conv2d(x, w, stride, padding, dilation, groups)),
+            (lambda g, w: ring.conv_transpose2d(g, w, stride, padding, out_pad, dilation, groups)),
+            (lambda x, g: ring.conv2d_weight(x, g, kernel, stride, padding, dilation, groups)))
 
-    def bx(g, w):
-        kh, kw = w.shape[-2:]
-        return ring.conv2d(g, w.flip(2, 3).transpose(0, 1), 1, (kh - 1 - p[0], kw - 1 - p[1]), 1, 1)
 
-    return ((lambda x, w: ring.conv2d(x, w, 1, p, 1, 1)), bx,
-            (lambda x, g: ring.conv2d(x.transpose(0, 1), g.transpose(0, 1), 1, p, 1, 1)))
+def _conv_params(stride, padding, dilation, groups, **pairs) -> tuple[tuple[str, int], ...]:
+    params = {"stride_h": stride[0], "stride_w": stride[1], "pad_h": padding[0], "pad_w": padding[1],
+              "dil_h": dilation[0], "dil_w": dilation[1], "groups": groups}
+    for name, (h, w) in pairs.items():
+        params[f"{name}_h"], params[f"{name}_w"] = h, w
+    return tuple(sorted((k, int(v)) for k, v in params.items()))
+
+
+def conv_args(spec: Spec) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]:
+    """(stride, padding, dilation, groups) of a spec made with _conv_params."""
+    p = dict(spec.params)
+    return (p["stride_h"], p["stride_w"]), (p["pad_h"], p["pad_w"]), (p["dil_h"], p["dil_w"]), p["groups"]
 
 
 def conv2d_triple(shape_x, shape_w, stride, padding, dilation, groups) -> Spec:
-    params = (("stride_h", stride[0]), ("stride_w", stride[1]), ("pad_h", padding[0]), ("pad_w", padding[1]),
-              ("dil_h", dilation[0]), ("dil_w", dilation[1]), ("groups", groups))
-    return Spec("conv2d", (tuple(shape_x), tuple(shape_w)), params)
+    return Spec("conv2d", (tuple(shape_x), tuple(shape_w)), _conv_params(stride, padding, dilation, groups))
+
+
+def conv_transpose2d_triple(shape_g, shape_w, stride, padding, output_padding, dilation, groups) -> Spec:
+    """c = conv_transpose2d(a, b): the input gradient of a conv2d with these parameters."""
+    params = _conv_params(stride, padding, dilation, groups, out_pad=output_padding)
+    return Spec("conv_transpose2d", (tuple(shape_g), tuple(shape_w)), params)
+
+
+def conv2d_weight_triple(shape_x, shape_g, kernel, stride, padding, dilation, groups) -> Spec:
+    """c = conv2d_weight(a, b): the kernel gradient of a conv2d with these parameters."""
+    params = _conv_params(stride, padding, dilation, groups, kernel=kernel)
+    return Spec("conv2d_weight", (tuple(shape_x), tuple(shape_g)), params)
 
 
 def trunc_pair(shape, frac_bits: int, n_parties: int) -> Spec:
@@ -184,9 +207,14 @@ def _bilinear(spec: Spec):
     if kind == "matmul":
         return ring.matmul
     if kind == "conv2d":
-        p = dict(spec.params)
-        return lambda a, b: ring.conv2d(a, b, (p["stride_h"], p["stride_w"]), (p["pad_h"], p["pad_w"]),
-                                        (p["dil_h"], p["dil_w"]), p["groups"])
+        return lambda a, b: ring.conv2d(a, b, *conv_args(spec))
+    if kind == "conv_transpose2d":
+        stride, padding, dilation, groups = conv_args(spec)
+        out_pad = (spec.param("out_pad_h"), spec.param("out_pad_w"))
+        return lambda a, b: ring.conv_transpose2d(a, b, stride, padding, out_pad, dilation, groups)
+    if kind == "conv2d_weight":
+        kernel = (spec.param("kernel_h"), spec.param("kernel_w"))
+        return lambda a, b: ring.conv2d_weight(a, b, kernel, *conv_args(spec))
     raise ValueError(f"unknown correlation kind {kind!r}")
 
 
@@ -198,8 +226,11 @@ def _train_shapes(spec: Spec) -> tuple[tuple[int, ...], ...]:
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     op, bx, bw = train_forms(spec)
-    c = op(a, b)
-    return tuple(c.shape), tuple(bx(c, b).shape), tuple(bw(a, c).shape)
+    try:
+        c = op(a, b)
+        return tuple(c.shape), tuple(bx(c, b).shape), tuple(bw(a, c).shape)
+    except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
+        raise ValueError(f"bilinear_train of shapes {list(spec.shapes)}: {exc}") from None
 
 
 def _word_dtype(bits: int) -> torch.dtype:
@@ -259,7 +290,11 @@ def dependent_parts(spec: Spec) -> list[Part]:
         return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
-    return [Part(tuple(_bilinear(spec)(a, b).shape))]
+    try:
+        c = _bilinear(spec)(a, b)
+    except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
+        raise ValueError(f"{spec.kind} of shapes {list(spec.shapes)}: {exc}") from None
+    return [Part(tuple(c.shape))]
 
 
 def _table_words(chunks: torch.Tensor, less: bool) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A layer's forward and backward products from one set of Beaver masks (SecureML §4.2).
 
-Training computes, for a layer z = B(x, w) (B a matmul or a stride-1 convolution), the
+Training computes, for a layer z = B(x, w) (B a matmul or a convolution of any stride), the
 forward product and, in the same step, the backward products dx = Bx(g, w) (g @ w^T for a
 matmul) and dw = Bw(x, g) (x^T @ g) with the upstream gradient g. With independent triples
 the backward opens w - b', g - d' (for dx) and x - a'', g - d'' (for dw) again, although
@@ -23,9 +23,10 @@ from mpc.protocols.arithmetic import truncate
 from mpc.protocols.base import Open, PartyContext, Randomness, gather
 
 
-def bilinear_keep(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, dx: bool, dw: bool, padding=None,
+def bilinear_keep(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, dx: bool, dw: bool, conv=None,
                   scaled: bool = True):
-    """[B(x, w)] (matmul, or conv2d with `padding`), keeping what the backward products need.
+    """[B(x, w)] (matmul, or conv2d with conv = (stride, padding, dilation, groups)), keeping
+    what the backward products need.
 
     1. obtain [a], [b], [d], [c] = [B(a, b)], and [c'] = [Bx(d, b)] if dx, [c''] = [Bw(a, d)] if dw.
     2. open e = x - a and f = w - b together (one round).
@@ -34,7 +35,7 @@ def bilinear_keep(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, dx: bool,
     Returns (z, e, f, a_i, b_i, d_i, c'_i, c''_i): e and f are public (the same at every
     party), the rest this party's shares; c' or c'' not asked for is an empty tensor.
     """
-    spec = correlations.bilinear_train_triple(x.shape, w.shape, dx, dw, padding)
+    spec = correlations.bilinear_train_triple(x.shape, w.shape, dx, dw, conv)
     op, _, _ = correlations.train_forms(spec)
     a, b, d, c, c1, c2 = yield Randomness(spec)
     e, f = yield Open((x - a, w - b))
@@ -44,7 +45,7 @@ def bilinear_keep(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, dx: bool,
     return z, e, f, a, b, d, c1, c2
 
 
-def bilinear_backward(ctx: PartyContext, g: torch.Tensor, e, f, a, b, d, c1, c2, dx: bool, dw: bool, padding=None,
+def bilinear_backward(ctx: PartyContext, g: torch.Tensor, e, f, a, b, d, c1, c2, dx: bool, dw: bool, conv=None,
                       scale_dx: bool = True, scale_dw: bool = True):
     """[Bx(g, w)] (if dx) and [Bw(x, g)] (if dw) from the masks of bilinear_keep, x = a + e,
     w = b + f. Both are bilinear, which is all the steps use:
@@ -57,7 +58,7 @@ def bilinear_backward(ctx: PartyContext, g: torch.Tensor, e, f, a, b, d, c1, c2,
     4. truncate each one asked to be scaled; both truncations share one round.
     Returns (dx, dw), an empty tensor for one not asked for.
     """
-    _, bx, bw = correlations.train_forms(correlations.bilinear_train_triple(e.shape, f.shape, dx, dw, padding))
+    _, bx, bw = correlations.train_forms(correlations.bilinear_train_triple(e.shape, f.shape, dx, dw, conv))
     (h,) = yield Open((g - d,))
     outs, scaled = [], []
     if dx:

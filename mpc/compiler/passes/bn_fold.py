@@ -10,12 +10,19 @@ two reshapes); every node on the way must have no other user, else folding would
 duplicate the layer. A BatchNorm with no foldable predecessor becomes `x * s + t` with
 `s` and `t` new per-channel parameter inputs (a product with a secret parameter, or a
 public scaling when the model is public).
+
+`apply_secret` is for a trained model whose weights and running statistics are kept at
+the parties (a trainable layout, bound to a training job's results): nothing is known in
+plaintext to fold, so the BatchNorm is computed on shares, y = (x - mean) s + beta with
+the per-channel s = gamma / sqrt(var + eps) (range-reduced 1/sqrt, as in training:
+compiler/batch_norm.py), one product over x.
 """
 
 from __future__ import annotations
 
 import torch
 
+from mpc.compiler import batch_norm, train_ops
 from mpc.compiler.passes.rewrite import ModelGraph, Rewriter
 from mpc.compiler.registry import CompileError
 
@@ -87,5 +94,24 @@ def apply(graph: ModelGraph) -> ModelGraph:
             return rw.add("add", [folded[0], shift], {}, node)
         scale = rw.param(_channel_view(s, rank), f"{node.name or 'batch_norm'}.scale", node.source)
         return rw.add("add", [rw.add("mul", [rw[x], scale], {}, node), shift], {}, node)
+
+    return Rewriter(graph).run(visit)
+
+
+def apply_secret(graph: ModelGraph) -> ModelGraph:
+    """Every eval-mode BatchNorm as y = (x - mean) s + beta on shares, s = gamma / sqrt(var + eps)."""
+    def visit(rw: Rewriter, node):
+        if node.op != "batch_norm":
+            return None
+        x, gamma, beta, mean, var = (rw[i] for i in node.inputs)
+        view = {"shape": (1, node.shape[1]) + (1,) * (len(node.shape) - 2)}
+        gain = 2.0 ** -batch_norm.GAIN_BITS
+        shifted = rw.add("add_public", [var], {"value": torch.tensor(node.attrs["eps"], dtype=torch.float64)}, node)
+        inv = rw.add("inv_sqrt_wide", [shifted], {"gain_bits": batch_norm.GAIN_BITS}, node)  # 2^gain / sqrt(var + eps)
+        product = rw.add("mul", [gamma, inv], {"truncate": False}, node)
+        s = rw.add("rescale", [product], {"value": gain, "bits": train_ops.factor_bits(gain, rw.new.frac_bits)}, node)
+        centred = rw.add("sub", [x, rw.add("reshape", [mean], view, node)], {}, node)
+        scaled = rw.add("mul", [centred, rw.add("reshape", [s], view, node)], {}, node)
+        return rw.add("add", [scaled, rw.add("reshape", [beta], view, node)], {}, node)
 
     return Rewriter(graph).run(visit)

@@ -5,9 +5,9 @@ z = x @ w whose gradient products are there (as grads.py builds them),
 
     gx = g @ transpose(w)        gw = transpose(x) @ g        (either or both, same g),
 
-and likewise every stride-1 convolution z = conv2d(x, w, p) with
+and likewise every convolution z = conv2d(x, w) (any stride, padding, dilation, groups) with
 
-    gx = conv2d(g, transpose01(flip(w)), k - 1 - p)    gw' = conv2d(transpose01(x), transpose01(g), p),
+    gx = conv_transpose2d(g, w)        gw = conv2d_weight(x, g)        (the same parameters),
 
 into z = bilinear_keep(x, w) and (gx, gw) = bilinear_backward(g, masks of bilinear_keep):
 the forward opens x - a and w - b as before, the backward opens only g - d instead of
@@ -59,34 +59,22 @@ def _matmul_candidates(nodes, users, m: Node):
     return gx, gw
 
 
-def _plain_conv(n: Node, padding) -> bool:
-    a = n.attrs
-    return (n.op == "conv2d" and tuple(a["stride"]) == (1, 1) and tuple(a["dilation"]) == (1, 1)
-            and a["groups"] == 1 and tuple(a["padding"]) == tuple(padding))
+_CONV_KEYS = ("stride", "padding", "dilation", "groups")
+
+
+def _same_conv(n: Node, m: Node) -> bool:
+    """Whether gradient product n has the stride, padding, dilation and groups of conv m."""
+    return all(n.attrs.get(k) == m.attrs[k] if k == "groups" else tuple(n.attrs.get(k, ())) == tuple(m.attrs[k])
+               for k in _CONV_KEYS)
 
 
 def _conv_candidates(nodes, users, m: Node):
-    """gx = conv2d(g, transpose01(flip(w)), k - 1 - p), gw = conv2d(transpose01(x),
-    transpose01(g), p): lists of (node, g)."""
+    """gx = conv_transpose2d(g, w) shaped like x, gw = conv2d_weight(x, g): lists of (node, g)."""
     x, w = m.inputs
-    p = tuple(m.attrs["padding"])
-    kh, kw = nodes[w].shape[-2:]
-    back = (kh - 1 - p[0], kw - 1 - p[1])
-    gx, gw = [], []
-    for fl in users.get(w, []):
-        if nodes[fl].op != "flip" or tuple(nodes[fl].attrs["dims"]) != (2, 3):
-            continue
-        for t in users.get(fl, []):
-            if _swaps(nodes[t], fl, {0, 1}):
-                gx += [(u, nodes[u].inputs[0]) for u in users.get(t, [])
-                       if _plain_conv(nodes[u], back) and nodes[u].inputs[1] == t]
-    for t in users.get(x, []):
-        if _swaps(nodes[t], x, {0, 1}):
-            for u in users.get(t, []):
-                if _plain_conv(nodes[u], p) and nodes[u].inputs[0] == t:
-                    tg = nodes[nodes[u].inputs[1]]
-                    if tg.op == "transpose" and _swaps(tg, tg.inputs[0], {0, 1}):
-                        gw.append((u, tg.inputs[0]))
+    gx = [(u, nodes[u].inputs[0]) for u in users.get(w, []) if nodes[u].op == "conv_transpose2d"
+          and nodes[u].inputs[1] == w and _same_conv(nodes[u], m) and nodes[u].shape == nodes[x].shape]
+    gw = [(u, nodes[u].inputs[1]) for u in users.get(x, []) if nodes[u].op == "conv2d_weight"
+          and nodes[u].inputs[0] == x and _same_conv(nodes[u], m)]
     return gx, gw
 
 
@@ -94,7 +82,7 @@ def _gradient_products(nodes: dict[int, Node], users: dict[int, list[int]], m: N
     """(gx node, gw node, g) for forward product m, or None when the pattern is not exact."""
     if m.op == "matmul" and min(len(nodes[i].shape) for i in m.inputs) >= 2:
         gx, gw = _matmul_candidates(nodes, users, m)
-    elif _plain_conv(m, m.attrs.get("padding", ())) and len(nodes[m.inputs[1]].shape) == 4:
+    elif m.op == "conv2d" and len(nodes[m.inputs[1]].shape) == 4:
         gx, gw = _conv_candidates(nodes, users, m)
     else:
         return None
@@ -132,8 +120,9 @@ def apply(b: GraphBuilder, roots: list[int]) -> tuple[GraphBuilder, int]:
             continue
         gx, gw, g = found
         conv = m.op == "conv2d"
-        form = {"dx": gx is not None, "dw": gw is not None, "conv": conv,
-                "padding": tuple(m.attrs["padding"]) if conv else (0, 0)}
+        form = {"dx": gx is not None, "dw": gw is not None, "conv": conv}
+        if conv:
+            form.update({k: m.attrs[k] for k in _CONV_KEYS})
         keep = out.add("bilinear_keep", m.inputs, {**form, "truncate": m.attrs.get("truncate", True)}, name=m.name,
                        source=m.source)
         masks = [out.add("take", (keep.id,), {"index": k}, name=m.name, source=m.source).id for k in range(1, 8)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from mpc.ir import Node
 
 # Products whose lowering reads attrs["truncate"].
-DEFERRABLE = ("mul", "matmul", "conv2d", "square")
+DEFERRABLE = ("mul", "matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "square")
 
 
 def deferred(nodes: dict[int, Node], order: list[int], outputs: list[int], available: set[int],
