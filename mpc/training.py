@@ -385,9 +385,12 @@ def _normalized(nodes: list[Node], x_id: int) -> int:
         nodes.append(Node(len(nodes), op, tuple(inputs), attrs, tuple(out_shape), "normalize"))
         return nodes[-1].id
 
-    mean = add("mean", (x_id,), {"dims": (0,), "keepdim": True}, (1, *cols))
+    # precise_mean: the mean is subtracted from every value, so its factor 1/m needs more
+    # significant bits than f gives (normalization.mean_of)
+    mean = add("precise_mean", (x_id,), {"dims": (0,), "keepdim": True, "bits": 24}, (1, *cols))
     centred = add("sub", (x_id, mean), {}, shape)
-    var = add("mean", (add("square", (centred,), {}, shape),), {"dims": (0,), "keepdim": True}, (1, *cols))
+    var = add("precise_mean", (add("square", (centred,), {}, shape),), {"dims": (0,), "keepdim": True, "bits": 16},
+              (1, *cols))
     eps = add("add_public", (var,), {"value": torch.tensor(1e-5, dtype=torch.float64)}, (1, *cols))
     # 1/sqrt(var) of a large variance is small: computed times 2^6 (more significant bits at
     # scale 2^-f), and the 2^6 divided out after the product, exactly (a power of two)

@@ -73,6 +73,8 @@ CASES = {
                              output_padding=(0, 0), **_STRIDED).sum()
                        + _op(c, "conv2d_weight", c.share(_t(1, 4, 5, 6), 0), c.share(_t(1, 2, 3, 2), 1),
                              kernel=(3, 3), **_STRIDED).sum()),
+    "precise_mean": ({"precise_mean"},
+                     lambda c: _op(c, "precise_mean", c.share(_t(3, 5) + 100, 0), dims=(1,), keepdim=False, bits=24)),
     "softmax": ({"softmax", "log_softmax"},
                 lambda c: c.share(_t(3, 4), 0).softmax(1) + c.share(_t(3, 4), 1).log_softmax(1)),
 }

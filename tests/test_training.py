@@ -168,8 +168,6 @@ def test_secure_normalisation():
     with pytest.raises(DataError, match=r"column 0 has variance .*; secure normalisation needs variances in "
                                         r"\[0.01, 1e6\]"):
         mpc.InMemoryCluster(n_parties=3).share_data(_split(x * 2000, y), n_classes=2, normalize=True)
-    # (the mean's factor 1/60 is encoded with 16 bits: its 2.5e-4 relative error times an
-    # offset shifts the centred values, hence a small offset on the narrow column)
     scale, offset = torch.tensor([500.0, 0.15, 3.0, 1.0]), torch.tensor([4.0, 0.5, 4.0, 4.0])
     x = x * scale.double() + offset.double()
     cluster = mpc.InMemoryCluster(n_parties=3)
@@ -184,6 +182,26 @@ def test_secure_normalisation():
     got = SecretTensor(cluster, cluster._builder.nodes[data.x_handle]).reveal()
     expected = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5)
     assert node.shape == data.x_shape
+    assert_close(got, expected, 5e-3, "normalised features")
+
+
+def test_secure_normalisation_of_columns_far_from_zero():
+    """999 rows with means 100 and -3000 (std 1 and 20): the mean is subtracted from every
+    value, so its factor 1/999 needs more than f significant bits (precise_mean): with 1/m
+    encoded at 2^-16 the first column came out up to 1.2 off."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(999, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 20.0]) \
+        + torch.tensor([100.0, -3000.0])
+    y = (x[:, 0] > 100).long()
+    cluster = mpc.InMemoryCluster(n_parties=3)
+    data = cluster.share_data(_split(x, y), n_classes=2, normalize=True)
+    from mpc.api import SecretTensor
+    from mpc.ir import Node
+
+    cluster._available.add(data.x_handle)
+    cluster._builder.nodes[data.x_handle] = Node(data.x_handle, "input", (), {"shape": data.x_shape}, data.x_shape)
+    got = SecretTensor(cluster, cluster._builder.nodes[data.x_handle]).reveal()
+    expected = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5)
     assert_close(got, expected, 5e-3, "normalised features")
 
 

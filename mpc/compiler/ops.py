@@ -11,7 +11,7 @@ import torch
 from mpc import ring
 from mpc.compiler.registry import OPS, CompileError, local, register
 from mpc.ir import TO_CALLER
-from mpc.protocols import arithmetic
+from mpc.protocols import arithmetic, normalization
 
 _register = register
 _local = local
@@ -148,6 +148,17 @@ def _mean(ctx, a, x):
 
 
 _register("mean", 1, OPS["sum"].shape, _mean)
+
+
+def _precise_mean(ctx, a, x):
+    s = x.sum(dim=a["dims"], keepdim=a["keepdim"]) if a["dims"] else x.sum()
+    return normalization.mean_of(ctx, s, round(1 / _mean_factor(a, x.shape)), a.get("bits", normalization.MEAN_BITS))
+
+
+# `mean` encodes 1/m with f bits: f - log2(m) significant ones (0.7% off at m = 1000), fine for a
+# loss, not for a statistic subtracted from every value (a mean of 100 would be 0.7 off).
+_register("precise_mean", 1, OPS["sum"].shape, _precise_mean,
+          doc="a mean whose factor 1/m keeps `bits` significant bits (normalization.mean_of; 2 rounds)")
 
 
 # -- leaves ----------------------------------------------------------------------------------------------
