@@ -170,9 +170,10 @@ def test_a_killed_process_stops_the_job_and_resume_ends_bit_for_bit_where_an_uni
 def test_a_frozen_party_is_found_by_keepalive_and_stops_the_job_naming_it(tmp_path):
     run = _job_dir(tmp_path)
     # A frozen process (SIGSTOP) keeps its connections open: keepalive (a ping every 10 s,
-    # 5 s for its answer) finds it, and then the job stops: 30 s.
-    stopped, err = _interrupt(run, "party-2", signal.SIGSTOP, bound_s=30)
-    assert stopped < 30, f"the job took {stopped:.1f} s to stop"
+    # 5 s for its answer) finds it, and then the job stops: 5-22 s measured on a quiet machine,
+    # 31 s with two other sessions' work on its two cores; 40 s is the bound.
+    stopped, err = _interrupt(run, "party-2", signal.SIGSTOP, bound_s=40)
+    assert stopped < 40, f"the job took {stopped:.1f} s to stop"
     assert "party 2" in err and ("training stopped at steps" in err or "training stopped writing the checkpoint" in err), err
 
 
