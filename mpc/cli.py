@@ -45,9 +45,35 @@ def _launch(args) -> int:
     return 0
 
 
+def _bench_bandwidth(args) -> int:
+    """`mpc bench --bandwidth [MBIT]`: status 1, saying why, where namespaces cannot be built."""
+    from mpc import bench, bench_bandwidth
+
+    names = args.only.split(",") if args.only else list(bench_bandwidth.NAMES)
+    try:
+        rows = bench_bandwidth.run_bandwidth(args.bandwidth, names, n_parties=args.parties, reps=args.reps,
+                                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"mpc bench --bandwidth: {exc}", file=sys.stderr)
+        return 2
+    except bench_bandwidth.BandwidthUnavailable as exc:
+        print(f"mpc bench --bandwidth: not run: {exc}; it puts every process in a network namespace of its "
+              f"own and shapes their links with tc", file=sys.stderr)
+        return 1
+    print(bench_bandwidth.format_bandwidth(rows))
+    if args.json:
+        bench.write_json({"machine": bench.machine_info(args.threads), "bandwidth": rows}, args.json)
+    return 0
+
+
 def _bench(args) -> int:
     from mpc import bench
 
+    if args.latency and args.bandwidth is not None:
+        print("mpc bench: --latency and --bandwidth are separate runs: give one", file=sys.stderr)
+        return 2
+    if args.bandwidth is not None:
+        return _bench_bandwidth(args)
     if args.latency:
         from mpc import bench_network
 
@@ -297,6 +323,9 @@ def main(argv=None) -> None:
     p.add_argument("--latency", action="store_true",
                    help="instead: mlp_infer and mlp_train with --delays ms added per message (a delaying proxy)")
     p.add_argument("--delays", default="0,1,10,50", help="with --latency: milliseconds per message")
+    p.add_argument("--bandwidth", nargs="?", type=float, const=100.0, metavar="MBIT",
+                   help="instead: mlp_infer, mlp_train and mul_1m (or --only) unshaped and at MBIT (100) Mbit/s, "
+                        "each process in a network namespace of its own (needs root, ip and tc)")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")
