@@ -152,7 +152,8 @@ class LocalCluster(ClusterClient):
                 tls_.write_credentials(self.certs_dir.name, self._client_creds)
                 security = ["--certs", self.certs_dir.name]
             dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
-                                 "--n-parties", str(self.n_parties), *security)
+                                 "--n-parties", str(self.n_parties), *security,
+                                 "--clients", ",".join(tls_.client_name(c) for c in self.client_names))
             parties = [self._spawn(f"party {p}", "parties.party", "--pid", str(p), "--listen", "127.0.0.1:0",
                                    "--config", "-", *security) for p in range(self.n_parties)]
             coordinator = self._spawn("coordinator", "parties.coordinator", "--listen", "127.0.0.1:0",
