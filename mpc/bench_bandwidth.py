@@ -1,5 +1,6 @@
-"""The bandwidth run of `mpc bench --bandwidth [MBIT]`: mlp_infer, mlp_train and mul_1m with
-every host's link first unshaped, then limited to MBIT (100) Mbit/s, where the bytes show.
+"""The bandwidth run of `mpc bench --bandwidth [MBIT]`: mlp_infer, mlp_train and mul_1m (or
+any elementwise workload of `mpc bench`) with every host's link unshaped, then limited to
+MBIT (100) Mbit/s, where the bytes show.
 
 Each party, the dealer and the coordinator run in a network namespace of their own
 (mpc.netns: their own address on a bridge, as separate hosts), started from one cluster
@@ -81,20 +82,24 @@ def _mlp_train(cluster, train_steps: int) -> Callable[[], Sample]:
     return run
 
 
-def _mul_1m(cluster, train_steps: int) -> Callable[[], Sample]:
-    """The inputs shared once (before any shaping); each run multiplies and reveals them."""
-    w = WORKLOADS["mul_1m"]
-    shared = [cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(_inputs(w))]
+def _elementwise(name: str):
+    """An elementwise workload of `mpc bench` (mul_1m, ...): the inputs shared once (before any
+    shaping); each run computes and reveals."""
+    w = WORKLOADS[name]
 
-    def run():
-        w.secret(*shared).reveal()
-        sample = _last(cluster)
-        cluster.collect()  # the product's shares, dropped before the next run
-        return sample
-    return run
+    def prepare(cluster, train_steps: int) -> Callable[[], Sample]:
+        shared = [cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(_inputs(w))]
+
+        def run():
+            w.secret(*shared).reveal()
+            sample = _last(cluster)
+            cluster.collect()  # the result's shares, dropped before the next run
+            return sample
+        return run
+    return prepare
 
 
-PREPARE = {"mlp_infer": _mlp_infer, "mlp_train": _mlp_train, "mul_1m": _mul_1m}
+PREPARE = {"mlp_infer": _mlp_infer, "mlp_train": _mlp_train, **{name: _elementwise(name) for name in WORKLOADS}}
 PER_STEP = {"mlp_train"}
 
 
@@ -103,7 +108,8 @@ def run_bandwidth(rate_mbit: float = RATE_MBIT, names=NAMES, n_parties: int = 3,
     """One row per workload: its online time unshaped and at `rate_mbit`, and the bound."""
     unknown = [n for n in names if n not in PREPARE]
     if unknown:
-        raise ValueError(f"the bandwidth run has no workload {', '.join(unknown)} (it runs {', '.join(PREPARE)})")
+        raise ValueError(f"the bandwidth run has no workload {', '.join(unknown)} (it runs mlp_infer, mlp_train "
+                         f"and the elementwise workloads: {', '.join(WORKLOADS)})")
     why = netns.unavailable()
     if why:
         raise BandwidthUnavailable(why)

@@ -324,8 +324,9 @@ def main(argv=None) -> None:
                    help="instead: mlp_infer and mlp_train with --delays ms added per message (a delaying proxy)")
     p.add_argument("--delays", default="0,1,10,50", help="with --latency: milliseconds per message")
     p.add_argument("--bandwidth", nargs="?", type=float, const=100.0, metavar="MBIT",
-                   help="instead: mlp_infer, mlp_train and mul_1m (or --only) unshaped and at MBIT (100) Mbit/s, "
-                        "each process in a network namespace of its own (needs root, ip and tc)")
+                   help="instead: mlp_infer, mlp_train and mul_1m (or --only: these and the elementwise workloads) "
+                        "unshaped and at MBIT (100) Mbit/s, each process in a network namespace of its own (needs "
+                        "root, ip and tc)")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")
