@@ -18,13 +18,14 @@ Needs root and the ip and tc commands; BandwidthUnavailable says why where they 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from mpc import netns
-from mpc.bench import WORKLOADS, _inputs
+from mpc.bench import WORKLOADS, _inputs, machine_info, write_json
 from mpc.bench_models import MODEL_WORKLOADS, _input
 from mpc.bench_train import TRAIN_WORKLOADS, _split
 from mpc.cluster_processes import start_cluster, stop_all
@@ -179,4 +180,24 @@ def format_bandwidth(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_bandwidth", "format_bandwidth", "BandwidthUnavailable", "RATE_MBIT", "NAMES"]
+def command(args) -> int:
+    """`mpc bench --bandwidth [MBIT]` (the rest of `mpc bench`'s arguments in `args`): the
+    table, and status 1 saying why where namespaces cannot be built."""
+    names = args.only.split(",") if args.only else list(NAMES)
+    try:
+        rows = run_bandwidth(args.bandwidth, names, n_parties=args.parties, reps=args.reps,
+                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"mpc bench --bandwidth: {exc}", file=sys.stderr)
+        return 2
+    except BandwidthUnavailable as exc:
+        print(f"mpc bench --bandwidth: not run: {exc}; it puts every process in a network namespace of its "
+              f"own and shapes their links with tc", file=sys.stderr)
+        return 1
+    print(format_bandwidth(rows))
+    if args.json:
+        write_json({"machine": machine_info(args.threads), "bandwidth": rows}, args.json)
+    return 0
+
+
+__all__ = ["run_bandwidth", "format_bandwidth", "command", "BandwidthUnavailable", "RATE_MBIT", "NAMES"]

@@ -45,27 +45,6 @@ def _launch(args) -> int:
     return 0
 
 
-def _bench_bandwidth(args) -> int:
-    """`mpc bench --bandwidth [MBIT]`: status 1, saying why, where namespaces cannot be built."""
-    from mpc import bench, bench_bandwidth
-
-    names = args.only.split(",") if args.only else list(bench_bandwidth.NAMES)
-    try:
-        rows = bench_bandwidth.run_bandwidth(args.bandwidth, names, n_parties=args.parties, reps=args.reps,
-                                             progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except ValueError as exc:
-        print(f"mpc bench --bandwidth: {exc}", file=sys.stderr)
-        return 2
-    except bench_bandwidth.BandwidthUnavailable as exc:
-        print(f"mpc bench --bandwidth: not run: {exc}; it puts every process in a network namespace of its "
-              f"own and shapes their links with tc", file=sys.stderr)
-        return 1
-    print(bench_bandwidth.format_bandwidth(rows))
-    if args.json:
-        bench.write_json({"machine": bench.machine_info(args.threads), "bandwidth": rows}, args.json)
-    return 0
-
-
 def _bench(args) -> int:
     from mpc import bench
 
@@ -73,7 +52,9 @@ def _bench(args) -> int:
         print("mpc bench: --latency and --bandwidth are separate runs: give one", file=sys.stderr)
         return 2
     if args.bandwidth is not None:
-        return _bench_bandwidth(args)
+        from mpc import bench_bandwidth
+
+        return bench_bandwidth.command(args)
     if args.latency:
         from mpc import bench_network
 

@@ -1,15 +1,17 @@
-"""`mpc bench --bandwidth`: the run itself in a small configuration (4 steps of mlp_train and
-a product of 10^5 elements, four repetitions), its table parsed and checked; and the refusal,
-with its reason and a non-zero status, where network namespaces cannot be built.
+"""`mpc bench --bandwidth`: the run itself in a small configuration (the 10^6-element product,
+two repetitions), its table parsed and checked against issue 9's bound; and the refusal, with
+its reason and a non-zero status, where network namespaces cannot be built.
 
-Issue 9's bound (online time at most 1.3 x bytes / bandwidth above its unshaped time) is an
-upper bound on time, and this machine is shared with other work, which only ever adds time:
-it is held on the best of the repetitions, shaped against unshaped, and on mlp_train (57
-rounds of small messages). Not on the bulk product: its one round of 1.6 MB to each peer at
-once takes 1.3 to 1.5 x bytes / bandwidth here, and so does the same exchange in plain TCP
-sockets over the same shaped links (up to 1.9 x with other jobs running), so at that size
-the bound measures the emulated link rather than the runtime (README, "Bandwidth"). For it
-the test checks the other side: shaping really holds every party to 100 Mbit/s.
+The bound (online time at most 1.3 x bytes / bandwidth above its unshaped time) is an upper
+bound on time, and this machine is shared with other work, which only ever adds time. It is
+held here on the best of the repetitions, shaped against unshaped, and on mul_1m, whose 32 MB
+per party make the bytes, not the rounds, set its time: shaping added 1.10 to 1.16 x bytes /
+bandwidth in runs with light other load. It is a timing bound and fails as one: with another
+session's CPU-bound suite on the two cores it came out at 1.34 to 1.41 x (plain TCP over the
+same links meanwhile: 1.15 x). Not on mlp_train (57 rounds of 11 KB: the 0.3 x slack is
+15 ms, a quarter of a millisecond a round; under load its best of four came out at 1.4 to
+1.8 x), nor on mlp_infer or a 10^5-element product, whose round of 1.2 or 1.6 MB to each
+peer at once takes 1.3 to 1.5 x here in plain TCP sockets as well (README, "Bandwidth").
 """
 
 from __future__ import annotations
@@ -43,16 +45,16 @@ def bench(argv: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_the_bandwidth_run_shapes_every_link_and_holds_training_to_the_bound(tmp_path, capsys):
+def test_the_bandwidth_run_shapes_every_link_and_holds_the_product_to_the_bound(tmp_path, capsys):
     if netns.unavailable():
         pytest.skip(netns.unavailable())
-    code = bench(["--bandwidth", "100", "--only", "mlp_train,mul_100k", "--reps", "4",
+    code = bench(["--bandwidth", "100", "--only", "mul_1m", "--reps", "2",
                   "--json", str(tmp_path / "bw.json")])
     out = capsys.readouterr().out
     assert code == 0, out
     print(out)
     rows = parse_table(out)
-    assert sorted(rows) == ["mlp_train", "mul_100k"], out
+    assert sorted(rows) == ["mul_1m"], out
     report = json.loads((tmp_path / "bw.json").read_text())["bandwidth"]
     for r in rows.values():
         assert r["rate_mbit"] == 100 and r["rounds"] >= 1
@@ -62,10 +64,9 @@ def test_the_bandwidth_run_shapes_every_link_and_holds_training_to_the_bound(tmp
         figures = next(j for j in report if j["name"] == r["name"])
         assert figures["online_s"] == pytest.approx(r["online_s"], abs=1e-3)
         best_unshaped, best = figures["spread_unshaped_online_s"][0], figures["spread_online_s"][0]
-        if r["name"] == "mlp_train":
-            assert best <= 1.3 * figures["bandwidth_floor_s"] + best_unshaped, figures
-        else:  # no party's link passes more than 100 Mbit/s: the product waits the whole floor
-            assert best - figures["spread_unshaped_online_s"][1] >= 0.95 * figures["bandwidth_floor_s"], figures
+        assert best <= 1.3 * figures["bandwidth_floor_s"] + best_unshaped, figures
+        # and shaping really applies: no party's link passes more than 100 Mbit/s
+        assert best - figures["spread_unshaped_online_s"][1] >= 0.95 * figures["bandwidth_floor_s"], figures
 
 
 def test_the_bandwidth_run_says_why_it_cannot_run_and_fails(monkeypatch, capsys):
