@@ -48,6 +48,13 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
+    if args.latency and args.bandwidth is not None:
+        print("mpc bench: --latency and --bandwidth are separate runs: give one", file=sys.stderr)
+        return 2
+    if args.bandwidth is not None:
+        from mpc import bench_bandwidth
+
+        return bench_bandwidth.command(args)
     if args.latency:
         from mpc import bench_network
 
@@ -301,6 +308,10 @@ def main(argv=None) -> None:
     p.add_argument("--latency", action="store_true",
                    help="instead: mlp_infer and mlp_train with --delays ms added per message (a delaying proxy)")
     p.add_argument("--delays", default="0,1,10,50", help="with --latency: milliseconds per message")
+    p.add_argument("--bandwidth", nargs="?", type=float, const=100.0, metavar="MBIT",
+                   help="instead: mlp_infer, mlp_train and mul_1m (or --only: these and the elementwise workloads) "
+                        "unshaped and at MBIT (100) Mbit/s, each process in a network namespace of its own (needs "
+                        "root, ip and tc)")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")

@@ -149,7 +149,8 @@ class LocalCluster(ClusterClient):
             if self.tls:
                 security = ["--certs", self._make_certs()]
             dealer = self._spawn("dealer", "parties.dealer", "--listen", "127.0.0.1:0",
-                                 "--n-parties", str(self.n_parties), *security)
+                                 "--n-parties", str(self.n_parties), *security,
+                                 "--clients", ",".join(tls_.client_name(c) for c in self.client_names))
             parties = [self._spawn(f"party {p}", "parties.party", "--pid", str(p), "--listen", "127.0.0.1:0",
                                    "--config", "-", *security) for p in range(self.n_parties)]
             coordinator = self._spawn("coordinator", "parties.coordinator", "--listen", "127.0.0.1:0",

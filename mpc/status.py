@@ -2,13 +2,13 @@
 
 For each process of the file it dials the address over mutual TLS as the caller's identity
 and checks the server's certificate names that process; the certificate's expiry is read
-from what the server presents (from the file's certificate when the server is down). Each
-party also answers Health: ready or why not, and the values it keeps. Every probe has its
-own timeout, so a process that is down or frozen shows as unreachable instead of hanging.
-
-Running jobs, version and uptime show as "n/a" until the Health reply carries them (fields
-`jobs`, `version`, `uptime_s`: read as soon as the generated code has them). The
-coordinator is asked on its own Health method where it serves one.
+from what the server presents (from the file's certificate when the server is down). Every
+process then answers Health on its own service (Party, Dealer, Coordinator): ready or why
+not, its version and uptime; a party also the values it keeps and its running jobs, the
+dealer the jobs it served and the sessions it began. Every probe has its own timeout, so a
+process that is down or frozen shows as unreachable instead of hanging. A field a process
+does not send (an older version) shows as "n/a"; a process without a Health method at all
+counts as ready once it answers.
 
 `--only IDENTITY --local` is a readiness probe for one process on its own host (a container's
 readiness check): it dials 127.0.0.1 at the port of that process's address, still checking
@@ -34,8 +34,9 @@ from mpc.net.config import ClusterConfig, ConfigError
 from mpc.net.proto import mpc_pb2 as pb
 
 NA = "n/a"
-# The gRPC service whose Health method each kind of process serves (the dealer serves none).
-HEALTH_SERVICES = {"party": "mpc.net.proto.Party", "coordinator": "mpc.net.proto.Coordinator"}
+# The gRPC service whose Health method each kind of process serves.
+HEALTH_SERVICES = {"party": "mpc.net.proto.Party", "dealer": "mpc.net.proto.Dealer",
+                   "coordinator": "mpc.net.proto.Coordinator"}
 
 
 @dataclass
@@ -127,21 +128,17 @@ async def _probe(config: ClusterConfig, identity: str, creds: tls.Credentials | 
     if status.cert_expires is None:
         status.cert_expires = _file_expiry(config, identity)
         status.cert_source = "file" if status.cert_expires else ""
-    service = HEALTH_SERVICES.get(identity.split("-")[0])
-    if creds is not None and (service is None or not status.reachable):
-        return status  # no health service, or no TLS handshake: no call would do better
+    service = HEALTH_SERVICES[identity.split("-")[0]]
+    if creds is not None and not status.reachable:
+        return status  # no TLS handshake: no call would do better
     channel = _channel(address, creds, identity)
     try:
-        if service is None:  # the dealer without TLS: can a channel be opened at all
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-            status.reachable, status.state = True, "ready"
-            return status
         health = channel.unary_unary(f"/{service}/Health", request_serializer=pb.HealthRequest.SerializeToString,
                                      response_deserializer=pb.HealthReply.FromString)
         _read_health(status, await health(pb.HealthRequest(), timeout=timeout))
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED and status.reachable:
-            pass  # an older process without this health service: the handshake says it is up
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older process without Health: it answered
+            status.reachable, status.state = True, "ready"
         elif status.reachable:  # the TLS handshake worked; the call did not
             status.state = f"no health: {exc.code().name}: {exc.details()}"
         else:
@@ -163,6 +160,8 @@ def _read_health(status: ProcessStatus, reply: pb.HealthReply) -> None:
         status.kept_values, status.kept_bytes = reply.kept_values, reply.kept_bytes
     if "jobs" in fields:
         status.jobs = str(reply.jobs)
+    if status.identity == tls.DEALER and "sessions" in fields:  # the dealer's jobs are those it served
+        status.jobs = f"{reply.jobs} served, {reply.sessions} session{'s' if reply.sessions != 1 else ''}"
     if "version" in fields and reply.version:
         status.version = reply.version
     if "uptime_s" in fields and reply.uptime_s:

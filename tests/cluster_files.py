@@ -1,14 +1,14 @@
 """Test helpers: write a cluster file with certificates and data directories, start its
-processes with `mpc party|dealer --cluster`, and stop them."""
+processes with `mpc party|dealer --cluster` (mpc.cluster_processes), and stop them."""
 
 from __future__ import annotations
 
 import os
 import socket
-import sys
-import time
 from pathlib import Path
 
+from mpc import cluster_processes
+from mpc.cluster_processes import stop_all
 from mpc.launcher import _Process
 from mpc.net.config import ClusterConfig, ProcessEntry
 from mpc.net.tls import make_cluster_certs, party_name
@@ -66,41 +66,12 @@ def runtime_env_unset() -> dict:
 
 
 def start(name: str, argv: list[str], prefix: list[str] | None = None, env: dict | None = None) -> _Process:
-    """`python -m mpc.cli ARGV` (behind `prefix`, e.g. `ip netns exec NS`)."""
-    env = dict(env or runtime_env_unset(), MPC_PARENT_PID=str(os.getpid()))
-    return _Process(name, [*(prefix or []), sys.executable, "-m", "mpc.cli", *argv], env)
+    """`python -m mpc.cli ARGV` (behind `prefix`, e.g. `ip netns exec NS`), in an environment
+    without what `mpc party` sets itself."""
+    return cluster_processes.start(name, argv, prefix, env or runtime_env_unset())
 
 
 def start_cluster(path: Path, n_parties: int, prefixes: dict[str, list[str]] | None = None,
                   timeout: float = 60.0, skip: tuple[str, ...] = ()) -> dict[str, _Process]:
-    """Start every party, then the dealer and the coordinator if the file has one (any order
-    works: each waits for the others), and wait until each is ready. `prefixes`: per name
-    ("party-K", "dealer", "coordinator") a command prefix."""
-    prefixes = prefixes or {}
-    procs: dict[str, _Process] = {}
-    try:
-        for p in range(n_parties):
-            if party_name(p) not in skip:
-                procs[party_name(p)] = start(party_name(p), ["party", "--cluster", str(path), "--id", str(p)],
-                                             prefixes.get(party_name(p)))
-        if "dealer" not in skip:
-            procs["dealer"] = start("dealer", ["dealer", "--cluster", str(path)], prefixes.get("dealer"))
-        if ClusterConfig.load(path).coordinator and "coordinator" not in skip:
-            procs["coordinator"] = start("coordinator", ["coordinator", "--cluster", str(path)],
-                                         prefixes.get("coordinator"))
-        deadline = time.monotonic() + timeout
-        for name, proc in procs.items():  # the coordinator prints READY once it reaches the parties
-            proc.expect("LISTENING" if name == "dealer" else "READY", deadline)
-    except BaseException:
-        stop_all(procs)
-        raise
-    return procs
-
-
-def stop_all(procs: dict[str, _Process]) -> None:
-    """SIGTERM to all first (a party stopped alone would see its peers as lost), then wait."""
-    for proc in procs.values():
-        if proc.proc.poll() is None:
-            proc.proc.terminate()
-    for proc in procs.values():
-        proc.stop(5.0)
+    """mpc.cluster_processes.start_cluster, each process without what `mpc party` sets itself."""
+    return cluster_processes.start_cluster(path, n_parties, prefixes, timeout, skip, env=runtime_env_unset())

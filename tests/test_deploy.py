@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mpc.net import tls
+from mpc.net.access import cluster_member
 from mpc.net.config import ClusterConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -84,6 +85,7 @@ def test_compose_file_runs_every_process_from_the_cluster_file():
         assert mounts["/etc/mpc/cluster.toml"].endswith(":ro")
         probe = service["healthcheck"]["test"]
         assert probe[:3] == ["CMD", "mpc", "status"] and probe[probe.index("--only") + 1] == name
+        assert "--local" in probe and probe[probe.index("--as") + 1] == name
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
     ClusterConfig.load(DEPLOY / "compose" / "cluster.toml")
     assert all("ports" not in s for n, s in services.items() if n != "coordinator")  # only clients' port published
@@ -137,6 +139,9 @@ def test_kubernetes_manifests_have_a_workload_service_and_secret_per_process():
         assert args[:3] == [name.split("-")[0], "--cluster", "/etc/mpc/cluster.toml"]
         probe = container["readinessProbe"]["exec"]["command"]
         assert probe[:2] == ["mpc", "status"] and probe[probe.index("--only") + 1] == name
+        # on its own host, as itself, with its own certificate: an identity every Health answers
+        assert "--local" in probe and probe[probe.index("--as") + 1] == name
+        assert probe[probe.index("--certs") + 1] == "/etc/mpc/certs" and cluster_member(name, 3, ())
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["certs"]["secret"]["secretName"] == f"mpc-{name}-tls"
         assert volumes["cluster"]["configMap"]["name"] == "mpc-cluster"

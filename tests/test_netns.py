@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,27 +21,26 @@ import mpc
 from mpc import status
 from mpc.cli import main as cli_main
 from mpc.demo import write_files
-from mpc.net.config import ClusterConfig, ProcessEntry
+from mpc.net.config import ClusterConfig
 from mpc.net.delay_proxy import ProxyThread
-from mpc.net.tls import make_cluster_certs, party_name
+from mpc.netns import Hosts, NetnsError, cluster_file, cluster_names, unavailable
 from mpc.remote import RemoteCluster
 from tests.cluster_files import start_cluster, stop_all
 from tests.conftest import assert_close
 from tests.test_cluster_file import TRAIN_JOB
-from tests.netns import Hosts, NetnsError
 
 pytestmark = pytest.mark.slow
 
 N_PARTIES = 3
-HOSTS = [party_name(p) for p in range(N_PARTIES)] + ["dealer", "coordinator"]
+HOSTS = cluster_names(N_PARTIES)
 RATE_BITS = 100e6
 DELAY_S = 0.05
 
 
 @pytest.fixture(scope="module")
 def hosts():
-    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")):
-        pytest.skip("network namespaces need root and the ip and tc commands")
+    if unavailable():
+        pytest.skip(unavailable())
     try:
         created = Hosts(HOSTS).create()
     except NetnsError as exc:
@@ -62,31 +59,6 @@ def model():
     return net, x, mpc.compile(net, x)
 
 
-def netns_cluster(directory: Path, hosts: Hosts, port: int, proxies: ProxyThread | None = None) -> Path:
-    """A cluster file for `hosts`: every process on `port` at its own address (through a proxy
-    in the root namespace with `proxies`), certificates naming every host's address."""
-    make_cluster_certs(directory / "certs", N_PARTIES, hosts=[*hosts.addresses.values(), hosts.gateway])
-    addresses, entries = {}, {}
-    for name in HOSTS:
-        listen = f"{hosts.addresses[name]}:{port}"
-        if proxies is not None:
-            addresses[name] = f"{hosts.gateway}:{proxies.add(hosts.gateway, (hosts.addresses[name], port))}"
-        else:
-            addresses[name] = listen
-        data = directory / f"data-{name}"
-        data.mkdir()
-        entries[name] = ProcessEntry(listen=listen, certs=str(directory / "certs"),
-                                     data=str(data) if name.startswith("party-") else None)
-    config = ClusterConfig(N_PARTIES, addresses["dealer"], {p: addresses[party_name(p)] for p in range(N_PARTIES)},
-                           connect_timeout=30.0, round_timeout=60.0, processes=entries,
-                           coordinator=addresses.get("coordinator"),
-                           clients=("client-local",) if "coordinator" in addresses else (),
-                           operators={p: "client-local" for p in range(N_PARTIES)})
-    path = directory / "cluster.toml"
-    path.write_text(config.to_toml())
-    return path
-
-
 def best_of(n: int, fn) -> float:
     times = []
     for _ in range(n):
@@ -98,7 +70,7 @@ def best_of(n: int, fn) -> float:
 
 def test_parties_on_separate_hosts_compute_and_slow_down_at_100_mbit(hosts, model, tmp_path):
     net, x, compiled = model
-    path = netns_cluster(tmp_path, hosts, 50051)
+    path = cluster_file(tmp_path, hosts, N_PARTIES, 50051)
     procs = start_cluster(path, N_PARTIES, prefixes={name: hosts.prefix(name) for name in HOSTS}, timeout=120)
     try:
         for name, proc in procs.items():  # each process really is on its own host
@@ -146,7 +118,7 @@ def test_parties_on_separate_hosts_through_a_delaying_proxy(hosts, model, tmp_pa
     proxies = ProxyThread()
     procs = {}
     try:
-        path = netns_cluster(tmp_path, hosts, 50061, proxies)
+        path = cluster_file(tmp_path, hosts, N_PARTIES, 50061, proxies)
         procs = start_cluster(path, N_PARTIES, prefixes={name: hosts.prefix(name) for name in HOSTS}, timeout=120)
         with RemoteCluster.from_file(str(path), str(tmp_path / "certs"), ready_timeout=60) as cluster:
             assert_close(cluster.infer(compiled, x), net(x).detach(), 0.05, "inference through the proxies")

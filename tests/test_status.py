@@ -1,4 +1,6 @@
-"""`mpc status`: a real cluster started from its file, then with a party dead and the dealer frozen."""
+"""`mpc status`: a real cluster started from its file (every process answering Health, the
+dealer with the jobs it served; a caller the file does not list refused), then with a party
+dead and the dealer frozen."""
 
 import asyncio
 import datetime
@@ -7,11 +9,16 @@ import signal
 import time
 
 import pytest
+import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from mpc import status
 from mpc.cli import main as cli_main
+from mpc.net import VERSION, tls
 from mpc.net.config import ClusterConfig
 from mpc.net.proto import mpc_pb2 as pb
+from mpc.remote import RemoteCluster
 from tests.cluster_files import start_cluster, stop_all, write_cluster
 
 
@@ -27,20 +34,38 @@ def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_pa
         assert info.value.code == 0, out
         for identity in config.identities():
             assert identity in out and config.address_of(identity) in out
+        with RemoteCluster.from_file(str(path), str(tmp_path / "certs")) as cluster:  # jobs for the dealer to serve
+            a = cluster.share(torch.arange(4.0), owner=0)
+            assert (a * a).reveal().tolist() == [0.0, 1.0, 4.0, 9.0]
+            cluster.free(a)  # nothing left kept: the parties' rows say so below
         statuses = asyncio.run(status.probe_all(config, status.caller_credentials(config, None, None), 3.0))
         assert [s.identity for s in statuses] == ["party-0", "party-1", "party-2", "dealer", "coordinator"]
-        from mpc.net import VERSION
-
-        assert all(s.version == VERSION for s in statuses if s.identity != "dealer"), statuses  # from Health
+        assert all(s.version == VERSION and s.uptime != status.NA for s in statuses), statuses  # from Health
         in_a_year = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=365)
         for s in statuses:
             assert s.ok and s.cert_source == "served" and abs(s.cert_expires - in_a_year) < datetime.timedelta(1)
-        assert all(s.kept_values == 0 for s in statuses[:3])
+        assert all(s.kept_values == 0 and s.jobs == "0" for s in statuses[:3]), statuses[:3]
+        dealer = statuses[3]
+        served = int(dealer.jobs.split()[0])  # one product (its truncation skipped): a job or two of corrections
+        assert served >= 1 and dealer.jobs == f"{served} served, 1 session" and dealer.kept_values is None, dealer
         probe = ["status", "--cluster", str(path), "--local", "--certs", str(tmp_path / "certs"), "--timeout", "2"]
-        with pytest.raises(SystemExit) as info:  # a readiness probe: one process, on its own host, as itself
-            cli_main([*probe, "--only", "party-0", "--as", "party-0"])
-        out = capsys.readouterr().out
-        assert info.value.code == 0 and "127.0.0.1:" in out and "party-0" in out and "party-1" not in out
+        for identity in ("party-0", "dealer"):  # a readiness probe: one process, on its own host, as itself
+            with pytest.raises(SystemExit) as info:
+                cli_main([*probe, "--only", identity, "--as", identity])
+            out = capsys.readouterr().out
+            assert info.value.code == 0 and "127.0.0.1:" in out and identity in out and "party-1" not in out, out
+            assert VERSION in out and (identity != "dealer" or f"{served} served" in out), out
+
+        # Health is the cluster's business: a certificate of the cluster's CA that the file
+        # does not list is refused by a party and by the dealer alike
+        certs = tmp_path / "certs"
+        ca = tls.CertificateAuthority(serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None),
+                                      x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()))
+        refused = asyncio.run(status.probe_all(config, ca.issue("client-eve"), 3.0, only=["party-0", "dealer"]))
+        for s in refused:
+            assert s.reachable and not s.ok and s.version == status.NA, s
+            assert s.state.startswith("no health: PERMISSION_DENIED") and "client-eve" in s.state, s
+            assert "not a process or client of this cluster" in s.state, s
 
         procs["party-1"].proc.kill()
         procs["party-1"].proc.wait()
@@ -89,3 +114,8 @@ def test_a_health_reply_fills_the_row():
     assert [c.header for c in table.columns][:5] == ["process", "address", "reachable", "state",
                                                      "certificate expires"]
     assert status._duration(3700) == "1h 1m" and status._duration(90_000) == "1d 1h"
+    dealer = status.ProcessStatus("dealer", "10.0.0.9:50050", True, "ready")
+    status._read_health(dealer, pb.HealthReply(n_parties=3, ready=True, jobs=12, sessions=2, version="0.1.0",
+                                               uptime_s=61))
+    assert dealer.ok and dealer.jobs == "12 served, 2 sessions" and dealer.uptime == "1m 1s"
+    assert dealer.kept_values is None

@@ -43,6 +43,13 @@ class AccessDenied(Exception):
         self.code = code
 
 
+def cluster_member(identity: str, n_parties: int, clients) -> bool:
+    """A process of the cluster (party-K for K < n_parties, the dealer, the coordinator) or
+    one of the clients its file lists: who may ask any process for its Health."""
+    pid = tls.party_id(identity)
+    return (pid is not None and pid < n_parties) or identity in (tls.DEALER, COORDINATOR) or identity in clients
+
+
 def kept_handle(submitter: str, handle: int) -> int:
     """The party-wide key of `handle` in `submitter`'s namespace; the same at every party,
     so the parties' job digests still agree."""
@@ -93,9 +100,7 @@ class Access:
         who = self.identity(context)
         if not self.secure or self.config is None:
             return who
-        pid = tls.party_id(who)
-        if (pid is not None and pid < self.config.n_parties) or who in (tls.DEALER, COORDINATOR) \
-                or who in self.config.clients:
+        if cluster_member(who, self.config.n_parties, self.config.clients):
             return who
         raise self._deny(who, what, "not a process or client of this cluster")
 

@@ -75,10 +75,13 @@ class DealerService:
         self.bytes_sent = 0
         self._repro_master = repro_master or new_seed()
         self._repro_seeds = [reproducible.long_lived_seed(self._repro_master, p) for p in range(n_parties)]
+        self.sessions = 0  # begun since start, and jobs whose corrections were sent: for Health
+        self.jobs_served = 0
         self._new_session()
 
     def _new_session(self) -> None:
         self.epoch = new_seed()  # names this session: a restarted dealer has another
+        self.sessions += 1
         self.seeds = [new_seed() for _ in range(self.n_parties)]
         self.commitments = [seed_commitment(self.epoch, p, s) for p, s in enumerate(self.seeds)]
         self._greeted: set[int] = set()
@@ -174,6 +177,12 @@ class DealerService:
         for frame in encoder.finish():
             yield frame
         self.bytes_sent += total
+        self.jobs_served += 1
+
+    @property
+    def joined(self) -> int:
+        """How many parties hold a seed of this session."""
+        return len(self._greeted)
 
     @staticmethod
     def _correction(seeds, job: str, k: int, spec) -> list[bytes]:

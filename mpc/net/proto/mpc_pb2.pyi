@@ -273,7 +273,7 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes", "jobs", "version", "uptime_s")
+    __slots__ = ("pid", "n_parties", "ready", "detail", "kept_values", "kept_bytes", "jobs", "version", "uptime_s", "sessions")
     PID_FIELD_NUMBER: _ClassVar[int]
     N_PARTIES_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,7 @@ class HealthReply(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     n_parties: int
     ready: bool
@@ -292,7 +293,8 @@ class HealthReply(_message.Message):
     jobs: int
     version: str
     uptime_s: float
-    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    sessions: int
+    def __init__(self, pid: _Optional[int] = ..., n_parties: _Optional[int] = ..., ready: _Optional[bool] = ..., detail: _Optional[str] = ..., kept_values: _Optional[int] = ..., kept_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("directory", "step", "job_hash", "handles", "client_session")

@@ -730,6 +730,11 @@ class DealerStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CorrelationRequest.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.FromString,
                 _registered_method=True)
+        self.Health = channel.unary_unary(
+                '/mpc.net.proto.Dealer/Health',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
+                _registered_method=True)
 
 
 class DealerServicer:
@@ -748,6 +753,13 @@ class DealerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Health(self, request, context):
+        """As a party's: for the cluster's own processes and the clients its file lists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DealerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -760,6 +772,11 @@ def add_DealerServicer_to_server(servicer, server):
                     servicer.Correlations,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CorrelationRequest.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.SerializeToString,
+            ),
+            'Health': grpc.unary_unary_rpc_method_handler(
+                    servicer.Health,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -816,6 +833,33 @@ class Dealer:
             '/mpc.net.proto.Dealer/Correlations',
             mpc_dot_net_dot_proto_dot_mpc__pb2.CorrelationRequest.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Health(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Dealer/Health',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.HealthRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.HealthReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,14 +1,38 @@
 """Separate hosts on one machine: a network namespace per host, each with its own address on a
-bridge in the root namespace, and traffic shaping on their links. Needs root and `ip`, `tc`."""
+bridge in the root namespace, and traffic shaping on their links. Needs root and `ip`, `tc`.
+
+`Hosts` builds and removes the namespaces; `cluster_file` writes the cluster file (and the
+certificates) of a cluster with one process on each host, for mpc.cluster_processes to
+start behind `Hosts.prefix`. The bandwidth bench (mpc.bench_bandwidth) and tests/test_netns.py
+use both.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import subprocess
+from pathlib import Path
+
+from mpc.net.config import ClusterConfig, ProcessEntry
+from mpc.net.tls import COORDINATOR, DEALER, make_cluster_certs, party_name
 
 
 class NetnsError(RuntimeError):
     """A namespace, link or address could not be set up."""
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be built here (not root, no `ip` or `tc`), or None if they can
+    be tried (creating them may still fail: Hosts.create raises NetnsError saying why)."""
+    missing = [cmd for cmd in ("ip", "tc") if shutil.which(cmd) is None]
+    if os.geteuid() != 0:
+        return "network namespaces need root (this process runs as uid %d)" % os.geteuid()
+    if missing:
+        return f"network namespaces need the {' and '.join(missing)} command{'s' if len(missing) > 1 else ''} " \
+               f"(iproute2), not found on PATH"
+    return None
 
 
 def _run(*argv: str) -> str:
@@ -93,3 +117,46 @@ class Hosts:
             outer, inner = self.veths[name]
             _run("tc", "qdisc", "del", "dev", outer, "root")
             self.exec(name, "tc", "qdisc", "del", "dev", inner, "root")
+
+    def __enter__(self) -> "Hosts":
+        return self.create()
+
+    def __exit__(self, *exc) -> bool:
+        self.destroy()
+        return False
+
+
+def cluster_names(n_parties: int) -> list[str]:
+    """The hosts of a cluster: one per party, the dealer's and the coordinator's."""
+    return [party_name(p) for p in range(n_parties)] + [DEALER, COORDINATOR]
+
+
+def cluster_file(directory: Path, hosts: Hosts, n_parties: int, port: int, proxies=None,
+                 round_timeout: float = 60.0) -> Path:
+    """directory/cluster.toml for a cluster on `hosts` (named by cluster_names): every process
+    on `port` at its host's address (reached through a proxy in the root namespace with
+    `proxies`, a mpc.net.delay_proxy.ProxyThread), certificates in directory/certs naming every
+    host's address, a data directory per party, and client-local as the only client and the
+    operator of every party (a client in the root namespace reaches every host)."""
+    make_cluster_certs(directory / "certs", n_parties, hosts=[*hosts.addresses.values(), hosts.gateway])
+    addresses, entries = {}, {}
+    for name in cluster_names(n_parties):
+        listen = f"{hosts.addresses[name]}:{port}"
+        if proxies is not None:
+            addresses[name] = f"{hosts.gateway}:{proxies.add(hosts.gateway, (hosts.addresses[name], port))}"
+        else:
+            addresses[name] = listen
+        data = directory / f"data-{name}"
+        data.mkdir(exist_ok=True)
+        entries[name] = ProcessEntry(listen=listen, certs=str(directory / "certs"),
+                                     data=str(data) if name.startswith("party-") else None)
+    config = ClusterConfig(n_parties, addresses[DEALER], {p: addresses[party_name(p)] for p in range(n_parties)},
+                           connect_timeout=30.0, round_timeout=round_timeout, processes=entries,
+                           coordinator=addresses[COORDINATOR], clients=("client-local",),
+                           operators={p: "client-local" for p in range(n_parties)})
+    path = directory / "cluster.toml"
+    path.write_text(config.to_toml())
+    return path
+
+
+__all__ = ["Hosts", "NetnsError", "unavailable", "cluster_names", "cluster_file"]
