@@ -61,7 +61,8 @@ def test_status_of_a_cluster_then_with_a_party_down_and_the_dealer_frozen(tmp_pa
         certs = tmp_path / "certs"
         ca = tls.CertificateAuthority(serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None),
                                       x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()))
-        refused = asyncio.run(status.probe_all(config, ca.issue("client-eve"), 3.0, only=["party-0", "dealer"]))
+        refused = asyncio.run(status.probe_all(config, ca.issue("client-eve"), 3.0,
+                                               only=["party-0", "dealer", "coordinator"]))
         for s in refused:
             assert s.reachable and not s.ok and s.version == status.NA, s
             assert s.state.startswith("no health: PERMISSION_DENIED") and "client-eve" in s.state, s

@@ -31,7 +31,7 @@ from collections import OrderedDict
 import grpc
 
 from mpc.compiler import CompileError
-from mpc.net import VERSION, serde, tls
+from mpc.net import access, VERSION, serde, tls
 from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
@@ -207,6 +207,15 @@ class CoordinatorService:
         return results
 
     async def health(self, request, context) -> pb.HealthReply:
+        # As at the parties and the dealer: the cluster's own processes and listed clients only
+        # (a certificate of the same CA is not enough to learn what this cluster is doing).
+        config = getattr(self, "config", None)
+        if self.creds is not None and config is not None:
+            who = tls.peer_identity(context) or ""
+            if not access.cluster_member(who, config.n_parties, config.clients):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"coordinator refuses Health from {who or 'an unidentified peer'}: not a process "
+                                    "or client of this cluster")
         if not self.ready.is_set():
             return pb.HealthReply(ready=False, detail="coordinator: connecting to the parties")
         return pb.HealthReply(n_parties=self.config.n_parties, ready=True, version=VERSION,
