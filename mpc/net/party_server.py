@@ -111,7 +111,7 @@ class PartyServer:
             await self.mesh.close()
         if self.dealer:
             await self.dealer.close()
-        await self.server.stop(grace=1.0)
+        await self.server.stop(grace=0.2)
 
     # -- servicer methods ----------------------------------------------------------------------
 
