@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from mpc.prg import new_seed
-from mpc.protocols import correlations
+from mpc.protocols import streaming
 from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, JobAborted, Transport
 
@@ -87,5 +87,5 @@ class MemoryDealer(DealerLink):
             seeds, label = self._net.repro_seeds, reproducible.stream_label(reproduction_key, specs)
         else:
             seeds, label = self._net.dealer_seeds, job
-        return memoryview(bytearray(b"".join(correlations.dealer_stream(seeds, label, specs))))
+        return memoryview(bytearray(b"".join(streaming.dealer_stream(seeds, label, specs))))
 
