@@ -131,17 +131,21 @@ class Reassembly:
     first chunk's size and the last ends the payload exactly. The buffer is therefore
     covered once, with no gap and no overlap, before it is handed on."""
 
-    def __init__(self, header: pb.FrameHeader, first: memoryview | None = None):
+    def __init__(self, header: pb.FrameHeader, first: memoryview | None = None, into=None):
         """With `first` (the first chunk's payload), the chunk count is checked against the
-        declared size before the buffer is allocated."""
+        declared size before the buffer is allocated. `into`: where the chunks go instead
+        of a buffer of their own (anything of the declared length that takes
+        `into[start:stop] = chunk`, such as party 0's runtime.offline.Corrections)."""
         if first is not None:
             total, n = header.total_bytes, header.n_chunks
             expected = 1 if total == 0 else (-(-total // len(first)) if len(first) else 0)
             if header.chunk != 0 or n != expected:
                 raise FrameMalformed(f"a first chunk of {len(first)} bytes cannot carry {total} bytes in {n} chunks")
+        if into is not None and len(into) != header.total_bytes:
+            raise FrameMalformed(f"frame declares {header.total_bytes} bytes where {len(into)} are expected")
         # Not bytearray(n): zero-filling 16 MiB of fresh pages cost 17 ms a round, and
         # the checks below guarantee that every byte is overwritten.
-        self.buffer = memoryview(np.empty(header.total_bytes, dtype=np.uint8))
+        self.buffer = into if into is not None else memoryview(np.empty(header.total_bytes, dtype=np.uint8))
         self.n_chunks = header.n_chunks
         self.chunk_bytes = 0
         self.received = 0
