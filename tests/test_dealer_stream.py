@@ -255,3 +255,24 @@ def test_the_dealers_worker_stops_when_the_stream_goes_away():
         await stream.aclose()  # the party hung up after one frame
     asyncio.run(go())
     assert closed.wait(5) and len(made) <= 5
+
+
+@pytest.mark.parametrize("sizes", [[32], [5, 27], [16, 16], [1] * 32, [15, 1, 16], [3, 29]])
+def test_the_stream_encoder_frames_pieces_as_encode_frames_frames_the_whole(sizes):
+    """Pieces of any sizes make the frames of the payload they add up to."""
+    payload = bytes(range(32))
+    encoder = framing.StreamEncoder(32, chunk_bytes=16, job="j")
+    frames, pos = [], 0
+    for size in sizes:
+        frames += encoder.feed(payload[pos:pos + size])
+        pos += size
+    frames += encoder.finish()
+    assert frames == list(framing.encode_frames(payload, chunk_bytes=16, job="j"))
+
+
+@pytest.mark.parametrize("size", [24, 40])
+def test_the_stream_encoder_refuses_pieces_that_miss_the_announced_size(size):
+    encoder = framing.StreamEncoder(32, chunk_bytes=16, job="j")
+    with pytest.raises(ValueError, match="announced"):
+        encoder.feed(bytes(size))
+        encoder.finish()
