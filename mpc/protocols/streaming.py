@@ -35,12 +35,22 @@ from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Spec
 
-# Elements per chunk. Measured here (one process, 3 parties' streams): 2^16 is the fastest
-# for products, truncations and comparisons alike, faster than whole generation (mul of
-# 10^6 elements: 21 ms in chunks of 2^16, 22 of 2^17, 65 of 2^13, 47 whole; a comparison
-# of 10^6: 194 ms, 191, 383, 546), as a chunk's tensors stay warm in the allocator and
-# the caches. A product's chunk is 512 KiB of corrections, a comparison's about 5.5 MiB.
-CHUNK = 1 << 16
+# Elements per chunk, at most: a correlation of n elements is cut into ceil(n / CHUNK)
+# chunks of equal size (a multiple of 8). Measured here (one process, 3 parties' streams,
+# the processes' malloc settings), chunks of 2^16 to 2^17 elements cost about what whole
+# generation does, and much less than chunks of 2^13 or 2^14 (a chunk of a comparison reads
+# some 50 ranges a party, and runs some 40 small ops); a product's chunk is then 1 MiB of
+# corrections (one frame), a comparison's about 11 MiB.
+CHUNK = 1 << 17
+
+
+def chunk_size(n: int, most: int = CHUNK) -> int:
+    """Elements per chunk for a correlation of n elements: equal chunks of at most `most`."""
+    count = -(-n // most)
+    if count <= 1:
+        return n
+    size = -(-n // count)
+    return -(-size // 8) * 8
 
 
 def elements(spec: Spec) -> int | None:
@@ -65,23 +75,36 @@ def _chunk_spec(spec: Spec, m: int) -> Spec:
     return Spec(spec.kind, tuple((m,) for _ in spec.shapes), spec.params)
 
 
-def _read(key: bytes, start: int, ranges: list[tuple[int, int]]) -> torch.Tensor:
-    """The bytes of stream `key` in each range (relative to `start`), one after the other."""
-    raw = torch.empty(sum(b - a for a, b in ranges), dtype=torch.uint8)
-    out, pos = raw.numpy(), 0
-    for a, b in ranges:
-        PRG(key, offset=start + a).fill(out[pos:pos + b - a])
-        pos += b - a
-    return raw
+class _Stream:
+    """One party's stream of one correlation, read at byte offsets. Chunk c + 1 reads each
+    range where chunk c's read of it ended, so the PRG a read leaves there serves the next
+    one: a correlation costs one PRG per range (per tensor, or per plane of bits), not one
+    per range and chunk (a fresh PRG, AES key schedule and all, is about 10 us)."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self._at: dict[int, PRG] = {}  # PRGs by the stream offset they stand at
+
+    def read(self, start: int, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        """The bytes in each range (relative to `start`), one after the other."""
+        raw = torch.empty(sum(b - a for a, b in ranges), dtype=torch.uint8)
+        out, pos = raw.numpy(), 0
+        for a, b in ranges:
+            prg = self._at.pop(start + a, None) or PRG(self.key, offset=start + a)
+            prg.fill(out[pos:pos + b - a])
+            self._at[start + b] = prg
+            pos += b - a
+        return raw
 
 
 class _Layout:
-    """Where each party's tensors of one correlation lie in its stream."""
+    """Where each party's tensors of one correlation lie in its stream, and the streams."""
 
-    def __init__(self, spec: Spec, n_parties: int):
+    def __init__(self, spec: Spec, keys: list[bytes]):
         self.spec = spec
-        self.free = [correlations.free_parts(spec, pid) for pid in range(n_parties)]
+        self.free = [correlations.free_parts(spec, pid) for pid in range(len(keys))]
         self.deps = correlations.dependent_parts(spec)
+        self.streams = [_Stream(k) for k in keys]
         self._chunks: dict[int, Spec] = {}
 
     def chunk_spec(self, m: int) -> Spec:
@@ -89,29 +112,28 @@ class _Layout:
             self._chunks[m] = _chunk_spec(self.spec, m)
         return self._chunks[m]
 
-    @staticmethod
-    def _draw(key: bytes, start: int, whole, chunk, n: int, lo: int, hi: int):
-        """Elements [lo, hi) of consecutive parts `whole` from byte `start` of the stream."""
+    def draw(self, pid: int, start: int, whole, chunk, n: int, lo: int, hi: int):
+        """Elements [lo, hi) of consecutive parts `whole` from byte `start` of party pid's
+        stream, as the parts `chunk` of the chunk's correlation; and where they end."""
         out = []
         for part, piece in zip(whole, chunk):
-            ranges = part.stream_ranges(n, lo, hi)
-            raw = _read(key, start, ranges)
+            raw = self.streams[pid].read(start, part.stream_ranges(n, lo, hi))
             assert len(raw) == piece.stream_nbytes()
             out.append(piece.from_stream(raw))
             start += part.stream_nbytes()
         return out, start
 
 
-def chunk_correction(layout: _Layout, keys: list[bytes], n: int, lo: int, hi: int) -> list[torch.Tensor]:
+def chunk_correction(layout: _Layout, n: int, lo: int, hi: int) -> list[torch.Tensor]:
     """Party 0's dependent tensors, as stored, for elements [lo, hi) (the steps above)."""
     cs = layout.chunk_spec(hi - lo)
     deps = correlations.dependent_parts(cs)
     frees, others = [], []
-    for pid, key in enumerate(keys):
-        free, start = layout._draw(key, 0, layout.free[pid], correlations.free_parts(cs, pid), n, lo, hi)
+    for pid in range(len(layout.streams)):
+        free, start = layout.draw(pid, 0, layout.free[pid], correlations.free_parts(cs, pid), n, lo, hi)
         frees.append(free)
         if pid:
-            others.append(layout._draw(key, start, layout.deps, deps, n, lo, hi)[0])
+            others.append(layout.draw(pid, start, layout.deps, deps, n, lo, hi)[0])
     return correlations.correction_values(cs, frees, others)
 
 
@@ -123,8 +145,10 @@ def _raw(value: torch.Tensor) -> memoryview:
 def correction_pieces(spec: Spec, keys: list[bytes], chunk: int | None = None):
     """Party 0's corrections of one correlation as bytes-like pieces, in stream order:
     chunk by chunk if it is elementwise and larger than a chunk, else whole. `keys`: every
-    party's key of this correlation; `chunk`: elements per chunk, a multiple of 8 (tests)."""
-    n, chunk = elements(spec), chunk or CHUNK
+    party's key of this correlation; `chunk`: elements per chunk, a multiple of 8 (tests;
+    chunk_size(n) if not given)."""
+    n = elements(spec)
+    chunk = chunk or (chunk_size(n) if n is not None else 0)
     if n is None or n <= chunk:
         prgs = [PRG(k) for k in keys]
         frees = [[p.draw(prg) for p in correlations.free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
@@ -135,12 +159,12 @@ def correction_pieces(spec: Spec, keys: list[bytes], chunk: int | None = None):
         return
     if chunk % 8 or chunk <= 0:
         raise ValueError(f"a chunk of {chunk} elements would split a byte of packed bits")
-    layout = _Layout(spec, len(keys))
+    layout = _Layout(spec, keys)
     first = layout.deps[0]
     streams_first = not first.bits or first.stored_shape[0] == 1  # its chunks are consecutive bytes
     held: list[list[torch.Tensor]] = [[] for _ in layout.deps]
     for lo in range(0, n, chunk):
-        values = chunk_correction(layout, keys, n, lo, min(n, lo + chunk))
+        values = chunk_correction(layout, n, lo, min(n, lo + chunk))
         for j, value in enumerate(values):
             if j == 0 and streams_first:
                 yield _raw(value)
