@@ -197,7 +197,8 @@ async def _ahead(items, depth: int):
     """The items of a blocking generator, made in a worker thread at most `depth` items
     ahead of the consumer, so that making item k + 1 overlaps sending item k. When the
     consumer goes away (the stream was cancelled or failed) the worker stops after the
-    item it is making."""
+    item it is making. A thread of its own, not the event loop's pool: a worker waits for
+    room as long as its party 0 does not read, and must not hold up other jobs' streams."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     room = threading.Semaphore(depth)
@@ -222,7 +223,7 @@ async def _ahead(items, depth: int):
         finally:
             items.close()
 
-    loop.run_in_executor(None, work)
+    threading.Thread(target=work, name="dealer-stream", daemon=True).start()
     try:
         while True:
             item, exc = await queue.get()
