@@ -276,3 +276,10 @@ def test_the_stream_encoder_refuses_pieces_that_miss_the_announced_size(size):
     with pytest.raises(ValueError, match="announced"):
         encoder.feed(bytes(size))
         encoder.finish()
+
+
+def test_a_correlation_with_an_empty_tensor_streams_no_bytes_in_memory():
+    """The in-memory dealer does not refuse empty shapes (the gRPC dealer does): nothing to send."""
+    specs = [corr.mul_triple((0,), (0,)), corr.compare_material((0, 3), "lt"), corr.trunc_pair((5,), 16, 3)]
+    stream = b"".join(streaming.dealer_stream(SEEDS[:3], "j", specs))
+    assert len(stream) == corr.correction_nbytes(specs[2]) == offline.Corrections(specs).nbytes

@@ -139,6 +139,8 @@ def chunk_correction(layout: _Layout, n: int, lo: int, hi: int) -> list[torch.Te
 
 def _raw(value: torch.Tensor) -> memoryview:
     """A contiguous tensor's bytes, without a copy (the view keeps the tensor alive)."""
+    if not value.numel():  # (an empty tensor's view has a zero in its shape: no cast)
+        return memoryview(b"")
     return memoryview(value.contiguous().numpy()).cast("B")
 
 
