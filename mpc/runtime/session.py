@@ -6,9 +6,9 @@ sends and validates no graph. A job runs in two phases. Offline: party 0 fetches
 dealer's corrections for every correlation of the program in one stream and expands its
 parts while they arrive (runtime/offline.py), every other party expands its PRG parts,
 then all parties pass a ready barrier on which they also confirm that they run the same
-program. Online: the executor runs with every correlation
-already in memory, so it never waits on the dealer. Values a job names in `keep` stay
-under their handles for later jobs until a job's `free` drops them.
+program. Online: the executor runs with every correlation already in memory, so it never
+waits on the dealer. Values a job names in `keep` stay under their handles for later jobs
+until a job's `free` drops them.
 """
 
 from __future__ import annotations
