@@ -4,7 +4,8 @@ For each elementwise workload the jobs run with `Job.profile` set, so every part
 phases (mpc.runtime.profile) and returns them in its JobStats with the bytes it sent in each
 round; the caller adds its own side (program, upload, waiting for results, reassembling them,
 decoding). Party 0's `dealer` phase is the dealer generating and sending its corrections, as
-party 0 waits for them. The `floor` replays the measured rounds over the same mesh — the same
+party 0 waits for them (expanding its correlations meanwhile: its `prg_expand` is what is left
+after the last byte). The `floor` replays the measured rounds over the same mesh — the same
 bytes from the same sender to the same receiver in the same rounds, filler instead of shares,
 no arithmetic — so `online_s / floor_s` says how far the runtime is from its transport.
 Each figure is the median over the timed repetitions.

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mpc.prg import PRG, derive_key, new_seed
@@ -29,3 +30,14 @@ def test_ring_elements_are_uniform():
 def test_words_stay_in_range():
     w = PRG(new_seed()).words((10_000,), 16)
     assert int(w.min()) >= 0 and int(w.max()) < 2**16 and int(w.max()) > 2**15
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000, (1 << 20) + 17])
+@pytest.mark.parametrize("offset", [0, 1, 15, 16, 17, 12345])
+def test_a_stream_read_from_any_offset_is_the_same_stream(n, offset):
+    """Counter mode seeks: PRG(key, offset=k) gives the bytes PRG(key) gives after its first k."""
+    key = derive_key(new_seed(), "corr", "job", 0)
+    whole = PRG(key).bytes(offset + n)
+    out = bytearray(n)
+    PRG(key, offset=offset).fill(out)
+    assert bytes(out) == whole[offset:].numpy().tobytes()

@@ -5,8 +5,11 @@ dealer, once per dealer session, with the session's epoch and a commitment to ev
 party's seed; from those every party derives the same session fingerprint, which the
 mesh compares between parties. For a job, party 0 sends the list of correlation specs
 (from its dry run) and receives the corrections for all of them as one stream of raw
-chunks, produced spec by spec. Parties i > 0 never hear from the dealer again: they
-expand their parts from the seed.
+chunks. The dealer makes them in a worker thread that runs a few frames ahead of the
+stream, large elementwise correlations in chunks of elements (protocols/streaming.py),
+so that making the next bytes overlaps sending the last; party 0 writes each frame into
+the tensors it becomes and expands while the rest arrives (runtime/offline.py). Parties
+i > 0 never hear from the dealer again: they expand their parts from the seed.
 
 What the dealer enforces, and why:
 - a caller is the party its certificate names (with TLS); a request claiming another is refused;
@@ -34,14 +37,15 @@ import asyncio
 import hashlib
 import logging
 import math
+import threading
 
 import grpc
 
 from mpc.net import framing, serde, tls
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
-from mpc.prg import PRG, derive_key, new_seed
-from mpc.protocols import correlations
+from mpc.prg import new_seed
+from mpc.protocols import correlations, streaming
 from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, PeerFailure
 
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "mpc.net.proto.Dealer"
 MAX_JOB_ID = 128
+AHEAD = 4  # frames (of 1 MiB) the dealer's worker may have made beyond those sent
 
 
 def seed_commitment(epoch: bytes, pid: int, seed: bytes) -> bytes:
@@ -163,18 +168,17 @@ class DealerService:
         except (ValueError, KeyError) as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"Correlations for job {job!r}: {exc}")
         self._jobs.add(job)  # before the first byte: a stream cut halfway is still spent
-        encoder = framing.StreamEncoder(total, job=job)
         if request.reproduction_key:
             seeds, label = self._repro_seeds, reproducible.stream_label(request.reproduction_key, specs)
         else:
             seeds, label = self.seeds, job  # this session's, even if a party's new Hello ends it during the stream
-        for k, spec in enumerate(specs):
-            # One spec at a time, off the event loop: memory stays at one correlation, not the job.
-            pieces = await asyncio.to_thread(self._correction, seeds, label, k, spec)
-            for piece in pieces:
-                for frame in encoder.feed(piece):
-                    yield frame
-        for frame in encoder.finish():
+
+        def frames():  # in the worker: memory stays at a chunk of a correlation and AHEAD frames
+            encoder = framing.StreamEncoder(total, job=job)
+            for piece in streaming.dealer_stream(seeds, label, specs):
+                yield from encoder.feed(piece)
+            yield from encoder.finish()
+        async for frame in _ahead(frames(), AHEAD):
             yield frame
         self.bytes_sent += total
         self.jobs_served += 1
@@ -183,11 +187,6 @@ class DealerService:
     def joined(self) -> int:
         """How many parties hold a seed of this session."""
         return len(self._greeted)
-
-    @staticmethod
-    def _correction(seeds, job: str, k: int, spec) -> list[bytes]:
-        prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in seeds]  # as correlations.dealer_stream
-        return correlations.dealer_correction(spec, prgs)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -200,10 +199,59 @@ class DealerService:
         })
 
 
+_END = object()
+
+
+async def _ahead(items, depth: int):
+    """The items of a blocking generator, made in a worker thread at most `depth` items
+    ahead of the consumer, so that making item k + 1 overlaps sending item k. When the
+    consumer goes away (the stream was cancelled or failed) the worker stops after the
+    item it is making. A thread of its own, not the event loop's pool: a worker waits for
+    room as long as its party 0 does not read, and must not hold up other jobs' streams."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(depth)
+    stop = threading.Event()
+
+    def post(entry) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, entry)
+        except RuntimeError:  # the event loop is closed: nobody is listening
+            stop.set()
+
+    def work() -> None:
+        try:
+            for item in items:
+                room.acquire()
+                if stop.is_set():
+                    return
+                post((item, None))
+            post((_END, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            post((None, exc))
+        finally:
+            items.close()
+
+    threading.Thread(target=work, name="dealer-stream", daemon=True).start()
+    try:
+        while True:
+            item, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        room.release()  # a worker waiting for room wakes up and sees `stop`
+
+
 class GrpcDealerLink(DealerLink):
     """A party's link: its seed and the session fingerprint from Hello; party 0's corrections.
     `timeout` bounds the wait for each message of the correction stream (the dealer sends
-    one at least every spec), so a stalled dealer fails the job instead of hanging it."""
+    one at least every correlation, or chunk of one), so a stalled dealer fails the job
+    instead of hanging it."""
 
     def __init__(self, pid: int, n_parties: int, address: str, creds: tls.Credentials | None = None,
                  timeout: float = 120.0):
@@ -262,7 +310,7 @@ class GrpcDealerLink(DealerLink):
     def repro_pair(self, peer: int) -> bytes:
         return self._repro_pairs[peer]
 
-    async def _corrections(self, job, specs, nbytes, reproduction_key=b""):
+    async def _corrections(self, job, specs, nbytes, reproduction_key, into):
         request = pb.CorrelationRequest(job_id=job, pid=self.pid, specs=[serde.spec_to_proto(s) for s in specs],
                                         epoch=self.epoch, reproduction_key=reproduction_key)
         call = self._channel.unary_stream(f"/{SERVICE}/Correlations",
@@ -274,19 +322,26 @@ class GrpcDealerLink(DealerLink):
                 try:
                     msg = await asyncio.wait_for(call.read(), self.timeout)
                 except asyncio.TimeoutError:
-                    call.cancel()
                     raise self._failure(f"sent nothing for {self.timeout:.0f} s during job {job}'s "
                                         f"corrections") from None
                 if msg is grpc.aio.EOF:
                     break
                 header, payload = framing.decode_frame(msg)
-                assembly = assembly or framing.Reassembly(header)
+                if assembly is None:
+                    if header.total_bytes != nbytes:  # before a byte is written: too much or too little
+                        raise self._failure(f"announced {header.total_bytes} correction bytes for job {job}, "
+                                            f"expected {nbytes}")
+                    assembly = framing.Reassembly(header, payload, into=into)  # frames go where they belong
                 if assembly.add(header, payload):
-                    return memoryview(assembly.buffer)
+                    return
         except grpc.aio.AioRpcError as exc:
             raise self._failure(exc.details() or exc.code().name) from None
         except framing.FrameError as exc:
+            call.cancel()
             raise self._failure(f"sent a bad correction frame for job {job}: {exc}") from None
+        except BaseException:  # refused, timed out, or the job was cancelled: the dealer stops too
+            call.cancel()
+            raise
         raise self._failure(f"stream for job {job} ended early")
 
     async def close(self) -> None:

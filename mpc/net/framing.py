@@ -56,41 +56,42 @@ def encode_frames(payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
 
 class StreamEncoder:
     """Frames for a payload whose size is known up front but whose bytes come in pieces
-    (the dealer's corrections, spec by spec), so the whole payload is never held at once."""
+    (the dealer's corrections, chunk by chunk), so the whole payload is never held at once.
+    Pieces are held, not copied, until their frame is full, then copied once into it:
+    a piece must not change after it is fed."""
 
     def __init__(self, total: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, **header):
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
             raise ValueError(f"chunk size must be in (0, {MAX_CHUNK_BYTES}], got {chunk_bytes}")
         self.total, self.chunk_bytes, self.header = total, chunk_bytes, header
         self.n_chunks = max(1, -(-total // chunk_bytes))
-        self._pending = bytearray()
+        self._pending: list[memoryview] = []
+        self._pending_bytes = 0
         self._next = 0
         self._sent = 0
 
-    def _frame(self, piece) -> bytes:
-        if self._next >= self.n_chunks or self._sent + len(piece) > self.total:
+    def _frame(self, pieces) -> bytes:
+        size = sum(len(p) for p in pieces)
+        if self._next >= self.n_chunks or self._sent + size > self.total:
             raise ValueError(f"pieces exceed the announced {self.total} bytes")
         hdr = pb.FrameHeader(chunk=self._next, n_chunks=self.n_chunks, total_bytes=self.total,
                              **self.header).SerializeToString()
         self._next += 1
-        self._sent += len(piece)
-        return b"".join((_LEN.pack(len(hdr)), hdr, piece))
+        self._sent += size
+        return b"".join((_LEN.pack(len(hdr)), hdr, *pieces))  # the payload's only copy
 
     def feed(self, piece) -> list[bytes]:
         """The frames completed by `piece`; a partial chunk waits for the next piece."""
         view = memoryview(piece).cast("B")
-        frames, off = [], 0
-        if self._pending:
-            off = min(len(view), self.chunk_bytes - len(self._pending))
-            self._pending += view[:off]
-            if len(self._pending) < self.chunk_bytes:
-                return frames
-            frames.append(self._frame(self._pending))
-            self._pending = bytearray()
-        while len(view) - off >= self.chunk_bytes:
-            frames.append(self._frame(view[off:off + self.chunk_bytes]))
-            off += self.chunk_bytes
-        self._pending += view[off:]
+        frames = []
+        while len(view):
+            take = min(len(view), self.chunk_bytes - self._pending_bytes)
+            self._pending.append(view[:take])
+            self._pending_bytes += take
+            view = view[take:]
+            if self._pending_bytes == self.chunk_bytes:
+                frames.append(self._frame(self._pending))
+                self._pending, self._pending_bytes = [], 0
         return frames
 
     def finish(self) -> list[bytes]:
@@ -131,17 +132,21 @@ class Reassembly:
     first chunk's size and the last ends the payload exactly. The buffer is therefore
     covered once, with no gap and no overlap, before it is handed on."""
 
-    def __init__(self, header: pb.FrameHeader, first: memoryview | None = None):
+    def __init__(self, header: pb.FrameHeader, first: memoryview | None = None, into=None):
         """With `first` (the first chunk's payload), the chunk count is checked against the
-        declared size before the buffer is allocated."""
+        declared size before the buffer is allocated. `into`: where the chunks go instead
+        of a buffer of their own (anything of the declared length that takes
+        `into[start:stop] = chunk`, such as party 0's runtime.offline.Corrections)."""
         if first is not None:
             total, n = header.total_bytes, header.n_chunks
             expected = 1 if total == 0 else (-(-total // len(first)) if len(first) else 0)
             if header.chunk != 0 or n != expected:
                 raise FrameMalformed(f"a first chunk of {len(first)} bytes cannot carry {total} bytes in {n} chunks")
+        if into is not None and len(into) != header.total_bytes:
+            raise FrameMalformed(f"frame declares {header.total_bytes} bytes where {len(into)} are expected")
         # Not bytearray(n): zero-filling 16 MiB of fresh pages cost 17 ms a round, and
         # the checks below guarantee that every byte is overwritten.
-        self.buffer = memoryview(np.empty(header.total_bytes, dtype=np.uint8))
+        self.buffer = into if into is not None else memoryview(np.empty(header.total_bytes, dtype=np.uint8))
         self.n_chunks = header.n_chunks
         self.chunk_bytes = 0
         self.received = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from mpc.prg import new_seed
-from mpc.protocols import correlations
+from mpc.protocols import streaming
 from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, JobAborted, Transport
 
@@ -82,10 +82,14 @@ class MemoryDealer(DealerLink):
     def repro_pair(self, peer: int) -> bytes:
         return reproducible.long_lived_pair(self._net.repro_master, self._pid, peer)
 
-    async def _corrections(self, job, specs, nbytes, reproduction_key=b""):
+    async def _corrections(self, job, specs, nbytes, reproduction_key, into):
         if reproduction_key:
             seeds, label = self._net.repro_seeds, reproducible.stream_label(reproduction_key, specs)
         else:
             seeds, label = self._net.dealer_seeds, job
-        return memoryview(bytearray(b"".join(correlations.dealer_stream(seeds, label, specs))))
+
+        def produce():  # as the dealer does: a piece written as soon as it is made
+            for piece in streaming.dealer_stream(seeds, label, specs):
+                into.write(piece)
+        await asyncio.to_thread(produce)
 

@@ -27,6 +27,10 @@ Kinds:
 
 Each tensor of a correlation is a `Part`: int64 ring elements (summed), small words, or
 bits (uint8 0/1 combined by XOR, packed 8 to a byte on the wire and in the PRG stream).
+A party's stream for correlation k holds its free parts, then (parties i > 0) its
+dependent parts, each whole and in order; party 0's corrections are its dependent parts
+as stored, in order. protocols/streaming.py generates the large elementwise kinds chunk
+by chunk into the very same bytes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from mpc import ring
-from mpc.prg import PRG, derive_key
+from mpc.prg import PRG
 from mpc.protocols import bits as bitops
 from mpc.protocols.base import Spec
 
@@ -156,23 +160,65 @@ class Part:
             return (rows, (m + 7) // 8)
         return self.shape
 
+    @property
+    def stored_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits else self.dtype
+
     def nbytes(self) -> int:
-        itemsize = 1 if self.bits else torch.empty((), dtype=self.dtype).element_size()
-        return math.prod(self.stored_shape) * itemsize
+        return math.prod(self.stored_shape) * self.stored_dtype.itemsize
+
+    @property
+    def stream_itemsize(self) -> int:
+        """PRG bytes per stored element: as PRG.ring, PRG.words (32 bits for up to 32) and
+        PRG.short draw them; packed bits are drawn as the bytes they are stored in."""
+        if self.bits or self.dtype in (torch.int16, torch.int32):
+            return self.stored_dtype.itemsize
+        if self.dtype == torch.int64:
+            return 4 if 0 < self.nbits <= 32 else 8
+        raise ValueError(f"cannot draw {self.dtype}")
+
+    def stream_nbytes(self) -> int:
+        """How many bytes of the PRG stream this part takes."""
+        return math.prod(self.stored_shape) * self.stream_itemsize
 
     def draw(self, prg: PRG) -> torch.Tensor:
+        raw = torch.empty(self.stream_nbytes(), dtype=torch.uint8)
+        prg.fill(raw.numpy())
+        return self.from_stream(raw)
+
+    def from_stream(self, raw: torch.Tensor) -> torch.Tensor:
+        """The part from its stream_nbytes() bytes of PRG output (uint8, one dimension)."""
         if self.bits:
-            return prg.bytes(self.nbytes()).view(self.stored_shape)
-        if self.dtype == torch.int64:
-            if 0 < self.nbits <= 32:
-                return prg.words(self.shape, self.nbits)
-            v = prg.ring(self.shape)
-            return v & ((1 << self.nbits) - 1) if 0 < self.nbits < 64 else v
-        if self.dtype == torch.int16:
-            return prg.short(self.shape)
-        if self.dtype == torch.int32:
-            return prg.words(self.shape, 32).to(torch.int32)
-        raise ValueError(f"cannot draw {self.dtype}")
+            return raw.view(self.stored_shape)
+        if self.dtype == torch.int64 and 0 < self.nbits <= 32:
+            v = raw.view(torch.int32).to(torch.int64).view(self.shape)
+            v &= (1 << self.nbits) - 1
+            return v
+        v = raw.view(self.dtype).view(self.shape)
+        if self.dtype == torch.int64 and 0 < self.nbits < 64:
+            v &= (1 << self.nbits) - 1
+        return v
+
+    def stream_ranges(self, n: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The bytes of this part's stream that hold elements [lo, hi) of a correlation
+        elementwise over n elements: one range, or one per plane of packed bits (whose
+        rows hold a fixed number of bits per element; lo must fall on a byte)."""
+        if self.bits:
+            rows, m = self.shape
+            per, row_bytes = m // n, (m + 7) // 8
+            if per * n != m or lo * per % 8:
+                raise ValueError(f"bit planes {self.shape} do not split at element {lo} of {n}")
+            a, b = lo * per // 8, (hi * per + 7) // 8
+            return [(r * row_bytes + a, r * row_bytes + b) for r in range(rows)]
+        per = math.prod(self.shape) // n
+        if per * n != math.prod(self.shape):
+            raise ValueError(f"a part of shape {self.shape} is not elementwise over {n} elements")
+        size = per * self.stream_itemsize
+        return [(lo * size, hi * size)]
+
+    def empty(self) -> torch.Tensor:
+        """Uninitialised storage for the part as stored (for bytes about to arrive)."""
+        return torch.empty(self.stored_shape, dtype=self.stored_dtype)
 
     def to_bytes(self, value: torch.Tensor) -> bytes:
         return value.to(torch.uint8 if self.bits else self.dtype).contiguous().numpy().tobytes()
@@ -188,7 +234,9 @@ class Part:
 
 
 def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
-    out = values[0].clone()
+    """The sum (or XOR) of the parties' tensors, written into the first: the dealer's own
+    draws, which nothing reads afterwards (a copy of 10^6 elements is 1-3 ms here)."""
+    out = values[0]
     for v in values[1:]:
         if part.xor:
             out ^= v
@@ -288,6 +336,11 @@ def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "bilinear_train":
         c, c1, c2 = _train_shapes(spec)
         return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
+    if spec.kind == "mul":  # a broadcast: no meta tensors (80 us a call, and the dealer asks per chunk)
+        try:
+            return [Part(tuple(torch.broadcast_shapes(*spec.shapes)))]
+        except RuntimeError as exc:
+            raise ValueError(f"mul of shapes {list(spec.shapes)}: {exc}") from None
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     try:
@@ -305,7 +358,8 @@ def _table_words(chunks: torch.Tensor, less: bool) -> torch.Tensor:
 
 
 def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Values the dependent tensors must combine to, given the combined free tensors."""
+    """Values the dependent tensors must combine to, given the combined free tensors: fresh
+    tensors, none of them a free tensor or another target (correction_values writes into them)."""
     if spec.kind == "trunc":
         f = spec.param("f")
         big_r, rho = free  # rho is an exact small integer sum
@@ -350,31 +404,35 @@ def correction_nbytes(spec: Spec) -> int:
     return sum(p.nbytes() for p in dependent_parts(spec))
 
 
-def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
-    """The dealer's side: expand every party's stream and return party 0's corrections."""
-    frees = [[part.draw(prg) for part in free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
+def correction_values(spec: Spec, frees: list[list[torch.Tensor]], others: list[list[torch.Tensor]]
+                      ) -> list[torch.Tensor]:
+    """Party 0's dependent tensors as stored, from every party's free tensors (`frees[i]`)
+    and the dependent tensors of parties i > 0 (`others[i - 1]`), which it consumes (party
+    0's free tensors become the combined ones):
+      1. combine the free tensors (sum, or XOR for bits);
+      2. compute the values the dependent tensors must combine to (_targets);
+      3. take away the other parties' dependent tensors (subtract, or XOR)."""
     combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
     targets = _targets(spec, combined)
-    deps = dependent_parts(spec)
-    others = [[part.draw(prg) for part in deps] for prg in prgs[1:]]
     corrections = []
-    for k, (part, target) in enumerate(zip(deps, targets)):
-        c = target.to(torch.uint8 if part.bits else part.dtype).clone()
+    for k, (part, target) in enumerate(zip(dependent_parts(spec), targets)):
+        c = target.to(part.stored_dtype)  # targets are fresh tensors: written in place
         for dep in others:
             if part.xor:
                 c ^= dep[k]
             else:
                 c -= dep[k]
-        corrections.append(part.to_bytes(c))
+        corrections.append(c)
     return corrections
 
 
-def dealer_stream(seeds: list[bytes], job: str, specs: list[Spec]):
-    """All of the dealer's work for one job: party 0's corrections, spec by spec, as bytes.
-    Correlation k of a job is expanded from derive_key(seed_i, "corr", job, k)."""
-    for k, spec in enumerate(specs):
-        prgs = [PRG(derive_key(seed, "corr", job, k)) for seed in seeds]
-        yield from dealer_correction(spec, prgs)
+def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
+    """The dealer's side, whole: expand every party's stream and return party 0's corrections.
+    (protocols/streaming.py makes the same bytes chunk by chunk.)"""
+    frees = [[part.draw(prg) for part in free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
+    deps = dependent_parts(spec)
+    others = [[part.draw(prg) for part in deps] for prg in prgs[1:]]
+    return [part.to_bytes(c) for part, c in zip(deps, correction_values(spec, frees, others))]
 
 
 def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = None) -> tuple[torch.Tensor, ...]:
@@ -389,19 +447,37 @@ def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = N
             offset += n
     else:
         dependent = [part.draw(prg) for part in deps]
-    return _assemble(spec, free, dependent)
+    return assemble(spec, free, [finish(spec, d) for d in dependent])
 
 
 def meta_part(spec: Spec) -> tuple[torch.Tensor, ...]:
     """Placeholders with the right shapes, for the planning dry run."""
-    return _assemble(spec, [p.meta() for p in free_parts(spec, 0)], [p.meta() for p in dependent_parts(spec)])
+    return assemble(spec, [p.meta() for p in free_parts(spec, 0)], [finish(spec, p.meta()) for p in dependent_parts(spec)])
 
 
-def _assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
+def finishes(spec: Spec) -> bool:
+    """Whether `finish` changes a dependent tensor of this kind."""
+    return spec.kind == "trunc"
+
+
+def finish(spec: Spec, stored: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A dependent tensor as the protocols use it, from the form it is stored and sent in:
+    the truncation's words T', M' scaled to the top of the ring (x * 2^(64 - f)), into
+    `out` if given (a slice at a time as the bytes arrive); every other kind as it is."""
+    if spec.kind != "trunc":
+        return stored
+    scale = 1 << (_RING_BITS - spec.param("f"))
+    if out is None:
+        return stored.to(torch.int64) * scale
+    return out.copy_(stored).mul_(scale)
+
+
+def assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
+    """The tuple a protocol receives, from the free tensors and the finished dependent ones."""
     if spec.kind == "trunc":
         f = spec.param("f")
         big_r, rho = free
-        t, m = (d.to(torch.int64) * (1 << (_RING_BITS - f)) for d in dependent)
+        t, m = dependent
         return big_r * (1 << f) + rho, big_r, t, m
     if spec.kind == "cmp":
         return (*free, *dependent)

@@ -1,8 +1,9 @@
 """Per-phase timers of one job at one party, on only when the job asks (`Job.profile`).
 
 A job's time splits into phases, each accumulated in seconds of wall time: the dealer's
-corrections as party 0 waits for them (their generation and transfer), PRG expansion of the
-correlations, the ready barrier (waiting for peers to finish their offline phase), local
+corrections as party 0 waits for them (their generation and transfer; party 0 expands its
+correlations meanwhile), PRG expansion of the correlations (at party 0, what is left of it
+after the stream's last byte), the ready barrier (waiting for peers to finish their offline phase), local
 arithmetic (the protocol generators between rounds, input masks included), payload encoding
 (a round's values into one buffer), sending (framing it into chunks and queueing them),
 waiting for peers (the rest of a round's exchange: the peers' own work and the wire),

@@ -3,11 +3,12 @@
 A program is loaded once (validated, dry-run, cached by digest, at most
 MAX_PROGRAMS of them); a job names a cached program, so a second run of the same model
 sends and validates no graph. A job runs in two phases. Offline: party 0 fetches the
-dealer's corrections for every correlation of the program in one stream, every party
-expands its PRG parts, then all parties pass a ready barrier on which they also confirm
-that they run the same program. Online: the executor runs with every correlation
-already in memory, so it never waits on the dealer. Values a job names in `keep` stay
-under their handles for later jobs until a job's `free` drops them.
+dealer's corrections for every correlation of the program in one stream and expands its
+parts while they arrive (runtime/offline.py), every other party expands its PRG parts,
+then all parties pass a ready barrier on which they also confirm that they run the same
+program. Online: the executor runs with every correlation already in memory, so it never
+waits on the dealer. Values a job names in `keep` stay under their handles for later jobs
+until a job's `free` drops them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mpc.ir import TO_ALL, TO_CALLER, Job, Program
 from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
-from mpc.runtime import checkpoint
+from mpc.runtime import checkpoint, offline
 from mpc.runtime import reproducible as reproducible_
 from mpc.runtime.executor import DryRun, Executor, make_exchange
 from mpc.runtime.profile import OFF, Profile
@@ -574,30 +575,30 @@ class PartySession:
         return key
 
     async def _offline(self, job: str, dry: DryRun, prof=OFF, key: bytes = b"") -> dict:
+        """Every correlation of the job at this party (runtime.offline). Party 0 expands in a
+        worker thread while the dealer's stream arrives: its `dealer` phase is the wait for
+        the stream's last byte, `prg_expand` what is left of the expansion after it."""
         specs = [s for _, _, s in dry.specs]
-        corr = None
-        if self.pid == 0 and specs:
-            sizes = [correlations.correction_nbytes(s) for s in specs]
-            with prof.phase("dealer"):  # the dealer generating and sending party 0's corrections
-                corr = await self.dealer.corrections(job, specs, sum(sizes), key)
-        with prof.phase("prg_expand"):
-            return await asyncio.to_thread(self._expand, job, dry, corr, key)
-
-    def _expand(self, job: str, dry: DryRun, corr, key: bytes = b"") -> dict:
-        pool, offset = {}, 0
         if key:  # long-lived seeds, and the key with the spec list in the job id's place
-            seed, job = self.dealer.repro_seed, reproducible_.stream_label(key, [s for _, _, s in dry.specs])
+            seed, label = self.dealer.repro_seed, reproducible_.stream_label(key, specs)
         else:
-            seed = self.dealer.seed
-        for k, (node, seq, spec) in enumerate(dry.specs):
-            prg = PRG(derive_key(seed, "corr", job, k))
-            if self.pid == 0:
-                n = correlations.correction_nbytes(spec)
-                pool[(node, seq)] = correlations.party_part(spec, 0, prg, corr[offset:offset + n])
-                offset += n
-            else:
-                pool[(node, seq)] = correlations.party_part(spec, self.pid, prg)
-        return pool
+            seed, label = self.dealer.seed, job
+        if self.pid != 0 or not specs:
+            with prof.phase("prg_expand"):
+                parts = await asyncio.to_thread(offline.expand, specs, self.pid, seed, label)
+        else:
+            corrections = offline.Corrections(specs)
+            expanding = asyncio.ensure_future(asyncio.to_thread(offline.expand, specs, 0, seed, label, corrections))
+            try:
+                with prof.phase("dealer"):  # the dealer generating and sending, party 0 expanding meanwhile
+                    await self.dealer.corrections(job, specs, corrections.nbytes, key, into=corrections)
+            except BaseException:
+                corrections.stop()  # the expansion gives up; its StreamStopped is not the news
+                expanding.add_done_callback(lambda f: f.cancelled() or f.exception())
+                raise
+            with prof.phase("prg_expand"):
+                parts = await expanding
+        return {(node, seq): part for (node, seq, _), part in zip(dry.specs, parts)}
 
 
 def _phases(raw: dict[str, float]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from mpc.runtime.offline import Corrections
 from mpc.runtime.profile import OFF
 
 
@@ -126,13 +127,22 @@ class DealerLink(abc.ABC):
     def repro_pair(self, peer: int) -> bytes:
         """The long-lived key of this party and `peer` for reproducible input masks."""
 
-    async def corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes = b"") -> memoryview:
-        """Party 0's corrections; with a reproduction key, from the long-lived seeds."""
-        buf = await self._corrections(job, specs, nbytes, reproduction_key)
-        if len(buf) != nbytes:
-            raise ProtocolViolation(f"dealer sent {len(buf)} correction bytes for job {job}, expected {nbytes}")
+    async def corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes = b"",
+                          into: Corrections | None = None) -> Corrections:
+        """Party 0's corrections, written into `into` (a fresh Corrections if not given) as
+        they arrive, so that the expansion can use each byte as soon as it is there; with a
+        reproduction key, from the long-lived seeds."""
+        into = Corrections(specs) if into is None else into
+        if into.nbytes != nbytes:
+            raise ValueError(f"{nbytes} correction bytes asked for job {job}, its correlations take {into.nbytes}")
+        await self._corrections(job, specs, nbytes, reproduction_key, into)
+        if into.filled != nbytes:
+            raise ProtocolViolation(f"dealer sent {into.filled} correction bytes for job {job}, expected {nbytes}")
         self.bytes_received += nbytes
-        return buf
+        return into
 
     @abc.abstractmethod
-    async def _corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes) -> memoryview: ...
+    async def _corrections(self, job: str, specs: list, nbytes: int, reproduction_key: bytes,
+                           into: Corrections) -> None:
+        """Write the dealer's stream into `into` in order; refuse a stream of another size
+        before writing anything."""
