@@ -209,10 +209,9 @@ class CoordinatorService:
     async def health(self, request, context) -> pb.HealthReply:
         # As at the parties and the dealer: the cluster's own processes and listed clients only
         # (a certificate of the same CA is not enough to learn what this cluster is doing).
-        config = getattr(self, "config", None)
-        if self.creds is not None and config is not None:
+        if self.creds is not None and self.config is not None:
             who = tls.peer_identity(context) or ""
-            if not access.cluster_member(who, config.n_parties, config.clients):
+            if not access.cluster_member(who, self.config.n_parties, self.config.clients):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"coordinator refuses Health from {who or 'an unidentified peer'}: not a process "
                                     "or client of this cluster")

@@ -168,10 +168,9 @@ class DealerService:
         except (ValueError, KeyError) as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"Correlations for job {job!r}: {exc}")
         self._jobs.add(job)  # before the first byte: a stream cut halfway is still spent
-        if request.reproduction_key:
-            seeds, label = self._repro_seeds, reproducible.stream_label(request.reproduction_key, specs)
-        else:
-            seeds, label = self.seeds, job  # this session's, even if a party's new Hello ends it during the stream
+        # this session's seeds, even if a party's new Hello ends it during the stream
+        seeds = self._repro_seeds if request.reproduction_key else self.seeds
+        label = reproducible.correlation_label(job, request.reproduction_key, specs)
 
         def frames():  # in the worker: memory stays at a chunk of a correlation and AHEAD frames
             encoder = framing.StreamEncoder(total, job=job)

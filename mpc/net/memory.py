@@ -83,10 +83,8 @@ class MemoryDealer(DealerLink):
         return reproducible.long_lived_pair(self._net.repro_master, self._pid, peer)
 
     async def _corrections(self, job, specs, nbytes, reproduction_key, into):
-        if reproduction_key:
-            seeds, label = self._net.repro_seeds, reproducible.stream_label(reproduction_key, specs)
-        else:
-            seeds, label = self._net.dealer_seeds, job
+        seeds = self._net.repro_seeds if reproduction_key else self._net.dealer_seeds
+        label = reproducible.correlation_label(job, reproduction_key, specs)
 
         def produce():  # as the dealer does: a piece written as soon as it is made
             for piece in streaming.dealer_stream(seeds, label, specs):

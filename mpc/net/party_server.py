@@ -60,8 +60,8 @@ class PartyServer:
         self._mesh_ready = asyncio.Event()
         self._uploads: dict[tuple[str, str], dict[int, bytearray]] = {}  # (client, key) -> node -> bytes
         self._upload_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._submitters: dict[str, str] = {}  # job id -> the client that submitted it
-        self._bindings: dict[str, str] = {}  # job id -> job_digest of the job as the coordinator sent it
+        # job id -> (the client that submitted it, job_digest of the job as the coordinator sent it)
+        self._submitted: dict[str, tuple[str, str]] = {}
         self.access = Access(pid, creds is not None)
         self.data_dir = data_dir
         self.data: PartyData | None = None  # once joined (it needs the cluster's fixed-point bits)
@@ -224,11 +224,8 @@ class PartyServer:
         except (serde.SerdeError, CompileError, JobError, PartyDataError, DataError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
-        self._submitters[job.job_id] = submitter
-        self._bindings[job.job_id] = binding
-        loop = asyncio.get_running_loop()
-        loop.call_later(2 * UPLOAD_TTL_S, self._submitters.pop, job.job_id, None)
-        loop.call_later(2 * UPLOAD_TTL_S, self._bindings.pop, job.job_id, None)
+        self._submitted[job.job_id] = (submitter, binding)
+        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._submitted.pop, job.job_id, None)
         log.info("job %s submitted by %s: program %s", job.job_id, submitter or "-", job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
 
@@ -236,14 +233,15 @@ class PartyServer:
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
         who = await self._allowed(context, self.access.client, f"running job {request.job_id}")
-        if request.job_id not in self._submitters:
+        if request.job_id not in self._submitted:
             yield pb.JobEvent(error=f"party {self.pid} has no job {request.job_id}")
             return
-        await self._allowed(context, self.access.submitter, self._submitters[request.job_id], request.job_id,
+        submitter, binding = self._submitted[request.job_id]
+        await self._allowed(context, self.access.submitter, submitter, request.job_id,
                             f"running job {request.job_id}")
         # The client's own digest of what it submitted: a coordinator that changed anything on
         # the way (a recipient, a kept value, the program) is caught here, before any round.
-        if (request.binding or self.access.secure) and request.binding != self._bindings.get(request.job_id):
+        if (request.binding or self.access.secure) and request.binding != binding:
             log.warning("job %s refused: its client submitted other bindings", request.job_id)
             self.session.cancel(request.job_id)
             yield pb.JobEvent(error=f"party {self.pid} refuses to run job {request.job_id}: it is not the job its "

@@ -143,7 +143,7 @@ async def _split_exchange(transport, job, round_no, opens, profile):
     with profile.phase("exchange"):
         received = await transport.exchange(job, round_no, outgoing, set(peers))
     with profile.phase("combine"):
-        opened_own = _sum_slices(job, round_no, sliced(pid), received, order)
+        opened_own = _sum_received(job, round_no, sliced(pid), received)
     with profile.phase("encode"):
         mine = _payload([(opened_own[k], values[k][1]) for k in range(len(values))])
     with profile.phase("exchange"):
@@ -154,10 +154,7 @@ async def _split_exchange(transport, job, round_no, opens, profile):
             out[k][slice(*scatter.bounds(v.numel(), n, pid))] = opened_own[k]
         for p in peers:
             theirs = sliced(p)
-            expected = sum(t.numel() * t.element_size() for t, _ in theirs)
-            if len(gathered[p]) != expected:
-                raise ProtocolViolation(f"party {p} sent {len(gathered[p])} bytes in round {round_no + 1} of job "
-                                        f"{job}, expected {expected}")
+            _check_sizes(job, round_no + 1, {p: gathered[p]}, sum(t.numel() * t.element_size() for t, _ in theirs))
             offset = 0
             for k in order:
                 t = theirs[k][0]
@@ -172,21 +169,25 @@ async def _split_exchange(transport, job, round_no, opens, profile):
     return results
 
 
-def _sum_slices(job, round_no, own, received, order):
-    """Our slice of every value, opened: the peers' slices summed (or XORed) with ours."""
-    expected = sum(t.numel() * t.element_size() for t, _ in own)
+def _check_sizes(job, round_no, received, expected: int) -> None:
     for p, buf in received.items():
         if len(buf) != expected:
             raise ProtocolViolation(f"party {p} sent {len(buf)} bytes in round {round_no} of job {job}, "
                                     f"expected {expected}")
+
+
+def _sum_received(job, round_no, own, received) -> dict[int, torch.Tensor]:
+    """Each of our flat (value, xor) with the peers' shares of it (checked for size) summed,
+    or XORed, into their received buffers, which are ours: no new buffer. By position in `own`."""
+    _check_sizes(job, round_no, received, sum(t.numel() * t.element_size() for t, _ in own))
     opened, offset = {}, 0
     peers = sorted(received)
-    for k in order:
+    for k in _layout(own):
         t, xor = own[k]
         views = [torch.from_numpy(np.frombuffer(received[p], dtype=_NUMPY_DTYPES[t.dtype], count=t.numel(),
                                                 offset=offset)) for p in peers]
         combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
-        acc = views[0]  # the received buffer is ours: accumulate into it
+        acc = views[0]
         for other in views[1:]:
             combine(acc, other)
         combine(acc, t)
@@ -198,26 +199,8 @@ def _sum_slices(job, round_no, own, received, order):
 def _combine(transport, job, round_no, opens, mine, incoming, received):
     """The opened values: the received shares (checked for size) summed with ours."""
     pid = transport.pid
-    expected = sum(v.numel() * v.element_size() for v, _ in mine)
-    for p in incoming:
-        if len(received[p]) != expected:
-            raise ProtocolViolation(f"party {p} sent {len(received[p])} bytes in round {round_no} of job {job}, "
-                                    f"expected {expected}")
-    opened: dict[int, torch.Tensor] = {}
-    offset = 0
-    for k in _layout(mine):
-        value, xor = mine[k]
-        n, width = value.numel(), value.element_size()
-        dtype = _NUMPY_DTYPES[value.dtype]
-        views = [torch.from_numpy(np.frombuffer(received[p], dtype=dtype, count=n, offset=offset))
-                 for p in sorted(incoming)]
-        combine = torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_
-        acc = views[0]  # the received buffer is ours: accumulate into it
-        for other in views[1:]:
-            combine(acc, other)
-        combine(acc, value.reshape(-1))
-        opened[k] = acc.view(value.shape)
-        offset += n * width
+    summed = _sum_received(job, round_no, [(v.reshape(-1), xor) for v, xor in mine], {p: received[p] for p in incoming})
+    opened = {k: acc.view(mine[k][0].shape) for k, acc in summed.items()}
     results, k = [], 0
     for op in opens:
         if op.to is None or op.to == pid:

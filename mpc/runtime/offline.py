@@ -117,12 +117,10 @@ def expand(specs: list[Spec], pid: int, seed: bytes, label: str, corrections: Co
     pending: deque = deque()  # party 0: (k, free tensors) of correlations waiting for bytes
     for k, spec in enumerate(specs):
         prg = PRG(derive_key(seed, "corr", label, k))
-        free = [part.draw(prg) for part in correlations.free_parts(spec, pid)]
-        if corrections is None:
-            dependent = [correlations.finish(spec, p.draw(prg)) for p in correlations.dependent_parts(spec)]
-            out[k] = correlations.assemble(spec, free, dependent)
+        if corrections is None:  # every tensor from the seed
+            out[k] = correlations.party_part(spec, pid, prg)
             continue
-        pending.append((k, free))
+        pending.append((k, [part.draw(prg) for part in correlations.free_parts(spec, pid)]))
         while pending and corrections.ready(corrections.end(pending[0][0])):
             j, free_j = pending.popleft()
             out[j] = _finish(specs[j], corrections, j, free_j)

@@ -111,3 +111,13 @@ def specs_digest(specs) -> str:
 def stream_label(key: bytes, specs) -> str:
     """The label that takes the job id's place in the correlation streams' key derivation."""
     return f"repro:{key.hex()}:{specs_digest(specs)}"
+
+
+def correlation_label(job: str, key: bytes, specs) -> str:
+    """What keys a job's correlation streams: its id, or (a reproducible job) its key and specs."""
+    return stream_label(key, specs) if key else job
+
+
+def input_label(job: str, key: bytes) -> str:
+    """What keys a job's input masks: its id, or (a reproducible job) its key."""
+    return f"repro:{key.hex()}" if key else job

@@ -456,7 +456,7 @@ class PartySession:
                                f"{tuple(program.nodes[nid].shape)}")
         kept = {nid: self.kept[h] for nid, h in job.kept.items()}
 
-        label, pair_key = (f"repro:{key.hex()}", self.dealer.repro_pair) if key else (job.job_id, None)
+        label, pair_key = reproducible_.input_label(job.job_id, key), (self.dealer.repro_pair if key else None)
 
         def mask(node, req):
             with prof.phase("input_masks"):  # PRG expansion, inside "arithmetic": separated in _phases
@@ -579,10 +579,9 @@ class PartySession:
         worker thread while the dealer's stream arrives: its `dealer` phase is the wait for
         the stream's last byte, `prg_expand` what is left of the expansion after it."""
         specs = [s for _, _, s in dry.specs]
-        if key:  # long-lived seeds, and the key with the spec list in the job id's place
-            seed, label = self.dealer.repro_seed, reproducible_.stream_label(key, specs)
-        else:
-            seed, label = self.dealer.seed, job
+        # a reproducible job: long-lived seeds, and the key with the spec list in the job id's place
+        seed = self.dealer.repro_seed if key else self.dealer.seed
+        label = reproducible_.correlation_label(job, key, specs)
         if self.pid != 0 or not specs:
             with prof.phase("prg_expand"):
                 parts = await asyncio.to_thread(offline.expand, specs, self.pid, seed, label)
