@@ -426,13 +426,17 @@ def correction_values(spec: Spec, frees: list[list[torch.Tensor]], others: list[
     return corrections
 
 
-def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
-    """The dealer's side, whole: expand every party's stream and return party 0's corrections.
-    (protocols/streaming.py makes the same bytes chunk by chunk.)"""
+def whole_correction(spec: Spec, prgs: list[PRG]) -> list[torch.Tensor]:
+    """The dealer's side, whole: expand every party's stream and return party 0's dependent
+    tensors as stored. (protocols/streaming.py makes the same bytes chunk by chunk.)"""
     frees = [[part.draw(prg) for part in free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
-    deps = dependent_parts(spec)
-    others = [[part.draw(prg) for part in deps] for prg in prgs[1:]]
-    return [part.to_bytes(c) for part, c in zip(deps, correction_values(spec, frees, others))]
+    others = [[part.draw(prg) for part in dependent_parts(spec)] for prg in prgs[1:]]
+    return correction_values(spec, frees, others)
+
+
+def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
+    """Party 0's corrections of one correlation, whole, as bytes."""
+    return [part.to_bytes(c) for part, c in zip(dependent_parts(spec), whole_correction(spec, prgs))]
 
 
 def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = None) -> tuple[torch.Tensor, ...]:

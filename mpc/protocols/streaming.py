@@ -152,11 +152,7 @@ def correction_pieces(spec: Spec, keys: list[bytes], chunk: int | None = None):
     n = elements(spec)
     chunk = chunk or (chunk_size(n) if n is not None else 0)
     if n is None or n <= chunk:
-        prgs = [PRG(k) for k in keys]
-        frees = [[p.draw(prg) for p in correlations.free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
-        deps = correlations.dependent_parts(spec)
-        others = [[p.draw(prg) for p in deps] for prg in prgs[1:]]
-        for value in correlations.correction_values(spec, frees, others):
+        for value in correlations.whole_correction(spec, [PRG(k) for k in keys]):
             yield _raw(value)
         return
     if chunk % 8 or chunk <= 0:
