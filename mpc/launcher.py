@@ -183,29 +183,24 @@ class LocalCluster(ClusterClient):
             raise
 
     def _make_certs(self) -> str:
-        """The directory of this cluster's certificates: throwaway ones, or those of state_dir
-        (made there on the first start, with the CA's key, readable by their owner only)."""
-        identities = [tls_.DEALER, tls_.COORDINATOR] + [tls_.party_name(p) for p in range(self.n_parties)]
+        """The directory of this cluster's certificates (tls.make_cluster_certs, client-local
+        included: a client of `mpc launch` in another process uses it): throwaway ones, or
+        those of state_dir (made there on the first start, with the CA's key, readable by
+        their owner only)."""
         local = tls_.client_name("local")
         if self.state_dir:
             directory = os.path.join(self.state_dir, "certs")
-            if all(os.path.exists(os.path.join(directory, f"{i}.key")) for i in identities + [local, "ca"]):
+            names = [tls_.DEALER, tls_.COORDINATOR, local, "ca"] + [tls_.party_name(p) for p in range(self.n_parties)]
+            if all(os.path.exists(os.path.join(directory, f"{name}.key")) for name in names):
                 self.ca = tls_.CertificateAuthority.load(directory)
-                self._client_creds = tls_.Credentials.load(directory, local)
-                return directory
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
-            self.ca.write(directory, with_key=True)
+            else:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                self.ca = tls_.make_cluster_certs(directory, self.n_parties, ca_key=True)
         else:
-            self.ca = tls_.CertificateAuthority.create("mpc LocalCluster CA")
             self.certs_dir = tempfile.TemporaryDirectory(prefix="mpc-certs-")
             directory = self.certs_dir.name
-            self.ca.write(directory, with_key=False)
-        for identity in identities:
-            tls_.write_credentials(directory, self.ca.issue(identity))
-        self._client_creds = self.ca.issue(local)
-        # a client of `mpc launch` in another process uses the same identity
-        tls_.write_credentials(directory, self._client_creds)
+            self.ca = tls_.make_cluster_certs(directory, self.n_parties, ca_key=False)
+        self._client_creds = tls_.Credentials.load(directory, local)
         return directory
 
     def client(self, name: str) -> ClusterClient:
