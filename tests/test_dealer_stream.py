@@ -37,6 +37,7 @@ def kinds(n):
     return [corr.mul_triple((n,), (n,)), corr.square_pair((n,)),
             corr.trunc_pair((n,), 16, 3), corr.trunc_pair((n,), 30, 3), corr.trunc_pair((n,), 40, 3),
             corr.trunc_pair((n,), 12, 2),  # N even: party 0's rho has one bit more
+            corr.trunc_pair((n,), 16, 3, square=True), corr.trunc_pair((n,), 40, 2, square=True),
             corr.compare_material((n,), "lt"), corr.compare_material((n,), "eq"),
             corr.compare_material((n,), "lt", [(n,), (n, 3)]), corr.compare_material((1, n), "eq", [(1, n, 2)])]
 
@@ -115,7 +116,7 @@ def test_expansion_while_bytes_arrive_gives_the_parts_of_whole_generation(n_part
     n = 150
     specs = [corr.mul_triple((n,), (n,)), corr.trunc_pair((n,), 16, n_parties), corr.square_pair((7,)),
              corr.matmul_triple((3, 4), (4, 2)), corr.compare_material((n,), "lt", [(n, 2)]),
-             corr.trunc_pair((n, 2), 40, n_parties)]
+             corr.trunc_pair((n, 2), 40, n_parties), corr.trunc_pair((n,), 30, n_parties, square=True)]
     label = "job-x"
     stream = b"".join(streaming.dealer_stream(SEEDS[:n_parties], label, specs, chunk=32))
     corrections = offline.Corrections(specs)

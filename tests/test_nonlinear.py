@@ -55,8 +55,8 @@ UNARY = {
 }
 
 # Our round counts, as documented in the protocols' docstrings (3 parties; f = 16).
-ROUNDS = {"relu": 4, "abs": 4, "sign": 4, "gt": 4, "le": 4, "eq": 4, "clamp": 4, "exp": 18, "sigmoid": 26,
-          "tanh": 26, "reciprocal": 63, "log": 72, "sqrt": 46, "inv_sqrt": 44, "softmax": 64, "log_softmax": 106,
+ROUNDS = {"relu": 4, "abs": 4, "sign": 4, "gt": 4, "le": 4, "eq": 4, "clamp": 4, "exp": 10, "sigmoid": 22,
+          "tanh": 22, "reciprocal": 55, "log": 44, "sqrt": 34, "inv_sqrt": 32, "softmax": 56, "log_softmax": 70,
           "max": 16, "min": 16, "argmax": 16, "max_pool2d": 8}
 
 

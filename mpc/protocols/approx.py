@@ -18,7 +18,7 @@ import math
 import torch
 
 from mpc.protocols import correlations
-from mpc.protocols.arithmetic import _beaver, square, truncate
+from mpc.protocols.arithmetic import _beaver, square, truncate, truncate_square
 from mpc.protocols.base import PartyContext, gather
 from mpc.protocols.compare import compare
 from mpc.protocols.nonlinear import max_
@@ -77,24 +77,30 @@ def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_M
     Valid for x in [-256, 20] (x_max lowers the top of the range for more precision);
     relative error below (x/256)^3 / 6 * 256 + 2^-14 (about 1e-4 at x = 4, where
     CrypTen's (1 + x/256)^256 is off by 3%); for x < -256, p(y) stops falling and the
-    result is wrong. Rounds 2 + 2n = 18 (CrypTen: 27).
-      1. y = x / 2^n by a shift, and x^2 by a Beaver product (round 1);
-      2. y^2 / 2 = x^2 / 2^(2n+1) by one truncation to the first step's scale (round 2);
-      3. n squarings, each truncated to the next step's scale (exp_scales).
+    result is wrong. Rounds 2 + n = 10 (CrypTen: 27).
+      1. x^2 by a square pair (round 1);
+      2. p(y) = (2^(2f+2n+1) + 2^(f+n+1) x + x^2) / 2^k at the first step's scale s0 (k =
+         2f + 2n + 1 - s0), one truncation that also gives p(y)^2 (truncate_square, round 2);
+      3. n steps, each truncating the previous square to the next step's scale
+         (exp_scales) and squaring it for free in the same round; the last only truncates.
     """
     f = ctx.frac_bits
     scales = exp_scales(iters, x_max, f)
     s0 = scales[0]
-    y_shift = s0 - f - iters
-    if y_shift >= 0:
-        x2 = yield from square(ctx, x)
-        y = x * (1 << y_shift)
-    else:
-        y, x2 = yield from gather(truncate(ctx, x, -y_shift), square(ctx, x))
-    half_y2 = yield from _rescale(ctx, x2, 2 * f + 2 * iters + 1, s0)
-    v = _const(ctx, x, 1.0, s0) + y + half_y2
+    k = 2 * f + 2 * iters + 1 - s0
+    if k < 1:
+        raise ValueError(f"exp with {iters} squarings at f = {f}: the first scale 2^{s0} is too fine")
+    x2 = yield from square(ctx, x)
+    poly = x2 + x * (1 << (f + iters + 1))  # |x| <= 256: each term below 2^(2f + 2n + 1) = 2^49
+    if ctx.is_first:
+        poly += 1 << (2 * f + 2 * iters + 1)
+    v, v2 = yield from truncate_square(ctx, poly, k)
     for j in range(iters):
-        v = yield from _mul(ctx, v, v, 2 * scales[j] - scales[j + 1])
+        shift = 2 * scales[j] - scales[j + 1]
+        if j < iters - 1:
+            v, v2 = yield from truncate_square(ctx, v2, shift)
+        else:
+            v = yield from truncate(ctx, v2, shift)
     return v
 
 
@@ -108,12 +114,13 @@ def _scaled_trunc(ctx: PartyContext, x: torch.Tensor, ratio: float, src: int, ds
 def exp_neg16(ctx: PartyContext, x: torch.Tensor):
     """e^x for x in [-16, 0] (sigmoid's e^-|x|): p(x / 16)^16 with p the degree-4 Taylor
     polynomial, 4 squarings instead of exp's 8. Absolute error below 4e-6 + rounding.
-    Rounds 4 + 2 * 4 = 12 (exp: 18).
+    Rounds 4 + 4 = 8 (exp: 10).
       1. open x - a of a square pair for x^2, and y/3 = x/48 by one truncation (round 1);
       2. y^2/2 and y^2/12 from x^2 by two truncations (round 2);
       3. y^3/6 = (y/3)(y^2/2) and y^4/24 = (y^2/2)(y^2/12), untruncated products (round 3);
-      4. p = 1 + y + y^2/2 + y^3/6 + y^4/24, the products' truncation (round 4);
-      5. four squarings, each truncated to the next step's scale.
+      4. p = 1 + y + y^2/2 + y^3/6 + y^4/24, the products' truncation, squared in the
+         same round (truncate_square, round 4);
+      5. four steps, each truncating the previous square and squaring it (one round each).
     """
     f, s0, n = ctx.frac_bits, _HIGH, 4
     y = x * (1 << (s0 - f - n))  # x / 16 at scale 2^30: exact
@@ -123,10 +130,14 @@ def exp_neg16(ctx: PartyContext, x: torch.Tensor):
     p3, p4 = yield from gather(_beaver(ctx, correlations.mul_triple(y_3.shape, h2.shape), torch.mul, y_3, h2),
                                _beaver(ctx, correlations.mul_triple(h2.shape, y2_12.shape), torch.mul, h2, y2_12))
     low = _const(ctx, x, 1.0, s0) + y + h2  # at scale s0; lifted to 2 s0 exactly below
-    v = yield from truncate(ctx, low * (1 << s0) + p3 + p4, s0)
+    v, v2 = yield from truncate_square(ctx, low * (1 << s0) + p3 + p4, s0)
     scales = exp_scales(n, 0.0, f)
     for j in range(n):
-        v = yield from _mul(ctx, v, v, 2 * scales[j] - scales[j + 1])
+        shift = 2 * scales[j] - scales[j + 1]
+        if j < n - 1:
+            v, v2 = yield from truncate_square(ctx, v2, shift)
+        else:
+            v = yield from truncate(ctx, v2, shift)
     return v
 
 
@@ -146,7 +157,7 @@ def _newton_reciprocal(ctx: PartyContext, d: torch.Tensor, y: torch.Tensor, iter
 def reciprocal_positive(ctx: PartyContext, x: torch.Tensor, out_scale: int | None = None):
     """1/x for x in [0.01, 256]: Newton from y0 = 3 e^(0.5 - x) + 0.003 (CrypTen's guess),
     10 iterations at scale 2^-24. Error about 2 units in the last place over
-    [0.5, 10]. Rounds 18 + 40 = 58 (CrypTen's reciprocal: 104)."""
+    [0.5, 10]. Rounds 10 + 40 = 50 (CrypTen's reciprocal: 104)."""
     f, s = ctx.frac_bits, _RECIP_SCALE
     t = yield from exp(ctx, _const(ctx, x, 0.5, f) - x, x_max=0.5)
     y0 = t * 3 * (1 << (s - f)) + _const(ctx, x, 0.003, s)
@@ -155,7 +166,7 @@ def reciprocal_positive(ctx: PartyContext, x: torch.Tensor, out_scale: int | Non
 
 def reciprocal(ctx: PartyContext, x: torch.Tensor):
     """1/x for |x| in [0.01, 256], either sign: |x| and the sign bit b from one comparison,
-    then 1/|x| and (2b - 1) / |x| = 2 b q - q (one product of a bit). Rounds 4 + 58 + 1 = 63."""
+    then 1/|x| and (2b - 1) / |x| = 2 b q - q (one product of a bit). Rounds 4 + 50 + 1 = 55."""
     b, (bx,) = yield from compare(ctx, x, "ge", (x,))
     q = yield from reciprocal_positive(ctx, 2 * bx - x)
     bq = yield from _beaver(ctx, correlations.mul_triple(b.shape, q.shape), torch.mul, b, q)
@@ -163,7 +174,7 @@ def reciprocal(ctx: PartyContext, x: torch.Tensor):
 
 
 def div(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor):
-    """x / y = x * (1 / y); the range of reciprocal applies to y. Rounds 65."""
+    """x / y = x * (1 / y); the range of reciprocal applies to y. Rounds 57."""
     q = yield from reciprocal(ctx, y)
     return (yield from _mul(ctx, x, q, ctx.frac_bits))
 
@@ -177,7 +188,7 @@ def sigmoid(ctx: PartyContext, x: torch.Tensor):
       3. q = 1 / (1 + t), 1 + t in [1, 2]: Newton from the minimax line 24/17 - 8/17 (1 + t)
          (relative error 1/17, after 2 iterations (1/17)^4 < 2^-16);
       4. sigmoid(x) = q for x >= 0 and 1 - q below: (1 - b) + 2 b q - q.
-    Rounds 4 + 12 + 1 + 8 + 1 = 26 (CrypTen: 59)."""
+    Rounds 4 + 8 + 1 + 8 + 1 = 22 (CrypTen: 59)."""
     f, s = ctx.frac_bits, _RECIP_SCALE
     sixteen = _const(ctx, x, 16.0, f)
     z = torch.stack([x, x - sixteen, -sixteen - x])
@@ -194,7 +205,7 @@ def sigmoid(ctx: PartyContext, x: torch.Tensor):
 
 
 def tanh(ctx: PartyContext, x: torch.Tensor):
-    """tanh(x) = 2 sigmoid(2x) - 1. Rounds 26 (CrypTen: 59)."""
+    """tanh(x) = 2 sigmoid(2x) - 1. Rounds 22 (CrypTen: 59)."""
     s = yield from sigmoid(ctx, 2 * x)
     return 2 * s - _const(ctx, x, 1.0, ctx.frac_bits)
 
@@ -202,22 +213,39 @@ def tanh(ctx: PartyContext, x: torch.Tensor):
 def log(ctx: PartyContext, x: torch.Tensor):
     """Natural log for x in [0.05, 100]: CrypTen's scheme with this runtime's exp.
 
-      y0 = x / 120 - 20 e^(-2x - 1) + 3; then twice h = 1 - x e^(-y), y <- y - sum_{k<=8} h^k / k
-      (a Householder step of order 8). Powers h^2..h^8 take 3 products in depth; the
-      weighted sum is one truncation. Rounds 18 + 2 * 27 = 72 (CrypTen: 109)."""
+    y0 = x / 120 - 20 e^(-2x - 1) + 3; then twice h = 1 - x e^(-y), y <- y - sum_{k<=8} h^k / k
+    (a Householder step of order 8). Rounds 10 + 2 * (10 + 7) = 44 (CrypTen: 109). A step:
+      1. x e^(-y) by a Beaver product (round 1), truncated with its square (round 2), so
+         h = 1 - xe and h^2 = 1 - 2 xe + xe^2 need no round of their own;
+      2. h2 = h^2 truncated with its square h^4 (round 3);
+      3. h3 = h2 h (Beaver, round 4; truncated in round 5) beside h4 = h^4 truncated with
+         its square h^8 (round 4);
+      4. h^5, h^6 = h4 (h, h2) (Beaver, round 5) and h^7 = h4 h3 (round 6), left at scale 2f;
+      5. the weighted sum of every power, lifted to scale 3f, in one truncation (round 7).
+    """
     f = ctx.frac_bits
     x120, t = yield from gather(_scale_public(ctx, x, 1 / 120, f, f),
                                 exp(ctx, -2 * x - _const(ctx, x, 1.0, f), x_max=0.0))
     y = x120 - 20 * t + _const(ctx, x, 3.0, f)
+    one, one2 = _const(ctx, x, 1.0, f), _const(ctx, x, 1.0, 2 * f)
     for _ in range(2):
         e = yield from exp(ctx, -y)
-        xe = yield from _mul(ctx, x, e, f)
-        h = _const(ctx, x, 1.0, f) - xe
-        h2 = yield from _mul(ctx, h, h, f)
-        h3, h4 = yield from gather(_mul(ctx, h2, h, f), _mul(ctx, h2, h2, f))
-        h5, h6, h7, h8 = yield from gather(*(_mul(ctx, h4, p, f) for p in (h, h2, h3, h4)))
-        series = sum(p * round((1 << f) / k) for k, p in enumerate((h, h2, h3, h4, h5, h6, h7, h8), start=1))
-        y = y - (yield from truncate(ctx, series, f))
+        xe_wide = yield from _beaver(ctx, correlations.mul_triple(x.shape, e.shape), torch.mul, x, e)
+        xe, xe_sq = yield from truncate_square(ctx, xe_wide, f)
+        h = one - xe
+        h2, h4_wide = yield from truncate_square(ctx, one2 - xe * (2 << f) + xe_sq, f)
+        h3_wide, (h4, h8_wide) = yield from gather(
+            _beaver(ctx, correlations.mul_triple(h2.shape, h.shape), torch.mul, h2, h),
+            truncate_square(ctx, h4_wide, f))
+        h3, h5_wide, h6_wide = yield from gather(
+            truncate(ctx, h3_wide, f),
+            _beaver(ctx, correlations.mul_triple(h4.shape, h.shape), torch.mul, h4, h),
+            _beaver(ctx, correlations.mul_triple(h4.shape, h2.shape), torch.mul, h4, h2))
+        h7_wide = yield from _beaver(ctx, correlations.mul_triple(h4.shape, h3.shape), torch.mul, h4, h3)
+        # |h| < 1 once y0 is within reach of log x: every term stays far below 2^62 at scale 3f
+        narrow = sum(p * ((1 << f) * round((1 << f) / k)) for k, p in enumerate((h, h2, h3, h4), start=1))
+        wide = sum(p * round((1 << f) / k) for k, p in enumerate((h5_wide, h6_wide, h7_wide, h8_wide), start=5))
+        y = y - (yield from truncate(ctx, narrow + wide, 2 * f))
     return y
 
 
@@ -227,23 +255,30 @@ def inv_sqrt(ctx: PartyContext, x: torch.Tensor, out_scale: int | None = None):
     CrypTen stops at 3, which leaves 0.3% relative error at x = 10. The iterates live at
     scale 2^-24 (y <= 3.2 and x y^2 <= 300 keep every product below 2^52), so the
     rounding of one step is not multiplied by x in the next; the last step truncates
-    straight to `out_scale`. Rounds 1 + 18 + 1 + 4 * 6 = 44 (CrypTen: 66)."""
+    straight to `out_scale`. Every y but the last comes out of truncate_square, so y^2
+    costs one truncation, not a product. Rounds 1 + 10 + 1 + 4 * 5 = 32 (CrypTen: 66)."""
     f, s = ctx.frac_bits, _RECIP_SCALE
-    half, tiny = yield from gather(truncate(ctx, x, 1), truncate(ctx, x, 10))
+    half = yield from truncate(ctx, x, 1)
     t = yield from exp(ctx, -half - _const(ctx, x, 0.2, f), x_max=0.0)
-    y = (yield from _scale_public(ctx, t, 2.2, f, s)) + _const(ctx, x, 0.2, s) - tiny * (1 << (s - f))
+    wide = s + 8  # y0 at scale 2^(s+8), truncated by 8 bits together with its square
+    y0 = t * round(2.2 * (1 << (wide - f))) - x * (1 << (wide - f - 10)) + _const(ctx, x, 0.2, wide)
+    y, y_sq = yield from truncate_square(ctx, y0, wide - s)
     steps = 4
     for k in range(steps):
-        y2 = yield from _mul(ctx, y, y, s)
+        y2 = yield from truncate(ctx, y_sq, s)
         xy2 = yield from _mul(ctx, x, y2, f)
-        last_scale = (out_scale or f) if k == steps - 1 else s
-        y = yield from _mul(ctx, y, _const(ctx, x, 3.0, s) - xy2, 2 * s + 1 - last_scale)
+        z = yield from _beaver(ctx, correlations.mul_triple(y.shape, xy2.shape), torch.mul, y,
+                               _const(ctx, x, 3.0, s) - xy2)
+        if k == steps - 1:
+            y = yield from truncate(ctx, z, 2 * s + 1 - (out_scale or f))
+        else:
+            y, y_sq = yield from truncate_square(ctx, z, s + 1)
     return y
 
 
 def sqrt(ctx: PartyContext, x: torch.Tensor):
     """sqrt(x) = x / sqrt(x) for x in [0.1, 100], with 1/sqrt(x) kept at scale 2^-24 for
-    the last product. Rounds 46 (CrypTen: 69)."""
+    the last product. Rounds 34 (CrypTen: 69)."""
     r = yield from inv_sqrt(ctx, x, out_scale=_RECIP_SCALE)
     return (yield from _mul(ctx, x, r, _RECIP_SCALE))
 
@@ -260,8 +295,8 @@ def softmax(ctx: PartyContext, x: torch.Tensor, dim: int):
 
     The sum s lies in [1, n], so Newton for 1/s starts from the public 2 / (n + 1)
     (relative error at most (n-1)/(n+1)) and needs no exp of its own.
-    Rounds 4 ceil(log2 n) + 18 + 4 k + 2 with k = ceil(log2(26 ln 2 / -ln((n-1)/(n+1))))
-    Newton steps: 64 for n = 10 (CrypTen: 216)."""
+    Rounds 4 ceil(log2 n) + 10 + 4 k + 2 with k = ceil(log2(26 ln 2 / -ln((n-1)/(n+1))))
+    Newton steps: 56 for n = 10 (CrypTen: 216)."""
     n = x.shape[dim]
     z, e, s = yield from _softmax_parts(ctx, x, dim)
     q = yield from _newton_reciprocal(ctx, s, _const(ctx, s, 2 / (n + 1), _RECIP_SCALE),
@@ -278,7 +313,7 @@ def _newton_steps(n: int) -> int:
 
 def log_softmax(ctx: PartyContext, x: torch.Tensor, dim: int):
     """(x - max) - log(sum e^(x - max)); the sum is in [1, n], inside log's range for
-    n <= 100. Rounds 4 ceil(log2 n) + 18 + 72 (106 for n = 10; CrypTen: 235)."""
+    n <= 100. Rounds 4 ceil(log2 n) + 10 + 44 (70 for n = 10; CrypTen: 235)."""
     z, _, s = yield from _softmax_parts(ctx, x, dim)
     return z - (yield from log(ctx, s))
 

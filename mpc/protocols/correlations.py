@@ -22,6 +22,8 @@ Kinds:
                                         and backward products, SecureML §4.2; B matmul or
                                         conv2d, Bx and Bw its gradient products: train_forms)
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
+          with sq: also Q = S0^2, D        dependent D, Q                  + 8 B + a word (k bits)
+          (S0 = T - R, D = S1^2 - S0^2)   (arithmetic.truncate_square)
   cmp     comparison material          see compare.py                  85 B/elem ("lt"), 47 ("eq"),
                                                                        + 8 B per payload element
 
@@ -124,9 +126,11 @@ def conv2d_weight_triple(shape_x, shape_g, kernel, stride, padding, dilation, gr
     return Spec("conv2d_weight", (tuple(shape_x), tuple(shape_g)), params)
 
 
-def trunc_pair(shape, frac_bits: int, n_parties: int) -> Spec:
-    """Truncation by `frac_bits` bits (any shift from 1 to 62, not only the encoding's f)."""
-    return Spec("trunc", (tuple(shape),), (("f", frac_bits), ("n", n_parties)))
+def trunc_pair(shape, frac_bits: int, n_parties: int, square: bool = False) -> Spec:
+    """Truncation by `frac_bits` bits (any shift from 1 to 62, not only the encoding's f);
+    with `square`, also the square of the result's secret part (arithmetic.truncate_square)."""
+    params = (("f", frac_bits), ("n", n_parties)) + ((("sq", 1),) if square else ())
+    return Spec("trunc", (tuple(shape),), params)
 
 
 def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
@@ -281,6 +285,10 @@ def _train_shapes(spec: Spec) -> tuple[tuple[int, ...], ...]:
         raise ValueError(f"bilinear_train of shapes {list(spec.shapes)}: {exc}") from None
 
 
+def _squared(spec: Spec) -> bool:
+    return dict(spec.params).get("sq", 0) == 1
+
+
 def _word_dtype(bits: int) -> torch.dtype:
     return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else torch.int64
 
@@ -322,7 +330,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "trunc":
         (shape,) = spec.shapes
         dt = _word_dtype(spec.param("f"))
-        return [Part(shape, dt), Part(shape, dt)]
+        return [Part(shape, dt), Part(shape, dt), *([Part(shape, dt), Part(shape)] if _squared(spec) else [])]
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
         tables = [Part((n, _CHUNKS), torch.int16, xor_words=True)] * (1 if mode == "eq" else 2)
@@ -367,7 +375,15 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         q = rho >> f
         t = ring.logical_shift_right(big_r + q, _RING_BITS - f)  # T' mod 2^f
         m = ring.msb(r)
-        return [t, m]
+        if not _squared(spec):
+            return [t, m]
+        # the result's secret part is S0 = T - R (msb(c) = 1) or S1 = S0 + M (msb(c) = 0);
+        # S1^2 - S0^2 = M (2 S0 + M) is a multiple of 2^(64 - f): sent as its word m (2 S0 + M)
+        top = _RING_BITS - f
+        s0 = t * (1 << top) - big_r
+        d = m * (2 * s0 + m * (1 << top))
+        d &= (1 << f) - 1
+        return [t, m, d, s0 * s0]
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
         r, m1, m2, s, *alphas = free
@@ -451,24 +467,25 @@ def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = N
             offset += n
     else:
         dependent = [part.draw(prg) for part in deps]
-    return assemble(spec, free, [finish(spec, d) for d in dependent])
+    return assemble(spec, free, [finish(spec, d, index=k) for k, d in enumerate(dependent)])
 
 
 def meta_part(spec: Spec) -> tuple[torch.Tensor, ...]:
     """Placeholders with the right shapes, for the planning dry run."""
-    return assemble(spec, [p.meta() for p in free_parts(spec, 0)], [finish(spec, p.meta()) for p in dependent_parts(spec)])
+    return assemble(spec, [p.meta() for p in free_parts(spec, 0)],
+                    [finish(spec, p.meta(), index=k) for k, p in enumerate(dependent_parts(spec))])
 
 
-def finishes(spec: Spec) -> bool:
-    """Whether `finish` changes a dependent tensor of this kind."""
-    return spec.kind == "trunc"
+def finishes(spec: Spec, index: int = 0) -> bool:
+    """Whether `finish` changes dependent tensor `index` of this kind."""
+    return spec.kind == "trunc" and index < 3
 
 
-def finish(spec: Spec, stored: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A dependent tensor as the protocols use it, from the form it is stored and sent in:
-    the truncation's words T', M' scaled to the top of the ring (x * 2^(64 - f)), into
-    `out` if given (a slice at a time as the bytes arrive); every other kind as it is."""
-    if spec.kind != "trunc":
+def finish(spec: Spec, stored: torch.Tensor, out: torch.Tensor | None = None, index: int = 0) -> torch.Tensor:
+    """Dependent tensor `index` as the protocols use it, from the form it is stored and sent
+    in: the truncation's words T', M' (and D') scaled to the top of the ring (x * 2^(64 - f)),
+    into `out` if given (a slice at a time as the bytes arrive); every other as it is."""
+    if not finishes(spec, index):
         return stored
     scale = 1 << (_RING_BITS - spec.param("f"))
     if out is None:
@@ -481,8 +498,7 @@ def assemble(spec: Spec, free, dependent) -> tuple[torch.Tensor, ...]:
     if spec.kind == "trunc":
         f = spec.param("f")
         big_r, rho = free
-        t, m = dependent
-        return big_r * (1 << f) + rho, big_r, t, m
+        return (big_r * (1 << f) + rho, big_r, *dependent)
     if spec.kind == "cmp":
         return (*free, *dependent)
     if spec.kind == "bilinear_train":  # (a, b, d, c, c', c''), an empty tensor for a product not asked for

@@ -132,8 +132,8 @@ def expand(specs: list[Spec], pid: int, seed: bytes, label: str, corrections: Co
 
 def _finish(spec: Spec, corrections: Corrections, k: int, free: list[torch.Tensor]) -> tuple:
     dependent = []
-    for stored, (start, stop) in zip(corrections.parts[k], corrections.spans[k]):
-        if not correlations.finishes(spec):
+    for index, (stored, (start, stop)) in enumerate(zip(corrections.parts[k], corrections.spans[k])):
+        if not correlations.finishes(spec, index):
             corrections.wait(stop)
             dependent.append(stored)
             continue
@@ -142,6 +142,6 @@ def _finish(spec: Spec, corrections: Corrections, k: int, free: list[torch.Tenso
         for a in range(0, flat.numel(), SLICE):
             b = min(flat.numel(), a + SLICE)
             corrections.wait(start + b * size)
-            correlations.finish(spec, flat[a:b], out=dst[a:b])
+            correlations.finish(spec, flat[a:b], out=dst[a:b], index=index)
         dependent.append(out)
     return correlations.assemble(spec, free, dependent)
