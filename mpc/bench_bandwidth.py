@@ -145,7 +145,7 @@ def _rows(cluster, hosts: netns.Hosts, rate_mbit: float, names, reps: int, train
             progress(f"repetition {rep + 1} of {reps}: {', '.join(names)}, "
                      + (f"at {rate_mbit:g} Mbit/s" if shaped else "unshaped"))
             if shaped:
-                hosts.shape(f"{rate_mbit:g}mbit")
+                hosts.shape(rate_mbit)
             try:
                 for name in names:
                     samples[name, shaped].append(runs[name]())

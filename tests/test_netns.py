@@ -88,7 +88,7 @@ def test_parties_on_separate_hosts_compute_and_slow_down_at_100_mbit(hosts, mode
             assert_close(product.reveal(), a * b, 1e-3, "product across hosts")
             unshaped = best_of(2, lambda: (sa * sb).reveal())
             sent = max(s.bytes_sent for s in cluster.last_stats)
-            hosts.shape("100mbit")
+            hosts.shape(100)
             try:
                 shaped = best_of(2, lambda: (sa * sb).reveal())
                 assert_close(cluster.infer(compiled, x), net(x).detach(), 0.05, "inference at 100 Mbit/s")
