@@ -215,6 +215,26 @@ class ClusterClient(_Cluster):
         info = self._call(ask(), timeout=self.job_timeout + 10)
         return tuple(info.x_shape), tuple(info.y_shape)
 
+    def _grant(self, grants: dict[int, int], grantee: str, program: str, revoke: bool = False) -> list[bool]:
+        """Send grants (grant id -> handle of a value we keep) to every party, or revoke
+        them; per party, whether each party held them (revoke) or took them."""
+        async def send(p):
+            oks = []
+            for grant_id, handle in grants.items():
+                try:
+                    reply = await self._stubs[p].Grant(pb.GrantRequest(
+                        grant=grant_id, handle=handle, client_session=self.session, grantee=grantee,
+                        program=program, revoke=revoke), timeout=self.job_timeout)
+                except grpc.aio.AioRpcError as exc:
+                    raise self._party_error(p, exc) from None
+                oks.append(reply.ok)
+            return all(oks)
+
+        async def send_all():
+            return await _gather_or_raise([send(p) for p in range(self.n_parties)])
+
+        return self._call(send_all(), timeout=self.job_timeout + 10)
+
     def _save_checkpoint(self, p, directory, step, job_hash, handles):
         return self._checkpoint_call("SaveCheckpoint", p, directory, step, job_hash, handles)
 

@@ -14,6 +14,8 @@ party, in which case the caller receives nothing.
 from __future__ import annotations
 
 import hashlib
+import json
+import secrets
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,6 +41,26 @@ class SharedModel:
             kept = with_kept(self.compiled.program, set(self.handles))
             self.programs[batch] = kept if batch == 1 else replicate(kept, batch, set(self.handles))
         return self.programs[batch]
+
+
+@dataclass(frozen=True)
+class ModelGrant:
+    """What a model's owner hands the client it lets run inference (out of band, as JSON):
+    the digest of the inference program, its batch size, and a grant id per weight. The
+    grantee also needs the model's architecture (its own compiled copy, any weights) to
+    compile the same program; the weights themselves never leave the parties."""
+
+    program: str
+    batch: int
+    grants: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps({"program": self.program, "batch": self.batch, "grants": self.grants}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelGrant":
+        d = json.loads(text)
+        return cls(str(d["program"]), int(d["batch"]), {str(k): int(v) for k, v in d["grants"].items()})
 
 
 CALLER = "caller"  # as model_owner or data_owner: the caller secret-shares the value itself
@@ -105,18 +127,48 @@ class InferenceMixin:
         shared = self._shared_models[key] = SharedModel(compiled, owner, handles)
         return shared
 
+    def grant_inference(self, model: SharedModel, to: str, batch: int = 1) -> ModelGrant:
+        """Let the client `to` (its certificate's name, e.g. "client-bob") run this model's
+        inference program at `batch` on the weights we keep, and nothing else
+        (mpc.net.grants); its outputs go to that client. Hand it the returned ModelGrant."""
+        program = model.program(batch)
+        ids = {name: secrets.randbits(62) | 1 for name in model.handles}
+        self._grant({ids[name]: h for name, h in model.handles.items()}, to, program.digest)
+        return ModelGrant(program.digest, batch, ids)
+
+    def revoke_inference(self, model: SharedModel, grant: ModelGrant) -> bool:
+        """Withdraw a grant at every party; whether every party held it."""
+        return all(self._grant({grant.grants[name]: h for name, h in model.handles.items()}, "", grant.program,
+                               revoke=True))
+
+    def _grant(self, grants: dict[int, int], grantee: str, program: str, revoke: bool = False) -> list[bool]:
+        raise NotImplementedError("grants are made at the parties of a networked cluster (LocalCluster, "
+                                  "RemoteCluster): an in-memory cluster has one client")
+
     def infer(self, model, x: torch.Tensor, *, model_owner: int = 0, data_owner: int = 1,
-              recipient: int | None = None) -> torch.Tensor | None:
+              recipient: int | None = None, grant: ModelGrant | None = None) -> torch.Tensor | None:
         """The model's output on the data owner's input `x`, to the caller (default) or to
         party `recipient` (then the caller gets None). `model` is a compiled model (its
-        weights are shared from `model_owner` on first use) or a SharedModel."""
-        return self.infer_batch(model, [x], model_owner=model_owner, data_owner=data_owner, recipient=recipient)[0]
+        weights are shared from `model_owner` on first use) or a SharedModel; with `grant`,
+        a compiled model of the same architecture run on the weights another client keeps
+        and granted us (grant_inference)."""
+        return self.infer_batch(model, [x], model_owner=model_owner, data_owner=data_owner, recipient=recipient,
+                                grant=grant)[0]
 
     def infer_batch(self, model, xs: list[torch.Tensor], *, model_owner: int = 0, data_owner: int = 1,
-                    recipient: int | None = None) -> list[torch.Tensor | None]:
+                    recipient: int | None = None, grant: ModelGrant | None = None) -> list[torch.Tensor | None]:
         """Several requests of the same model as one job: their rounds are shared."""
         if not xs:
             return []
+        if grant is not None:
+            if isinstance(model, SharedModel):
+                raise ValueError("with a grant, pass the compiled model (the weights are the granting client's)")
+            if len(xs) != grant.batch:
+                raise ValueError(f"the grant is for batches of {grant.batch}, not {len(xs)}")
+            model = SharedModel(model, -1, dict(grant.grants))  # grant ids stand where handles would
+            if model.program(grant.batch).digest != grant.program:
+                raise ValueError(f"the grant is for program {grant.program[:16]}…; this model compiles to "
+                                 f"{model.program(grant.batch).digest[:16]}… (another architecture or input shape)")
         shared = model if isinstance(model, SharedModel) else None
         if shared is not None and hasattr(shared.compiled, "shared_for"):  # trained at the parties
             shared = shared.compiled.shared_for(tuple(xs[0].shape), shared.handles)
@@ -136,8 +188,9 @@ class InferenceMixin:
         private = [n for n in program.inputs if n.attrs["kind"] == "private"]
         kept = {n.id: shared.handles[n.name] for n in program.inputs if n.attrs["kind"] == "kept"}
         owner_id = TO_CALLER if data_owner == CALLER else data_owner
-        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner_id for n in private}, kept=kept,
-                  recipients=tuple(to for _ in program.outputs))
+        job = Job(uuid.uuid4().hex, program.digest, owners={n.id: owner_id for n in private},
+                  kept={} if grant else kept, recipients=tuple(to for _ in program.outputs),
+                  granted=kept if grant else {})
         inputs = {p: {} for p in range(self.n_parties)}
         for n, x in zip(private, xs):
             if data_owner == CALLER:

@@ -143,6 +143,7 @@ class Job:
     replay: tuple[int, ...] = ()  # a transport floor (empty program): bytes per round, sender, receiver
     sources: dict[int, str] = field(default_factory=dict)  # input node -> a file its owner reads (JSON)
     reproducible: bool = False  # randomness keyed by the inputs, not the id (runtime.reproducible)
+    granted: dict[int, int] = field(default_factory=dict)  # kept input node -> id of a grant to the submitter
 
 
 def ancestors(roots: list[int], inputs_of, stop) -> list[int]:

@@ -24,6 +24,7 @@ from mpc.net import party_data
 from mpc.net.party_data import PartyData, PartyDataError
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
+from mpc.net.grants import Grant, GrantError, Grants
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime import reproducible
@@ -63,6 +64,7 @@ class PartyServer:
         # job id -> (the client that submitted it, job_digest of the job as the coordinator sent it)
         self._submitted: dict[str, tuple[str, str]] = {}
         self.access = Access(pid, creds is not None)
+        self.grants = Grants(pid)
         self.data_dir = data_dir
         self.data: PartyData | None = None  # once joined (it needs the cluster's fixed-point bits)
         self.started = time.monotonic()
@@ -211,6 +213,7 @@ class PartyServer:
             job, inputs = serde.job_from_proto(request)
             binding = job_digest(job)  # what its client will name when it runs it (before our namespace)
             job = _in_namespace(job, _namespace(submitter, request.client_session))
+            job = self.grants.resolve(job, submitter, self.access.secure, self.session.kept.__contains__)
             uploads = self._take_upload((submitter, request.upload_key or job.job_id))
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
             inputs.update(serde.inputs_from_uploads(loaded.program, uploads, shares))
@@ -221,6 +224,9 @@ class PartyServer:
             dry = await self.session.submit(job, inputs)
         except AccessDenied as exc:
             await context.abort(exc.code, str(exc))
+        except GrantError as exc:
+            log.warning("job %s refused: %s", request.job_id, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"party {self.pid}: {exc}")
         except (serde.SerdeError, CompileError, JobError, PartyDataError, DataError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
@@ -275,6 +281,22 @@ class PartyServer:
         if dropped:
             log.info("job %s cancelled: another party refused it", request.job_id)
         return pb.ExchangeReply(ok=dropped)
+
+    async def grant(self, request: pb.GrantRequest, context) -> pb.ExchangeReply:
+        """A client lets another use one of its kept values in one program (mpc.net.grants),
+        or withdraws that."""
+        await self._ready_or_abort(context)
+        who = await self._allowed(context, self.access.client, "a grant")
+        if request.revoke:
+            return pb.ExchangeReply(ok=self.grants.revoke(request.grant, who))
+        key = kept_handle(_namespace(who, request.client_session), request.handle)
+        try:
+            self.grants.add(request.grant, Grant(who, key, request.grantee, request.program),
+                            self.session.kept.__contains__, request.handle)
+        except GrantError as exc:
+            log.warning("grant refused: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
+        return pb.ExchangeReply(ok=True)
 
     async def describe_data(self, request: pb.DataQuery, context) -> pb.DataInfo:
         """The shapes of one of this party's files, as a job would read it: what a client
@@ -390,6 +412,9 @@ class PartyServer:
                 response_serializer=pb.SubmitReply.SerializeToString),
             "Run": grpc.unary_stream_rpc_method_handler(
                 self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+            "Grant": grpc.unary_unary_rpc_method_handler(
+                self.grant, request_deserializer=pb.GrantRequest.FromString,
+                response_serializer=pb.ExchangeReply.SerializeToString),
             "DescribeData": grpc.unary_unary_rpc_method_handler(
                 self.describe_data, request_deserializer=pb.DataQuery.FromString,
                 response_serializer=pb.DataInfo.SerializeToString),

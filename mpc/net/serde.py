@@ -191,7 +191,7 @@ def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.
                          inputs={k: tensor_to_proto(v) for k, v in (inputs or {}).items()},
                          public={k: tensor_to_proto(v) for k, v in job.public.items()},
                          profile=job.profile, replay=list(job.replay), sources=job.sources,
-                         reproducible=job.reproducible)
+                         reproducible=job.reproducible, granted=job.granted)
 
 
 def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
@@ -201,7 +201,7 @@ def job_from_proto(m: pb.JobRequest) -> tuple[Job, dict[int, torch.Tensor]]:
         raise SerdeError(f"job {m.job_id} names program {m.program!r}, not a SHA-256 digest")
     job = Job(m.job_id, m.program, dict(m.owners), dict(m.kept), tuple(m.recipients), dict(m.keep), tuple(m.free),
               {k: tensor_from_proto(v) for k, v in m.public.items()}, m.profile, tuple(m.replay), dict(m.sources),
-              m.reproducible)
+              m.reproducible, dict(m.granted))
     return job, {k: tensor_from_proto(v) for k, v in m.inputs.items()}
 
 

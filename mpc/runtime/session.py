@@ -120,11 +120,12 @@ class _Job:
 
 
 def job_digest(job: Job) -> str:
-    """SHA-256 of everything a job binds: program, owners, kept values, recipients, what is
-    kept and freed, public values. Parties compare it before the online phase."""
+    """SHA-256 of everything a job binds: program, owners, kept values (and grants), recipients,
+    what is kept and freed, public values. Parties compare it before the online phase."""
     h = hashlib.sha256()
     for part in (job.job_id, job.program, sorted(job.owners.items()), sorted(job.kept.items()), list(job.recipients),
-                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items()), job.reproducible):
+                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items()), job.reproducible,
+                 *((sorted(job.granted.items()),) if job.granted else ())):
         h.update(repr(part).encode())
     for nid in sorted(job.public):
         t = job.public[nid].detach().contiguous()

@@ -102,7 +102,7 @@ class ProgramReply(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., n_correlations: _Optional[int] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "client_session", "sources", "reproducible")
+    __slots__ = ("job_id", "program", "owners", "kept", "recipients", "keep", "free", "inputs", "public", "profile", "replay", "submitter", "upload_key", "client_session", "sources", "reproducible", "granted")
     class OwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,13 @@ class JobRequest(_message.Message):
         key: int
         value: str
         def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    class GrantedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +168,7 @@ class JobRequest(_message.Message):
     CLIENT_SESSION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     REPRODUCIBLE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     program: str
     owners: _containers.ScalarMap[int, int]
@@ -177,7 +185,24 @@ class JobRequest(_message.Message):
     client_session: str
     sources: _containers.ScalarMap[int, str]
     reproducible: bool
-    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., client_session: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ..., reproducible: _Optional[bool] = ...) -> None: ...
+    granted: _containers.ScalarMap[int, int]
+    def __init__(self, job_id: _Optional[str] = ..., program: _Optional[str] = ..., owners: _Optional[_Mapping[int, int]] = ..., kept: _Optional[_Mapping[int, int]] = ..., recipients: _Optional[_Iterable[int]] = ..., keep: _Optional[_Mapping[int, int]] = ..., free: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Mapping[int, TensorProto]] = ..., public: _Optional[_Mapping[int, TensorProto]] = ..., profile: _Optional[bool] = ..., replay: _Optional[_Iterable[int]] = ..., submitter: _Optional[str] = ..., upload_key: _Optional[str] = ..., client_session: _Optional[str] = ..., sources: _Optional[_Mapping[int, str]] = ..., reproducible: _Optional[bool] = ..., granted: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("grant", "handle", "client_session", "grantee", "program", "revoke")
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SESSION_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
+    grant: int
+    handle: int
+    client_session: str
+    grantee: str
+    program: str
+    revoke: bool
+    def __init__(self, grant: _Optional[int] = ..., handle: _Optional[int] = ..., client_session: _Optional[str] = ..., grantee: _Optional[str] = ..., program: _Optional[str] = ..., revoke: _Optional[bool] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("n_correlations", "rounds", "job_id")

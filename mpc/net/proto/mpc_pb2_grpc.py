@@ -89,6 +89,11 @@ class PartyStub:
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.SerializeToString,
                 response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.FromString,
                 _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/mpc.net.proto.Party/Grant',
+                request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.GrantRequest.SerializeToString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
+                _registered_method=True)
 
 
 class PartyServicer:
@@ -165,6 +170,13 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Grant(self, request, context):
+        """from a client: another client may use a kept value
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +234,11 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.FromString,
                     response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.SerializeToString,
+            ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.GrantRequest.FromString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +538,33 @@ class Party:
             '/mpc.net.proto.Party/ListCheckpoints',
             mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointQuery.SerializeToString,
             mpc_dot_net_dot_proto_dot_mpc__pb2.CheckpointList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpc.net.proto.Party/Grant',
+            mpc_dot_net_dot_proto_dot_mpc__pb2.GrantRequest.SerializeToString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.ExchangeReply.FromString,
             options,
             channel_credentials,
             insecure,
