@@ -127,10 +127,17 @@ class InferenceMixin:
         shared = self._shared_models[key] = SharedModel(compiled, owner, handles)
         return shared
 
-    def grant_inference(self, model: SharedModel, to: str, batch: int = 1) -> ModelGrant:
+    def grant_inference(self, model: SharedModel, to: str, batch: int = 1,
+                        input_shape: tuple[int, ...] | None = None) -> ModelGrant:
         """Let the client `to` (its certificate's name, e.g. "client-bob") run this model's
         inference program at `batch` on the weights we keep, and nothing else
-        (mpc.net.grants); its outputs go to that client. Hand it the returned ModelGrant."""
+        (mpc.net.grants); its outputs go to that client. Hand it the returned ModelGrant.
+        A model trained at the parties (TrainResult.shared) also needs `input_shape`, one
+        request's shape; the grantee compiles it with compile_model(..., trainable=True)."""
+        if hasattr(model.compiled, "shared_for"):
+            if input_shape is None:
+                raise ValueError("a model trained at the parties needs input_shape (the shape of one request)")
+            model = model.compiled.shared_for(tuple(input_shape), model.handles)
         program = model.program(batch)
         ids = {name: secrets.randbits(62) | 1 for name in model.handles}
         self._grant({ids[name]: h for name, h in model.handles.items()}, to, program.digest)
@@ -138,8 +145,8 @@ class InferenceMixin:
 
     def revoke_inference(self, model: SharedModel, grant: ModelGrant) -> bool:
         """Withdraw a grant at every party; whether every party held it."""
-        return all(self._grant({grant.grants[name]: h for name, h in model.handles.items()}, "", grant.program,
-                               revoke=True))
+        return all(self._grant({grant.grants[name]: h for name, h in model.handles.items() if name in grant.grants},
+                               "", grant.program, revoke=True))
 
     def _grant(self, grants: dict[int, int], grantee: str, program: str, revoke: bool = False) -> list[bool]:
         raise NotImplementedError("grants are made at the parties of a networked cluster (LocalCluster, "

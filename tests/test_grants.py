@@ -145,3 +145,23 @@ def test_grants_limits_and_checks_without_a_cluster():
     resolved = grants.resolve(dataclasses.replace(job, kept={}), "client-b", True, kept)
     assert resolved.kept == {0: 11} and resolved.granted == {}
     assert not grants.revoke(1, "client-b") and grants.revoke(1, "client-a") and len(grants) == 0
+
+
+def test_a_model_trained_at_the_parties_can_be_granted(cluster):
+    """The weights of a training job never leave the parties; its owner grants inference on
+    them, and the grantee compiles the architecture as a trainable model."""
+    from mpc.compiler.training import SGD
+
+    g = torch.Generator().manual_seed(1)  # test data
+    x = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    data = cluster.share_data({0: (x[:30], y[:30]), 1: (x[30:], y[30:])}, n_classes=3)
+    result = cluster.train(_net(2), data, optimizer=SGD(0.3), epochs=1, batch_size=20)
+    with pytest.raises(ValueError, match="needs input_shape"):
+        cluster.grant_inference(result.shared, "client-bob")
+    grant = cluster.grant_inference(result.shared, "client-bob", input_shape=(4, 6))
+    want = cluster.infer(result.shared, x[:4])
+    copy = compile_model(_net(9), torch.zeros(4, 6, dtype=torch.float64), trainable=True)
+    with cluster.client("bob") as bob:
+        got = bob.infer(copy, x[:4], grant=grant, data_owner="caller")
+    assert_close(got, want, 2e-3, "granted inference on trained weights")
