@@ -38,7 +38,8 @@ def reveal(ctx: PartyContext, x: torch.Tensor, to: int | None = None):
 def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
     """Divide a shared value by 2^f with a dealer-supplied mask: one round, never a wrap.
 
-    `bits` shifts by another amount k in [1, 62] (f is the default); read f as k below.
+    `bits` shifts by another amount k in [1, max_shift(N)] (61 at N = 2, 3; f is the
+    default); read f as k below.
 
     Requires |x| < 2^(l-2) for the ring size l = 64 (see ring.max_abs_value).
     The dealer provides shares of R (uniform), r = 2^f R + rho with rho = sum_i rho_i,
@@ -62,6 +63,12 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
     return y
 
 
+def max_shift(n_parties: int) -> int:
+    """The largest truncation shift k at N parties: the dealer's rho = sum_i rho_i, each below
+    2^k (party 0's below 2^(k+1) when N is even), must stay below 2^63 in an int64."""
+    return 63 - n_parties.bit_length()
+
+
 def truncate_square(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
     """(y, y^2): y = truncate(x, bits), and its square, untruncated (at twice y's scale),
     in the truncation's one round: the square costs no round and opens nothing.
@@ -80,8 +87,8 @@ def truncate_square(ctx: PartyContext, x: torch.Tensor, bits: int | None = None)
 
 def _truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None, squared: bool):
     f, n = (bits or ctx.frac_bits), ctx.n_parties
-    if not 0 < f <= 62:
-        raise ValueError(f"truncation by {f} bits is outside [1, 62]")
+    if not 0 < f <= max_shift(n):
+        raise ValueError(f"truncation by {f} bits at {n} parties is outside [1, {max_shift(n)}]")
     r, big_r, t, m, *sq = yield Randomness(correlations.trunc_pair(x.shape, f, n, square=squared))
     offset = 1 << (_RING_BITS - 2)
     masked = x + r
