@@ -9,21 +9,28 @@ difference of two encoded values well inside.
 Protocol (mask-and-open, then a comparison of a public value with a secret mask whose
 bits the dealer shares, as in Damgard et al., TCC 2006, and "Rabbit", Makri et al.,
 ASIACRYPT 2021; chunk tables are one-time truth tables, Ishai et al., TCC 2013). The
-dealer supplies r uniform in Z_2^64 with XOR-shared 16-entry tables per 4-bit chunk r_j
-of r: LT_j[v] = [v < r_j], EQ_j[v] = [v == r_j]; bit 62 of r; masks and mask products
-for a two-level 4-ary carry tree (bits.py); a random bit s as XOR and as additive shares;
-and for each payload w, a mask alpha with additive shares of alpha * s.
+dealer supplies r uniform in Z_2^64 with an XOR-shared 16-entry table per 4-bit chunk r_j
+of r, LT_j[v] = [v < r_j] ("eq" mode: EQ_j[v] = [v == r_j]) as one 16-bit word; bit 62
+of r; masks and mask products for a two-level 4-ary carry tree (bits.py); a random bit s
+as XOR and as additive shares; and for each payload w, a mask alpha with additive shares
+of alpha * s.
+The dealer need not send EQ_j beside LT_j: LT_j is the thermometer code of r_j and EQ_j
+the one-hot code, so EQ_j[v] = [v - 1 < r_j] ^ [v < r_j] = LT_j[v - 1] ^ LT_j[v], with
+LT_j[-1] = 1, an affine GF(2) map of LT_j. XOR shares are closed under such maps (each
+party applies the linear part to its own share, party 0 adds the constant), so each
+party derives its share of EQ_j[c_j] from its share of LT_j alone, with no message.
   1. open c = z + 2^62 + r and d_w = w - alpha (round 1). With z' = z + 2^62 in [0, 2^63),
      z' = c - r mod 2^64, so bit 62 of z' is [z >= 0] = c_62 ^ r_62 ^ [c_lo < r_lo],
      lo = bits 0..61 (in "eq" mode, c = z + r and [z == 0] = [c == r]).
-  2. leaves: g_j = LT_j[c_j], p_j = EQ_j[c_j], picked locally from the tables.
+  2. leaves, locally: g_j = LT_j[c_j], p_j = LT_j[c_j] ^ LT_j[c_j - 1] ("eq": EQ_j[c_j]).
   3. two tree levels, one round each (rounds 2 and 3): 16 leaves -> 4 groups -> root,
      each level a one-round 4-input AND from the masked openings (bits.eval_level).
   4. b = c_62 ^ r_62 ^ G_root ("ge") or P_root ("eq"), XOR-shared; open e = b ^ s (round 4).
   5. [b] = e + (1 - 2e)[s], and [b w] = e w + (1 - 2e)(d_w [s] + [alpha s]).
 Cost at N parties, per element: 4 rounds; each party sends (N-1) * (16 + 5 + 1/8) bytes
 (8 for c, 8 per payload element, 32 + 8 + 1 bits for the tree and e): 42 B at N = 3 for
-a ReLU. Dealer: 85 bytes to party 0 ("ge"; 47 for "eq") plus 8 per payload element.
+a ReLU. Dealer: 53 bytes to party 0 ("ge", 32 of them the LT tables; 47 for "eq") plus 8
+per payload element (85 for "ge" when the EQ tables were sent beside the LT tables).
 """
 
 from __future__ import annotations
@@ -54,10 +61,10 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     r, m1, m2, s_bits, *rest = material
     alphas, rest = rest[:len(payloads)], rest[len(payloads):]
     if lt_mode == "lt":
-        lt_table, eq_table, r62, prod1, prod2, s_arith, *alpha_s = rest
+        table, r62, prod1, prod2, s_arith, *alpha_s = rest
     else:
-        eq_table, prod1, prod2, s_arith, *alpha_s = rest
-        lt_table = r62 = None
+        table, prod1, prod2, s_arith, *alpha_s = rest
+        r62 = None
     n = z.numel()
 
     # Round 1: the masked value, and the payloads' Beaver-style openings.
@@ -66,8 +73,7 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
         masked += _OFFSET
     c, *ds = yield Open((masked, *(w - a for w, a in zip(payloads, alphas))))
     # Rounds 2 and 3: the carry tree.
-    tables = [eq_table] if lt_mode == "eq" else [lt_table, eq_table]
-    root = yield from _carry_tree(ctx, lt_mode, c, tables, (m1, prod1), (m2, prod2))
+    root = yield from _carry_tree(ctx, lt_mode, c, table, (m1, prod1), (m2, prod2))
     if lt_mode == "lt":
         b_xor = root ^ r62[0]
         if ctx.is_first:
@@ -87,17 +93,14 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     return b, tuple(products)
 
 
-def _carry_tree(ctx: PartyContext, mode: str, c: torch.Tensor, tables, level1, level2):
+def _carry_tree(ctx: PartyContext, mode: str, c: torch.Tensor, table, level1, level2):
     """XOR-shares of [c_lo < r_lo] ("lt") or [c == r] ("eq") as one packed plane; 2 rounds.
 
     Leaves come from the chunk tables (local); planes are laid out row = variable,
     column = (element, group)."""
     n = c.numel()
-    chunks = bitops.nibbles(c, top_bits=2 if mode == "lt" else 4).to(torch.int16)
-    v1 = torch.cat([((t >> chunks) & 1).to(torch.uint8).view(n, _GROUPS, 4).permute(2, 0, 1)
-                    for t in tables]).reshape(bitops.n_vars(mode), n * _GROUPS)  # g0..g3, then p0..p3
     masks, products = level1
-    e1 = yield from _open_planes(bitops.pack_rows(v1) ^ masks)
+    e1 = yield from _open_planes(_leaves(mode, c, table, ctx.is_first) ^ masks)
     first = bitops.eval_level(mode, False, e1, masks, products, ctx.is_first)
     outputs = ["P"] if mode == "eq" else ["G", "P"]
     v2 = torch.cat([bitops.unpack_rows(first[k].unsqueeze(0), n * _GROUPS).view(n, _GROUPS).t() for k in outputs])
@@ -105,6 +108,29 @@ def _carry_tree(ctx: PartyContext, mode: str, c: torch.Tensor, tables, level1, l
     e2 = yield from _open_planes(bitops.pack_rows(v2) ^ masks)
     root = bitops.eval_level(mode, True, e2, masks, products, ctx.is_first)
     return root["P"] if mode == "eq" else root["G"]
+
+
+def _leaves(mode: str, c: torch.Tensor, table: torch.Tensor, first: bool) -> torch.Tensor:
+    """The leaves as packed planes (n_vars, n * 4 bits): g0..g3 then p0..p3 ("lt"), or
+    p0..p3 ("eq"), from this party's share of the chunk tables (int16 words, (n, 16)).
+
+    "lt": g_j = bit c_j of LT_j, and p_j = g_j ^ bit c_j of (LT_j << 1 | 1), the 1 being
+    LT_j[-1] (party 0's constant); the XOR is done on the packed planes. The table is
+    this comparison's own material: it is shifted in place."""
+    n = c.numel()
+    chunks = bitops.nibbles(c, top_bits=2 if mode == "lt" else 4).to(torch.int16)
+    picked = [(table >> chunks).to(torch.uint8)]
+    if mode == "lt":
+        table <<= 1  # bit v: LT_j[v - 1]
+        if first:
+            table |= 1
+        picked.append((table >> chunks).to(torch.uint8))
+    leaves = torch.cat([p.view(n, _GROUPS, 4).permute(2, 0, 1) for p in picked]).reshape(4 * len(picked), n * _GROUPS)
+    leaves &= 1
+    planes = bitops.pack_rows(leaves)
+    if mode == "lt":
+        planes[4:] ^= planes[:4]  # p_j = LT_j[c_j] ^ LT_j[c_j - 1]
+    return planes
 
 
 def _open_planes(planes: torch.Tensor):

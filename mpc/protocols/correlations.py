@@ -24,7 +24,7 @@ Kinds:
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
           with sq: also Q = S0^2, D        dependent D, Q                  + 8 B + a word (k bits)
           (S0 = T - R, D = S1^2 - S0^2)   (arithmetic.truncate_square)
-  cmp     comparison material          see compare.py                  85 B/elem ("lt"), 47 ("eq"),
+  cmp     comparison material          see compare.py                  53 B/elem ("lt"), 47 ("eq"),
                                                                        + 8 B per payload element
 
 Each tensor of a correlation is a `Part`: int64 ring elements (summed), small words, or
@@ -333,9 +333,9 @@ def dependent_parts(spec: Spec) -> list[Part]:
         return [Part(shape, dt), Part(shape, dt), *([Part(shape, dt), Part(shape)] if _squared(spec) else [])]
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
-        tables = [Part((n, _CHUNKS), torch.int16, xor_words=True)] * (1 if mode == "eq" else 2)
+        table = Part((n, _CHUNKS), torch.int16, xor_words=True)  # LT ("lt") or EQ ("eq") per chunk
         extra = [] if mode == "eq" else [Part((1, n), bits=True)]  # bit 62 of r
-        return [*tables, *extra,
+        return [table, *extra,
                 Part((len(bitops.mask_products(mode, False)), n * _GROUPS), bits=True),
                 Part((len(bitops.mask_products(mode, True)), n), bits=True),
                 Part(shape), *(Part(p) for p in payloads)]
@@ -389,10 +389,7 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         r, m1, m2, s, *alphas = free
         flat = r.reshape(-1, 1)
         chunks = bitops.nibbles(r, top_bits=2 if mode == "lt" else 4)  # "lt" compares bits 0..61; 62 apart
-        out = []
-        if mode == "lt":
-            out.append(_table_words(chunks, less=True))
-        out.append(_table_words(chunks, less=False))
+        out = [_table_words(chunks, less=mode == "lt")]  # parties derive EQ from LT (compare.py)
         if mode == "lt":
             out.append(bitops.pack_rows(((flat[:, 0] >> 62) & 1).to(torch.uint8).view(1, n)))
         out.append(bitops.and_rows(m1, bitops.mask_products(mode, False)))
