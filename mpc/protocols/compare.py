@@ -18,7 +18,8 @@ The dealer need not send EQ_j beside LT_j: LT_j is the thermometer code of r_j a
 the one-hot code, so EQ_j[v] = [v - 1 < r_j] ^ [v < r_j] = LT_j[v - 1] ^ LT_j[v], with
 LT_j[-1] = 1, an affine GF(2) map of LT_j. XOR shares are closed under such maps (each
 party applies the linear part to its own share, party 0 adds the constant), so each
-party derives its share of EQ_j[c_j] from its share of LT_j alone, with no message.
+party derives its share of EQ_j[c_j] from its share of LT_j alone, with no message
+(one shift of the words; sending EQ_j and deriving LT_j, a suffix XOR, takes four).
   1. open c = z + 2^62 + r and d_w = w - alpha (round 1). With z' = z + 2^62 in [0, 2^63),
      z' = c - r mod 2^64, so bit 62 of z' is [z >= 0] = c_62 ^ r_62 ^ [c_lo < r_lo],
      lo = bits 0..61 (in "eq" mode, c = z + r and [z == 0] = [c == r]).
