@@ -30,7 +30,7 @@ import math
 import torch
 
 from mpc.compiler.registry import CompileError, local, register
-from mpc.protocols import arithmetic, correlations, nonlinear, normalization, reuse
+from mpc.protocols import arithmetic, bilinear, correlations, nonlinear, normalization, reuse
 
 RESCALE_BITS = 20  # bits of the public factor of `rescale`; see factor_bits
 
@@ -109,7 +109,7 @@ def _conv(a):
 
 def _forms(a, x, w):
     spec = correlations.bilinear_train_triple(x.shape, w.shape, a["dx"], a["dw"], _conv(a))
-    return correlations.train_forms(spec)
+    return bilinear.train_forms(spec)
 
 
 def _keep_shape(a, x, w):

@@ -20,7 +20,7 @@ Kinds:
           c' = Bx(d, b), c'' = Bw(a, d)) the backward products asked for
                                         (reuse.py: one triple's masks for a layer's forward
                                         and backward products, SecureML §4.2; B matmul or
-                                        conv2d, Bx and Bw its gradient products: train_forms)
+                                        conv2d, Bx and Bw its gradient products: bilinear.py)
   trunc   (r, R, T, M)                free R, rho; dependent T, M     4 B/elem (k <= 16 bits shifted)
           with sq: also Q = S0^2, D        dependent D, Q                  + 8 B + a word (k bits)
           (S0 = T - R, D = S1^2 - S0^2)   (arithmetic.truncate_square)
@@ -38,14 +38,15 @@ by chunk into the very same bytes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from mpc import ring
 from mpc.prg import PRG
 from mpc.protocols import bits as bitops
+from mpc.protocols import bilinear
 from mpc.protocols.base import Spec
+from mpc.protocols.parts import Part
 
 _RING_BITS = ring.RING_BITS
 
@@ -68,61 +69,27 @@ def matmul_triple(shape_a, shape_b) -> Spec:
 def bilinear_train_triple(shape_a, shape_b, dx: bool, dw: bool, conv=None) -> Spec:
     """A triple (a, b, c = B(a, b)) with a third mask d shaped like c and the gradient products
     c' = Bx(d, b) (if dx) and c'' = Bw(a, d) (if dw), where B is matmul (conv None) or a conv2d
-    with conv = (stride, padding, dilation, groups) (see train_forms): a and b are the very
+    with conv = (stride, padding, dilation, groups) (see bilinear.train_forms): a and b are the very
     same draws in the forward product and in the backward products of one layer
     (protocols/reuse.py)."""
     flags = (("conv", int(conv is not None)), ("dw", int(dw)), ("dx", int(dx)))
-    params = tuple(sorted(flags + (_conv_params(*conv) if conv is not None else ())))
+    params = tuple(sorted(flags + (bilinear.conv_params(*conv) if conv is not None else ())))
     return Spec("bilinear_train", (tuple(shape_a), tuple(shape_b)), params)
 
 
-def train_forms(spec: Spec):
-    """(B, Bx, Bw) of a bilinear_train spec: the forward product z = B(x, w) and its
-    gradient products, bilinear in (g, w) and in (x, g), as grads.py writes them:
-      matmul: B = x @ w, Bx(g, w) = g @ w^T, Bw(x, g) = x^T @ g;
-      conv2d: B = conv2d(x, w), Bx(g, w) = conv_transpose2d(g, w) (with the output padding
-        that gives back x's size), Bw(x, g) = conv2d_weight(x, g), with the forward's
-        stride, padding, dilation and groups (ring.py)."""
-    def t(m):
-        return m.transpose(-2, -1)
-
-    if not spec.param("conv"):
-        return ring.matmul, (lambda g, w: ring.matmul(g, t(w))), (lambda x, g: ring.matmul(t(x), g))
-    stride, padding, dilation, groups = conv_args(spec)
-    kernel = spec.shapes[1][-2:]
-    out_pad = ring.conv2d_output_padding(spec.shapes[0][-2:], kernel, stride, padding, dilation)
-    return ((lambda x, w: ring.conv2d(x, w, stride, padding, dilation, groups)),
-            (lambda g, w: ring.conv_transpose2d(g, w, stride, padding, out_pad, dilation, groups)),
-            (lambda x, g: ring.conv2d_weight(x, g, kernel, stride, padding, dilation, groups)))
-
-
-def _conv_params(stride, padding, dilation, groups, **pairs) -> tuple[tuple[str, int], ...]:
-    params = {"stride_h": stride[0], "stride_w": stride[1], "pad_h": padding[0], "pad_w": padding[1],
-              "dil_h": dilation[0], "dil_w": dilation[1], "groups": groups}
-    for name, (h, w) in pairs.items():
-        params[f"{name}_h"], params[f"{name}_w"] = h, w
-    return tuple(sorted((k, int(v)) for k, v in params.items()))
-
-
-def conv_args(spec: Spec) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]:
-    """(stride, padding, dilation, groups) of a spec made with _conv_params."""
-    p = dict(spec.params)
-    return (p["stride_h"], p["stride_w"]), (p["pad_h"], p["pad_w"]), (p["dil_h"], p["dil_w"]), p["groups"]
-
-
 def conv2d_triple(shape_x, shape_w, stride, padding, dilation, groups) -> Spec:
-    return Spec("conv2d", (tuple(shape_x), tuple(shape_w)), _conv_params(stride, padding, dilation, groups))
+    return Spec("conv2d", (tuple(shape_x), tuple(shape_w)), bilinear.conv_params(stride, padding, dilation, groups))
 
 
 def conv_transpose2d_triple(shape_g, shape_w, stride, padding, output_padding, dilation, groups) -> Spec:
     """c = conv_transpose2d(a, b): the input gradient of a conv2d with these parameters."""
-    params = _conv_params(stride, padding, dilation, groups, out_pad=output_padding)
+    params = bilinear.conv_params(stride, padding, dilation, groups, out_pad=output_padding)
     return Spec("conv_transpose2d", (tuple(shape_g), tuple(shape_w)), params)
 
 
 def conv2d_weight_triple(shape_x, shape_g, kernel, stride, padding, dilation, groups) -> Spec:
     """c = conv2d_weight(a, b): the kernel gradient of a conv2d with these parameters."""
-    params = _conv_params(stride, padding, dilation, groups, kernel=kernel)
+    params = bilinear.conv_params(stride, padding, dilation, groups, kernel=kernel)
     return Spec("conv2d_weight", (tuple(shape_x), tuple(shape_g)), params)
 
 
@@ -139,104 +106,6 @@ def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
     return Spec("cmp", (tuple(shape), *(tuple(p) for p in payload_shapes)), (("eq", int(mode == "eq")),))
 
 
-# -- parts: the tensors a correlation consists of ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Part:
-    """One tensor of a correlation. With `bits`, shape is (rows, m) bits held as packed
-    planes: uint8 (rows, ceil(m / 8)), XOR-combined, drawn and sent as they are."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype = torch.int64
-    bits: bool = False
-    nbits: int = 0  # for int64 parts: uniform in [0, 2^nbits) instead of the whole ring
-    xor_words: bool = False  # whole words combined by XOR (bit tables)
-
-    @property
-    def xor(self) -> bool:
-        return self.bits or self.xor_words
-
-    @property
-    def stored_shape(self) -> tuple[int, ...]:
-        if self.bits:
-            rows, m = self.shape
-            return (rows, (m + 7) // 8)
-        return self.shape
-
-    @property
-    def stored_dtype(self) -> torch.dtype:
-        return torch.uint8 if self.bits else self.dtype
-
-    def nbytes(self) -> int:
-        return math.prod(self.stored_shape) * self.stored_dtype.itemsize
-
-    @property
-    def stream_itemsize(self) -> int:
-        """PRG bytes per stored element: as PRG.ring, PRG.words (32 bits for up to 32) and
-        PRG.short draw them; packed bits are drawn as the bytes they are stored in."""
-        if self.bits or self.dtype in (torch.int16, torch.int32):
-            return self.stored_dtype.itemsize
-        if self.dtype == torch.int64:
-            return 4 if 0 < self.nbits <= 32 else 8
-        raise ValueError(f"cannot draw {self.dtype}")
-
-    def stream_nbytes(self) -> int:
-        """How many bytes of the PRG stream this part takes."""
-        return math.prod(self.stored_shape) * self.stream_itemsize
-
-    def draw(self, prg: PRG) -> torch.Tensor:
-        raw = torch.empty(self.stream_nbytes(), dtype=torch.uint8)
-        prg.fill(raw.numpy())
-        return self.from_stream(raw)
-
-    def from_stream(self, raw: torch.Tensor) -> torch.Tensor:
-        """The part from its stream_nbytes() bytes of PRG output (uint8, one dimension)."""
-        if self.bits:
-            return raw.view(self.stored_shape)
-        if self.dtype == torch.int64 and 0 < self.nbits <= 32:
-            v = raw.view(torch.int32).to(torch.int64).view(self.shape)
-            v &= (1 << self.nbits) - 1
-            return v
-        v = raw.view(self.dtype).view(self.shape)
-        if self.dtype == torch.int64 and 0 < self.nbits < 64:
-            v &= (1 << self.nbits) - 1
-        return v
-
-    def stream_ranges(self, n: int, lo: int, hi: int) -> list[tuple[int, int]]:
-        """The bytes of this part's stream that hold elements [lo, hi) of a correlation
-        elementwise over n elements: one range, or one per plane of packed bits (whose
-        rows hold a fixed number of bits per element; lo must fall on a byte)."""
-        if self.bits:
-            rows, m = self.shape
-            per, row_bytes = m // n, (m + 7) // 8
-            if per * n != m or lo * per % 8:
-                raise ValueError(f"bit planes {self.shape} do not split at element {lo} of {n}")
-            a, b = lo * per // 8, (hi * per + 7) // 8
-            return [(r * row_bytes + a, r * row_bytes + b) for r in range(rows)]
-        per = math.prod(self.shape) // n
-        if per * n != math.prod(self.shape):
-            raise ValueError(f"a part of shape {self.shape} is not elementwise over {n} elements")
-        size = per * self.stream_itemsize
-        return [(lo * size, hi * size)]
-
-    def empty(self) -> torch.Tensor:
-        """Uninitialised storage for the part as stored (for bytes about to arrive)."""
-        return torch.empty(self.stored_shape, dtype=self.stored_dtype)
-
-    def to_bytes(self, value: torch.Tensor) -> bytes:
-        return value.to(torch.uint8 if self.bits else self.dtype).contiguous().numpy().tobytes()
-
-    def from_bytes(self, buf) -> torch.Tensor:
-        dtype = torch.uint8 if self.bits else self.dtype
-        if not self.nbytes():
-            return torch.empty(self.stored_shape, dtype=dtype)
-        return torch.frombuffer(bytearray(buf), dtype=dtype).view(self.stored_shape)
-
-    def meta(self) -> torch.Tensor:
-        return torch.empty(self.stored_shape, dtype=torch.uint8 if self.bits else self.dtype, device="meta")
-
-
 def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
     """The sum (or XOR) of the parties' tensors, written into the first: the dealer's own
     draws, which nothing reads afterwards (a copy of 10^6 elements is 1-3 ms here)."""
@@ -250,39 +119,6 @@ def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
 
 
 # -- the algebra of each kind -------------------------------------------------------------------
-
-
-def _bilinear(spec: Spec):
-    kind = spec.kind
-    if kind == "mul":
-        return lambda a, b: a * b
-    if kind == "matmul":
-        return ring.matmul
-    if kind == "conv2d":
-        return lambda a, b: ring.conv2d(a, b, *conv_args(spec))
-    if kind == "conv_transpose2d":
-        stride, padding, dilation, groups = conv_args(spec)
-        out_pad = (spec.param("out_pad_h"), spec.param("out_pad_w"))
-        return lambda a, b: ring.conv_transpose2d(a, b, stride, padding, out_pad, dilation, groups)
-    if kind == "conv2d_weight":
-        kernel = (spec.param("kernel_h"), spec.param("kernel_w"))
-        return lambda a, b: ring.conv2d_weight(a, b, kernel, *conv_args(spec))
-    raise ValueError(f"unknown correlation kind {kind!r}")
-
-
-def _train_shapes(spec: Spec) -> tuple[tuple[int, ...], ...]:
-    """Shapes of c = B(a, b) (and of d), of c' = Bx(d, b) and of c'' = Bw(a, d)."""
-    dims = 4 if spec.param("conv") else 2
-    if len(spec.shapes[0]) < dims or len(spec.shapes[1]) < dims:
-        raise ValueError(f"bilinear_train needs operands of at least {dims} dimensions, got {list(spec.shapes)}")
-    a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
-    b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
-    op, bx, bw = train_forms(spec)
-    try:
-        c = op(a, b)
-        return tuple(c.shape), tuple(bx(c, b).shape), tuple(bw(a, c).shape)
-    except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
-        raise ValueError(f"bilinear_train of shapes {list(spec.shapes)}: {exc}") from None
 
 
 def _squared(spec: Spec) -> bool:
@@ -322,7 +158,7 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
     if spec.kind == "bilinear_train":
-        return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(_train_shapes(spec)[0])]
+        return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(bilinear.train_shapes(spec)[0])]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
@@ -342,7 +178,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
     if spec.kind == "bilinear_train":
-        c, c1, c2 = _train_shapes(spec)
+        c, c1, c2 = bilinear.train_shapes(spec)
         return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
     if spec.kind == "mul":  # a broadcast: no meta tensors (80 us a call, and the dealer asks per chunk)
         try:
@@ -352,7 +188,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     try:
-        c = _bilinear(spec)(a, b)
+        c = bilinear.bilinear(spec)(a, b)
     except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
         raise ValueError(f"{spec.kind} of shapes {list(spec.shapes)}: {exc}") from None
     return [Part(tuple(c.shape))]
@@ -403,14 +239,14 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         return [free[0] * free[0]]
     if spec.kind == "bilinear_train":
         a, b, d = free
-        op, bx, bw = train_forms(spec)
+        op, bx, bw = bilinear.train_forms(spec)
         out = [op(a, b)]
         if spec.param("dx"):
             out.append(bx(d, b))
         if spec.param("dw"):
             out.append(bw(a, d))
         return out
-    return [_bilinear(spec)(*free)]
+    return [bilinear.bilinear(spec)(*free)]
 
 
 def correction_nbytes(spec: Spec) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from mpc.protocols import correlations
+from mpc.protocols import bilinear, correlations
 from mpc.protocols.arithmetic import truncate
 from mpc.protocols.base import Open, PartyContext, Randomness, gather
 
@@ -36,7 +36,7 @@ def bilinear_keep(ctx: PartyContext, x: torch.Tensor, w: torch.Tensor, dx: bool,
     party), the rest this party's shares; c' or c'' not asked for is an empty tensor.
     """
     spec = correlations.bilinear_train_triple(x.shape, w.shape, dx, dw, conv)
-    op, _, _ = correlations.train_forms(spec)
+    op, _, _ = bilinear.train_forms(spec)
     a, b, d, c, c1, c2 = yield Randomness(spec)
     e, f = yield Open((x - a, w - b))
     z = c + op(e, b) + op(x, f)
@@ -58,7 +58,7 @@ def bilinear_backward(ctx: PartyContext, g: torch.Tensor, e, f, a, b, d, c1, c2,
     4. truncate each one asked to be scaled; both truncations share one round.
     Returns (dx, dw), an empty tensor for one not asked for.
     """
-    _, bx, bw = correlations.train_forms(correlations.bilinear_train_triple(e.shape, f.shape, dx, dw, conv))
+    _, bx, bw = bilinear.train_forms(correlations.bilinear_train_triple(e.shape, f.shape, dx, dw, conv))
     (h,) = yield Open((g - d,))
     outs, scaled = [], []
     if dx:
