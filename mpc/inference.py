@@ -151,7 +151,7 @@ class InferenceMixin:
         values = []
         for nid, scale in zip(program.outputs, program.output_scales):
             if to == TO_CALLER:
-                values.append(ring.decode(sum(o.shares[nid] for o in outcomes), program.frac_bits * scale))
+                values.append(outcomes.value(nid, program.frac_bits * scale))
             else:
                 values.append(None)
         per = len(values) // len(xs)  # outputs per request: a model with several heads gives a tuple
