@@ -265,7 +265,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         value = torch.as_tensor(value)
         ring.check_encodable(value, self.frac_bits, what=f"input owned by party {owner}")
         node = self._builder.input(value.shape)
-        self._pending[node.id] = _Pending(owner, value.detach().to(torch.float64).clone())
+        self._pending[node.id] = _Pending(owner, value.detach().to(torch.float64, copy=True))  # its value now, in one copy
         return SecretTensor(self, node)
 
     def public(self, value: Public) -> SecretTensor:

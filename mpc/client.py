@@ -300,10 +300,12 @@ class ClusterClient(_Cluster):
 
 
 async def _upload_frames(job, inputs):
+    """Each input's frames, framed straight from its tensor: the frame is the one copy
+    (gRPC takes a message only as bytes; a memoryview it would copy into bytes first)."""
     for nid, value in inputs.items():
         raw = value if value.dtype == torch.int64 else value.to(torch.float64)  # a share, or the owner's plaintext
-        for frame in framing.encode_frames(raw.contiguous().numpy(), tag=pb.FRAME_INPUT,
-                                           job=job, round=nid):
+        data = raw.contiguous().numpy().reshape(-1)  # a view; 1-D, so that an empty one frames too
+        for frame in framing.encode_frames(data, tag=pb.FRAME_INPUT, job=job, round=nid):
             yield frame
 
 

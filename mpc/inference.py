@@ -47,9 +47,8 @@ CALLER = "caller"  # as model_owner or data_owner: the caller secret-shares the 
 def caller_shares(value: torch.Tensor, n_parties: int, frac_bits: int) -> list[torch.Tensor]:
     """The caller's own additive sharing of `value`: n-1 uniform shares from a fresh AES-CTR
     stream and the difference; no party ever receives the plaintext."""
-    enc = ring.encode(value.detach().to(torch.float64), frac_bits)
-    others = [PRG(new_seed()).ring(tuple(enc.shape)) for _ in range(n_parties - 1)]
-    first = enc.clone()
+    first = ring.encode(value.detach(), frac_bits)  # a fresh tensor: party 0's share is made in it
+    others = [PRG(new_seed()).ring(tuple(first.shape)) for _ in range(n_parties - 1)]
     for share in others:
         first -= share
     return [first, *others]

@@ -54,7 +54,7 @@ def encode(x: torch.Tensor | float, frac_bits: int = DEFAULT_FRAC_BITS) -> torch
     """Round x * 2^frac_bits to the nearest ring element (checked: see check_encodable)."""
     x = torch.as_tensor(x)
     check_encodable(x, frac_bits)
-    return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(DTYPE)
+    return (x.to(torch.float64) * (1 << frac_bits)).round_().to(DTYPE)  # the product is ours: rounded in place
 
 
 def decode(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
