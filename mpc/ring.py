@@ -36,6 +36,10 @@ def check_encodable(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS, what: s
         raise RangeError(f"{what}: unsupported dtype {x.dtype}")
     if x.numel() == 0:
         return
+    if x.dtype != torch.bool:  # the common case in one pass with no temporary (aminmax propagates NaN)
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if max(-lo, hi) < max_abs_value(frac_bits):  # false for NaN and infinities: found below
+            return
     xf = x.detach().to(torch.float64)
     if torch.isnan(xf).any():
         raise RangeError(f"{what} contains NaN at index {tuple(torch.nonzero(torch.isnan(xf))[0].tolist())}")
