@@ -34,7 +34,8 @@ from mpc.lifetimes import FreedError, LifetimesMixin
 from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
-from mpc.runtime.session import JobError, JobOutcome, JobStats, PartySession
+from mpc.net.outputs import Outcomes, sum_shares
+from mpc.runtime.session import JobError, JobStats, PartySession
 
 Public = torch.Tensor | float | int
 
@@ -264,7 +265,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         value = torch.as_tensor(value)
         ring.check_encodable(value, self.frac_bits, what=f"input owned by party {owner}")
         node = self._builder.input(value.shape)
-        self._pending[node.id] = _Pending(owner, value.detach().to(torch.float64).clone())
+        self._pending[node.id] = _Pending(owner, value.detach().to(torch.float64, copy=True))  # its value now, in one copy
         return SecretTensor(self, node)
 
     def public(self, value: Public) -> SecretTensor:
@@ -302,13 +303,12 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
             self._pending.pop(g, None)
         results, start = [], time.perf_counter()
         for k, scale in zip(program.outputs, program.output_scales):
-            if recipient == TO_CALLER:
-                total = sum(o.shares[k] for o in outcomes)
-                results.append(ring.decode(total, self.frac_bits * scale))
+            if recipient == TO_CALLER:  # the parties' shares, summed as they came: decoded in place
+                results.append(outcomes.value(k, self.frac_bits * scale))
             else:
                 holder = 0 if recipient == TO_ALL else recipient
                 results.append(outcomes[holder].plaintexts.get(k))
-        self.last_decode_s = time.perf_counter() - start  # the caller summing and decoding the shares
+        self.last_decode_s = time.perf_counter() - start  # the caller decoding the summed shares
         return results
 
     def _job(self, program: Program, graph_ids: list[int], recipient: int) -> tuple[Job, dict]:
@@ -333,7 +333,8 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
                   profile=self.profiling)
         return job, inputs
 
-    def _execute(self, program: Program, job: Job, inputs) -> list[JobOutcome]:
+    def _execute(self, program: Program, job: Job, inputs) -> Outcomes:
+        """Run the job; every party's outcome, and the sums of the shares revealed to the caller."""
         raise NotImplementedError
 
     def _execute_many(self, items):
@@ -366,7 +367,7 @@ class InMemoryCluster(_Cluster):
             await asyncio.gather(*(s.submit(job, inputs[p]) for p, s in enumerate(self.sessions)))
             return await asyncio.gather(*(s.run(job.job_id) for s in self.sessions))
 
-        return asyncio.run(go())
+        return sum_shares(asyncio.run(go()))
 
     # Checkpoints: each session reads and writes only its own shares, as a party process does.
     def _save_checkpoint(self, p, directory, step, job_hash, handles):

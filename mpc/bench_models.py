@@ -111,7 +111,8 @@ def run_crypten(w: ModelWorkload, n_parties: int, reps: int, threads: int) -> di
                       threads=threads)
     with torch.no_grad():
         expected = model.double()(x)
-    row = {"crypten_s": r["seconds"], "crypten_rounds": r["rounds"], "crypten_bytes": r["bytes"],
+    row = {"crypten_s": r["seconds"], "crypten_wall_s": r["wall_seconds"], "crypten_rounds": r["rounds"],
+           "crypten_bytes": r["bytes"],
            "crypten_max_abs_err": (r["value"] - expected).abs().max().item()}
     if w.name.endswith("_batch"):
         row["crypten_predictions_per_s"] = w.input_shape[0] / r["seconds"]

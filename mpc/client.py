@@ -22,7 +22,7 @@ import torch
 
 from mpc import ring
 from mpc.api import MPCError, _Cluster
-from mpc.net import framing, party_data, serde
+from mpc.net import framing, outputs, party_data, serde
 from mpc.net import tls as tls_
 from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
@@ -283,26 +283,29 @@ class ClusterClient(_Cluster):
             overhead["submit_s"] = time.perf_counter() - t1
             return reply.job_id
 
+        received = outputs.JobOutputs.for_job(program, job, self.n_parties)
+
         async def run(p):
-            assembly, assembling, t0 = serde.OutcomeAssembly(), 0.0, time.perf_counter()
+            """Party p's outputs, each chunk summed into the job's buffers as it arrives."""
+            assembling, t0 = 0.0, time.perf_counter()
+            call = outputs.run_call(self._channels[p])(pb.JobRef(job_id=job_id, binding=binding),
+                                                       timeout=self.job_timeout)
             try:
-                async for event in self._stubs[p].Run(pb.JobRef(job_id=job_id, binding=binding),
-                                                      timeout=self.job_timeout):
-                    kind = event.WhichOneof("event")
-                    if kind == "error":
-                        raise MPCError(event.error)
+                async for msg in call:
                     t1 = time.perf_counter()
-                    if kind == "output":
-                        assembly.add_chunk(event.output)
-                        assembling += time.perf_counter() - t1
-                    elif kind == "stats":
-                        outcome = assembly.finish(event.stats, self.n_parties)
+                    done = received.feed(p, msg)
+                    assembling += time.perf_counter() - t1
+                    if done:
                         # the caller's side, slowest party: the whole Run call, and reassembling outputs
                         overhead["results_s"] = max(overhead["results_s"], time.perf_counter() - t0)
-                        overhead["assemble_s"] = max(overhead["assemble_s"], assembling + time.perf_counter() - t1)
-                        return outcome
+                        overhead["assemble_s"] = max(overhead["assemble_s"], assembling)
+                        return
             except grpc.aio.AioRpcError as exc:
                 raise self._party_error(p, exc) from None
+            except outputs.OutputError as exc:
+                raise MPCError(str(exc)) from None
+            finally:
+                call.cancel()  # a stream refused half-way is not read further (no-op once it ended)
             raise MPCError(f"party {p} ended job {job_id} without a result")
 
         job_id = await submit()
@@ -312,14 +315,17 @@ class ClusterClient(_Cluster):
         if submitted is not None and not submitted.done():
             submitted.set_result(None)
         self.last_overhead = overhead
-        return await _gather_or_raise([run(p) for p in range(self.n_parties)])
+        await _gather_or_raise([run(p) for p in range(self.n_parties)])
+        return received.finish()
 
 
 async def _upload_frames(job, inputs):
+    """Each input's frames, framed straight from its tensor: the frame is the one copy
+    (gRPC takes a message only as bytes; a memoryview it would copy into bytes first)."""
     for nid, value in inputs.items():
         raw = value if value.dtype == torch.int64 else value.to(torch.float64)  # a share, or the owner's plaintext
-        for frame in framing.encode_frames(raw.contiguous().numpy(), tag=pb.FRAME_INPUT,
-                                           job=job, round=nid):
+        data = raw.contiguous().numpy().reshape(-1)  # a view; 1-D, so that an empty one frames too
+        for frame in framing.encode_frames(data, tag=pb.FRAME_INPUT, job=job, round=nid):
             yield frame
 
 

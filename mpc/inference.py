@@ -69,9 +69,8 @@ CALLER = "caller"  # as model_owner or data_owner: the caller secret-shares the 
 def caller_shares(value: torch.Tensor, n_parties: int, frac_bits: int) -> list[torch.Tensor]:
     """The caller's own additive sharing of `value`: n-1 uniform shares from a fresh AES-CTR
     stream and the difference; no party ever receives the plaintext."""
-    enc = ring.encode(value.detach().to(torch.float64), frac_bits)
-    others = [PRG(new_seed()).ring(tuple(enc.shape)) for _ in range(n_parties - 1)]
-    first = enc.clone()
+    first = ring.encode(value.detach(), frac_bits)  # a fresh tensor: party 0's share is made in it
+    others = [PRG(new_seed()).ring(tuple(first.shape)) for _ in range(n_parties - 1)]
     for share in others:
         first -= share
     return [first, *others]
@@ -211,7 +210,7 @@ class InferenceMixin:
         values = []
         for nid, scale in zip(program.outputs, program.output_scales):
             if to == TO_CALLER:
-                values.append(ring.decode(sum(o.shares[nid] for o in outcomes), program.frac_bits * scale))
+                values.append(outcomes.value(nid, program.frac_bits * scale))
             else:
                 values.append(None)
         per = len(values) // len(xs)  # outputs per request: a model with several heads gives a tuple

@@ -7,6 +7,7 @@ fractional bits (16 by default, as in CrypTen). Pure functions, no I/O.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +36,10 @@ def check_encodable(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS, what: s
         raise RangeError(f"{what}: unsupported dtype {x.dtype}")
     if x.numel() == 0:
         return
+    if x.dtype != torch.bool:  # the common case in one pass with no temporary (aminmax propagates NaN)
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if max(-lo, hi) < max_abs_value(frac_bits):  # false for NaN and infinities: found below
+            return
     xf = x.detach().to(torch.float64)
     if torch.isnan(xf).any():
         raise RangeError(f"{what} contains NaN at index {tuple(torch.nonzero(torch.isnan(xf))[0].tolist())}")
@@ -53,12 +58,32 @@ def encode(x: torch.Tensor | float, frac_bits: int = DEFAULT_FRAC_BITS) -> torch
     """Round x * 2^frac_bits to the nearest ring element (checked: see check_encodable)."""
     x = torch.as_tensor(x)
     check_encodable(x, frac_bits)
-    return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(DTYPE)
+    return (x.to(torch.float64) * (1 << frac_bits)).round_().to(DTYPE)  # the product is ours: rounded in place
 
 
 def decode(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
     """Interpret ring elements as signed fixed-point numbers, in float64."""
     return x.to(torch.float64) / (1 << frac_bits)
+
+
+_DECODE_BLOCK = 1 << 16  # elements: a block's temporary stays in cache
+
+
+def decode_(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
+    """decode(x), bit for bit, written over x's own memory: x (int64, contiguous) is used up
+    and the float64 result is a view of its storage, so revealing allocates nothing more.
+
+    Block by block: numpy makes an overlapping ufunc safe by copying its input, so one call
+    on the whole tensor would copy it all; per block the copy is a small temporary."""
+    if x.dtype != DTYPE or not x.is_contiguous():
+        raise ValueError(f"decode_ takes a contiguous int64 tensor, got {x.dtype}"
+                         f"{'' if x.is_contiguous() else ' (not contiguous)'}")
+    out = x.view(torch.float64)
+    ints, floats = x.reshape(-1).numpy(), out.reshape(-1).numpy()
+    scale = 2.0 ** -frac_bits  # exact, so multiplying rounds as dividing does
+    for i in range(0, len(ints), _DECODE_BLOCK):
+        np.multiply(ints[i:i + _DECODE_BLOCK], scale, out=floats[i:i + _DECODE_BLOCK], casting="unsafe")
+    return out
 
 
 def is_integral(x: torch.Tensor) -> bool:

@@ -269,7 +269,7 @@ class TrainingMixin:
             value = None
             if program.outputs:
                 nid, scale = program.outputs[0], program.output_scales[0]
-                value = float(ring.decode(sum(o.shares[nid] for o in outcomes), self.frac_bits * scale))
+                value = float(outcomes.value(nid, self.frac_bits * scale))
                 result.losses.append((step, value))
             if on_step:
                 on_step(group[-1][0], step, value)
@@ -348,8 +348,7 @@ class TrainingMixin:
         outcomes = self._execute(program, job, {p: {} for p in range(self.n_parties)})
         if recipient != TO_CALLER:
             return None
-        state = {n: ring.decode(sum(o.shares[k] for o in outcomes), self.frac_bits).to(torch.float32)
-                 for k, n in enumerate(names)}
+        state = {n: outcomes.value(k, self.frac_bits).to(torch.float32) for k, n in enumerate(names)}
         return {**state, **public_buffers(result)}
 
 

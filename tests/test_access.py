@@ -14,7 +14,7 @@ import torch
 import mpc
 from mpc.api import MPCError
 from mpc.ir import TO_CALLER, Job, Node, Program
-from mpc.net import serde, tls
+from mpc.net import outputs, serde, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
 from mpc.runtime.session import job_digest
@@ -116,8 +116,7 @@ def test_job_ids_are_fresh_from_the_coordinator_whatever_the_client_asks(cluster
     ids = []
     for _ in range(2):  # the same client id twice: two fresh ids, both runs correct
         outcomes = cluster._execute(program, job, {p: {} for p in range(3)})
-        total = sum(o.shares[0] for o in outcomes)
-        assert_close(mpc.ring.decode(total, cluster.frac_bits), rand(2), ULP)
+        assert_close(mpc.ring.decode(outcomes.totals[0], cluster.frac_bits), rand(2), ULP)
 
         async def submit(ch):
             return await pb_grpc.CoordinatorStub(ch).Submit(_request(cluster, job), timeout=10)
@@ -159,7 +158,7 @@ def test_outputs_reach_only_the_client_that_submitted_the_job(cluster, bob):
     binding = job_digest(dataclasses.replace(job, job_id=job_id))
 
     async def run(ch):
-        return [e async for e in pb_grpc.PartyStub(ch).Run(pb.JobRef(job_id=job_id, binding=binding), timeout=10)]
+        return [m async for m in outputs.run_call(ch)(pb.JobRef(job_id=job_id, binding=binding), timeout=10)]
     for identity, why in (("client-bob", f"job {job_id} was not submitted by client-bob"),
                           ("coordinator", "not a client of this cluster"), ("party-0", "not a client of this cluster")):
         err = _denied(cluster, identity, cluster.config.parties[0], "party-0", run)
@@ -174,16 +173,10 @@ def test_outputs_reach_only_the_client_that_submitted_the_job(cluster, bob):
         finally:
             for ch in channels:
                 await ch.close()
-    shares = []
-    for events in asyncio.run(run_all()):
-        assert not any(e.WhichOneof("event") == "error" for e in events), events
-        assembly = serde.OutcomeAssembly()
-        for e in events:
-            if e.WhichOneof("event") == "output":
-                assembly.add_chunk(e.output)
-            elif e.WhichOneof("event") == "stats":
-                shares.append(assembly.finish(e.stats, 3).shares[0])
-    assert_close(mpc.ring.decode(sum(shares), cluster.frac_bits), rand(3, seed=3), ULP)
+    received = outputs.JobOutputs.for_job(program, job, 3)
+    for p, messages in enumerate(asyncio.run(run_all())):
+        assert [m for m in messages if received.feed(p, m)] == [messages[-1]]  # the stats end each stream
+    assert_close(mpc.ring.decode(received.finish().totals[0], cluster.frac_bits), rand(3, seed=3), ULP)
 
 
 def test_a_job_the_coordinator_changed_is_not_run(cluster):
@@ -208,8 +201,8 @@ def test_a_job_the_coordinator_changed_is_not_run(cluster):
         _as(cluster, "coordinator", cluster.config.parties[p], f"party-{p}", forward)
 
     async def run(p, binding):
-        return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=changed.job_id, binding=binding),
-                                                       timeout=10)]
+        call = outputs.run_call(cluster._channels[p])
+        return outputs.events([m async for m in call(pb.JobRef(job_id=changed.job_id, binding=binding), timeout=10)])
 
     async def run_all(binding):
         return await asyncio.gather(*(run(p, binding) for p in range(3)))
@@ -231,10 +224,29 @@ def test_caller_shares_are_fresh_every_time(cluster):
     x = cluster.share(rand(64), 2)
     (x * 1).reveal()
     job = Job("again", program.digest, kept={0: x._node.id}, recipients=(TO_CALLER,))
-    first, second = (cluster._execute(program, job, {p: {} for p in range(3)}) for _ in range(2))
+    first, second = (_each_share(cluster, program, job) for _ in range(2))
     for p in range(3):
-        assert not torch.equal(first[p].shares[0], second[p].shares[0]), f"party {p} sent the same share twice"
-    assert torch.equal(sum(o.shares[0] for o in first), sum(o.shares[0] for o in second))
+        assert not torch.equal(first[p], second[p]), f"party {p} sent the same share twice"
+    assert torch.equal(sum(first), sum(second))
+    assert torch.equal(sum(first), cluster._execute(program, job, {p: {} for p in range(3)}).totals[0])
+
+
+def _each_share(cluster, program, job) -> list[torch.Tensor]:
+    """Run `job` as the client does, but keep each party's share of its output apart (the
+    client sums them as they come)."""
+    cluster._call(cluster._load(program))
+
+    async def go():
+        reply = await cluster._coordinator.Submit(_request(cluster, job), timeout=30)
+        ref = pb.JobRef(job_id=reply.job_id, binding=job_digest(dataclasses.replace(job, job_id=reply.job_id)))
+
+        async def share(p):
+            received = outputs.JobOutputs.for_job(program, job, 3, parties=[p])
+            async for msg in outputs.run_call(cluster._channels[p])(ref, timeout=30):
+                if received.feed(p, msg):
+                    return received.finish().totals[0]
+        return await asyncio.gather(*(share(p) for p in range(3)))
+    return cluster._call(go(), timeout=60)
 
 
 def test_a_value_revealed_to_a_party_reaches_only_its_operator(cluster, bob):
@@ -259,7 +271,7 @@ def test_uploads_are_bound_to_their_client(cluster, bob):
     value = rand(*shape, seed=5)
     outcomes = cluster._execute(program, Job("shared-key", program.digest, owners={0: 0}, recipients=(TO_CALLER,)),
                                 {0: {0: value}, 1: {}, 2: {}})
-    assert_close(mpc.ring.decode(sum(o.shares[0] for o in outcomes), cluster.frac_bits), value, ULP)
+    assert_close(mpc.ring.decode(outcomes.totals[0], cluster.frac_bits), value, ULP)
 
 
 def test_a_job_one_party_refuses_is_dropped_by_the_others(cluster):

@@ -38,6 +38,18 @@ def test_readme_example(cluster):
     assert_close(y.reveal(), (x @ w) * 2 + x.sum(), 40 * ULP)
 
 
+def test_outputs_of_many_chunks_twice_and_empty_come_out_right(cluster):
+    """An output of several chunks per party (summed at the caller as they come), the same
+    output twice in one reveal (equal, in separate memory), and an empty input and output."""
+    x = rand(300_000)  # 2.4 MB: three chunks from each party
+    y = cluster.share(x, owner=2) * 3
+    a, b = cluster.reveal(y, y)
+    assert_close(a, x * 3, 4 * ULP)
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    empty = cluster.share(torch.ones(0, 3), owner=1)
+    assert (empty * 2).reveal().shape == (0, 3)
+
+
 @pytest.mark.parametrize("op, shapes, tol", [
     ("mul", [(1000,), (1000,)], 1e-4),
     ("matmul", [(16, 32), (32, 8)], 1e-3),

@@ -213,7 +213,7 @@ def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
 
     import mpc
     from mpc.ir import TO_CALLER, Job, Node, Program
-    from mpc.net import serde
+    from mpc.net import outputs, serde
     from mpc.net.proto import mpc_pb2 as pb
     from mpc.runtime.session import job_digest
     from tests.conftest import ULP, assert_close
@@ -234,7 +234,8 @@ def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
         binding = job_digest(dataclasses.replace(job, job_id=job_id))
 
         async def run(p):
-            return [e async for e in cluster._stubs[p].Run(pb.JobRef(job_id=job_id, binding=binding), timeout=60)]
+            call = outputs.run_call(cluster._channels[p])
+            return outputs.events([m async for m in call(pb.JobRef(job_id=job_id, binding=binding), timeout=60)])
 
         t0 = time.monotonic()
         async def parties_0_and_1():

@@ -15,6 +15,21 @@ def test_encode_refuses(bad, needle):
         ring.encode(torch.tensor([1.0, bad]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64, torch.int32])
+def test_range_ends_in_every_dtype(dtype):
+    limit = ring.max_abs_value(16)  # 2^30
+    ring.check_encodable(torch.tensor([limit - 64, -(limit - 64), 0]).to(dtype), 16)  # exact in float32 too
+    for end in (limit, -limit):
+        with pytest.raises(ring.RangeError, match="outside the fixed-point range"):
+            ring.check_encodable(torch.tensor([0, end]).to(dtype), 16)
+    if dtype.is_floating_point:
+        with pytest.raises(ring.RangeError, match=r"infinity at index \(1,\)"):
+            ring.check_encodable(torch.tensor([1.0, -float("inf")]).to(dtype))
+        with pytest.raises(ring.RangeError, match=r"NaN at index \(2,\)"):
+            ring.check_encodable(torch.tensor([1.0, -float("inf"), float("nan")]).to(dtype))
+    ring.check_encodable(torch.tensor([True, False]), 30)
+
+
 def test_range_error_states_the_range():
     with pytest.raises(ring.RangeError, match=r"\(-1.07374e\+09, 1.07374e\+09\)"):
         ring.encode(torch.tensor([-3e9]))

@@ -17,7 +17,7 @@ import grpc
 
 from mpc.compiler import CompileError
 from mpc.ir import TO_CALLER
-from mpc.net import VERSION, framing, serde, tls
+from mpc.net import VERSION, framing, outputs, serde, tls
 from mpc.data_files import DataError
 from mpc.net.access import Access, AccessDenied, kept_handle
 from mpc.net import party_data
@@ -236,12 +236,17 @@ class PartyServer:
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
 
     async def run(self, request: pb.JobRef, context):
+        """Run a submitted job; answer with raw frames (mpc.net.outputs): each output's
+        description and bytes, then the stats, or an error event."""
+        for frame in await self._run(request, context):
+            yield frame
+
+    async def _run(self, request: pb.JobRef, context):
         if not self.ready.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.pid} is not connected to its peers yet")
         who = await self._allowed(context, self.access.client, f"running job {request.job_id}")
         if request.job_id not in self._submitted:
-            yield pb.JobEvent(error=f"party {self.pid} has no job {request.job_id}")
-            return
+            return _error(f"party {self.pid} has no job {request.job_id}")
         submitter, binding = self._submitted[request.job_id]
         await self._allowed(context, self.access.submitter, submitter, request.job_id,
                             f"running job {request.job_id}")
@@ -250,19 +255,15 @@ class PartyServer:
         if (request.binding or self.access.secure) and request.binding != binding:
             log.warning("job %s refused: its client submitted other bindings", request.job_id)
             self.session.cancel(request.job_id)
-            yield pb.JobEvent(error=f"party {self.pid} refuses to run job {request.job_id}: it is not the job its "
-                                    f"client submitted (the bindings it received differ; the coordinator changed "
-                                    f"them or the client named another job)")
-            return
+            return _error(f"party {self.pid} refuses to run job {request.job_id}: it is not the job its client "
+                          f"submitted (the bindings it received differ; the coordinator changed them or the client "
+                          f"named another job)")
         try:
             outcome = await self.session.run(request.job_id)
         except (JobError, CompileError, ProtocolViolation, JobAborted, RoundTimeout) as exc:
-            yield pb.JobEvent(error=f"party {self.pid}: {exc}")
-            return
+            return _error(f"party {self.pid}: {exc}")
         except PeerFailure as exc:
-            yield pb.JobEvent(error=f"party {self.pid}: {exc}")
-            self._lose(str(exc))
-            return
+            return self._then_lose(_error(f"party {self.pid}: {exc}"), str(exc))
         # What was revealed to this party stays here unless the caller is its operator;
         # values opened to every party are public.
         withheld = [nid for nid, to in outcome.opened_to.items()
@@ -271,8 +272,14 @@ class PartyServer:
             log.info("job %s revealed node %d to party %d; not sent to %s, who is not its operator",
                      request.job_id, nid, self.pid, who)
             del outcome.plaintexts[nid]
-        for event in serde.outcome_to_events(outcome):
-            yield event
+        return outputs.outcome_to_frames(outcome)
+
+    def _then_lose(self, frames, reason: str):
+        """`frames`, then this party stops: after the client has been told why, or has gone."""
+        try:
+            yield from frames
+        finally:
+            self._lose(reason)
 
     async def cancel(self, request: pb.JobRef, context) -> pb.ExchangeReply:
         """The coordinator drops a job that another party refused, so that nothing waits for it."""
@@ -411,7 +418,7 @@ class PartyServer:
                 self.submit, request_deserializer=pb.JobRequest.FromString,
                 response_serializer=pb.SubmitReply.SerializeToString),
             "Run": grpc.unary_stream_rpc_method_handler(
-                self.run, request_deserializer=pb.JobRef.FromString, response_serializer=pb.JobEvent.SerializeToString),
+                self.run, request_deserializer=pb.JobRef.FromString, response_serializer=None),
             "Grant": grpc.unary_unary_rpc_method_handler(
                 self.grant, request_deserializer=pb.GrantRequest.FromString,
                 response_serializer=pb.ExchangeReply.SerializeToString),
@@ -434,6 +441,11 @@ class PartyServer:
                 self.health, request_deserializer=pb.HealthRequest.FromString,
                 response_serializer=pb.HealthReply.SerializeToString),
         })
+
+
+def _error(message: str) -> list[bytes]:
+    """A Run stream's error event, as its frames."""
+    return outputs.event_frames(serde.error_event(message))
 
 
 def _in_namespace(job, submitter: str):

@@ -8,14 +8,14 @@ malformed message is refused with a reason instead of crashing a server.
 from __future__ import annotations
 
 import math
-import time
+from typing import NamedTuple
 
 import torch
 
 from mpc.ir import Job, Node, Program
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.protocols.base import Spec
-from mpc.runtime.session import JobOutcome, JobStats
+from mpc.runtime.session import JobStats
 
 _DTYPES = {"int64": torch.int64, "float64": torch.float64, "float32": torch.float32,
            "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
@@ -135,54 +135,53 @@ def stats_from_proto(m: pb.JobStatsProto, n_parties: int = 0) -> JobStats:
                     dict(m.phases), rows)
 
 
-def outcome_to_events(o: JobOutcome, chunk_bytes: int = 1 << 20):
-    """A job's outputs as TensorChunk events, then its stats (in a profiled job, with the
-    time spent encoding the outputs: the time between yields is the transport's)."""
-    encoding = 0.0
-    for plaintext, table in ((False, o.shares), (True, o.plaintexts)):
-        for nid, t in table.items():
-            t0 = time.perf_counter()
-            t = t.detach().contiguous()
-            data = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
-            dtype = str(t.dtype).removeprefix("torch.")
-            for start in range(0, max(len(data), 1), chunk_bytes):
-                event = pb.JobEvent(output=pb.TensorChunk(node=nid, plaintext=plaintext, dtype=dtype, shape=list(t.shape),
-                                                          offset=start, total_bytes=len(data),
-                                                          data=bytes(data[start:start + chunk_bytes])))
-                encoding += time.perf_counter() - t0
-                yield event
-                t0 = time.perf_counter()
-    if o.stats.phases:
-        o.stats.phases["output_encode"] = encoding
-    yield pb.JobEvent(stats=stats_to_proto(o.stats))
+class OutputInfo(NamedTuple):
+    """Run's description of one output, sent before its bytes (mpc.net.outputs)."""
+    node: int
+    plaintext: bool  # opened to the sending party; otherwise its share for the caller
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
 
 
-class OutcomeAssembly:
-    """Rebuilds a JobOutcome from the events of outcome_to_events."""
+def output_event(node: int, plaintext: bool, t: torch.Tensor) -> pb.JobEvent:
+    name = str(t.dtype).removeprefix("torch.")
+    return pb.JobEvent(output=pb.OutputInfo(node=node, plaintext=plaintext, dtype=name, shape=list(t.shape),
+                                            total_bytes=t.numel() * t.element_size()))
 
-    def __init__(self):
-        self._buffers: dict[tuple[bool, int], tuple[bytearray, str, tuple, list[int]]] = {}
 
-    def add_chunk(self, c: pb.TensorChunk) -> None:
-        key = (c.plaintext, c.node)
-        if key not in self._buffers:
-            if c.dtype not in _DTYPES:
-                raise SerdeError(f"unknown tensor dtype {c.dtype!r}")
-            self._buffers[key] = (bytearray(c.total_bytes), c.dtype, tuple(c.shape), [0])
-        buf, _, _, got = self._buffers[key]
-        if c.offset + len(c.data) > len(buf):
-            raise SerdeError(f"output chunk for node {c.node} overruns its {len(buf)} bytes")
-        buf[c.offset:c.offset + len(c.data)] = c.data
-        got[0] += len(c.data)
+def stats_event(stats: JobStats) -> pb.JobEvent:
+    return pb.JobEvent(stats=stats_to_proto(stats))
 
-    def finish(self, stats: pb.JobStatsProto, n_parties: int = 0) -> JobOutcome:
-        out = JobOutcome(stats=stats_from_proto(stats, n_parties))
-        for (plaintext, nid), (buf, dtype, shape, got) in self._buffers.items():
-            if got[0] != len(buf):
-                raise SerdeError(f"output for node {nid} is incomplete: {got[0]} of {len(buf)} bytes")
-            t = torch.frombuffer(buf, dtype=_DTYPES[dtype]).reshape(shape) if buf else torch.empty(shape, dtype=_DTYPES[dtype])
-            (out.plaintexts if plaintext else out.shares)[nid] = t
-        return out
+
+def error_event(message: str) -> pb.JobEvent:
+    return pb.JobEvent(error=message)
+
+
+def job_event_from_bytes(data, n_parties: int = 0) -> tuple[str, OutputInfo | JobStats | str]:
+    """("output", OutputInfo), ("stats", JobStats) or ("error", message) from a serialized
+    JobEvent; an output's size must be what its dtype and shape need."""
+    msg = pb.JobEvent()
+    try:
+        msg.ParseFromString(bytes(data))
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise SerdeError(f"job event does not parse: {exc}") from None
+    kind = msg.WhichOneof("event")
+    if kind == "error":
+        return kind, msg.error
+    if kind == "stats":
+        return kind, stats_from_proto(msg.stats, n_parties)
+    if kind != "output":
+        raise SerdeError("empty job event")
+    o = msg.output
+    dtype = _DTYPES.get(o.dtype)
+    if dtype is None:
+        raise SerdeError(f"output node {o.node} has unknown dtype {o.dtype!r}")
+    shape = _shape(o.shape, f"shape of output node {o.node}")
+    need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if o.total_bytes != need:
+        raise SerdeError(f"output node {o.node} declares {o.total_bytes} bytes; {o.dtype} of shape {shape} is {need}")
+    return kind, OutputInfo(o.node, o.plaintext, dtype, shape, need)
 
 
 def job_to_proto(job: Job, inputs: dict[int, torch.Tensor] | None = None) -> pb.JobRequest:

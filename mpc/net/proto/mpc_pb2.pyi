@@ -14,11 +14,15 @@ class FrameTag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FRAME_OPEN: _ClassVar[FrameTag]
     FRAME_INPUT: _ClassVar[FrameTag]
     FRAME_ABORT: _ClassVar[FrameTag]
+    FRAME_OUTPUT: _ClassVar[FrameTag]
+    FRAME_EVENT: _ClassVar[FrameTag]
 FRAME_UNSPECIFIED: FrameTag
 FRAME_HELLO: FrameTag
 FRAME_OPEN: FrameTag
 FRAME_INPUT: FrameTag
 FRAME_ABORT: FrameTag
+FRAME_OUTPUT: FrameTag
+FRAME_EVENT: FrameTag
 
 class TensorProto(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -251,33 +255,29 @@ class JobStatsProto(_message.Message):
     round_bytes: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ..., round_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class TensorChunk(_message.Message):
-    __slots__ = ("node", "plaintext", "dtype", "shape", "offset", "total_bytes", "data")
+class OutputInfo(_message.Message):
+    __slots__ = ("node", "plaintext", "dtype", "shape", "total_bytes")
     NODE_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
     node: int
     plaintext: bool
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    offset: int
     total_bytes: int
-    data: bytes
-    def __init__(self, node: _Optional[int] = ..., plaintext: _Optional[bool] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, node: _Optional[int] = ..., plaintext: _Optional[bool] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("output", "stats", "error")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    output: TensorChunk
+    output: OutputInfo
     stats: JobStatsProto
     error: str
-    def __init__(self, output: _Optional[_Union[TensorChunk, _Mapping]] = ..., stats: _Optional[_Union[JobStatsProto, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, output: _Optional[_Union[OutputInfo, _Mapping]] = ..., stats: _Optional[_Union[JobStatsProto, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DataQuery(_message.Message):
     __slots__ = ("source",)

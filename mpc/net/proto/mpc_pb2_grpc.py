@@ -57,7 +57,7 @@ class PartyStub:
         self.Run = channel.unary_stream(
                 '/mpc.net.proto.Party/Run',
                 request_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
-                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobEvent.FromString,
+                response_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/mpc.net.proto.Party/Cancel',
@@ -127,7 +127,8 @@ class PartyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Run(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Raw frames: a FRAME_EVENT per JobEvent, each output's FRAME_OUTPUT frames after its OutputInfo.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -203,7 +204,7 @@ def add_PartyServicer_to_server(servicer, server):
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
                     request_deserializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.FromString,
-                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.JobEvent.SerializeToString,
+                    response_serializer=mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -375,7 +376,7 @@ class Party:
             target,
             '/mpc.net.proto.Party/Run',
             mpc_dot_net_dot_proto_dot_mpc__pb2.JobRef.SerializeToString,
-            mpc_dot_net_dot_proto_dot_mpc__pb2.JobEvent.FromString,
+            mpc_dot_net_dot_proto_dot_mpc__pb2.FrameHeader.FromString,
             options,
             channel_credentials,
             insecure,
