@@ -28,7 +28,7 @@ from mpc.net.grants import Grant, GrantError, Grants
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime import reproducible
-from mpc.runtime.session import JobError, PartySession, job_digest
+from mpc.runtime.session import JobError, PartySession, TooManyAhead, job_digest
 from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
 log = logging.getLogger(__name__)
@@ -221,12 +221,15 @@ class PartyServer:
                 if job.owners.get(nid) == self.pid:
                     self.access.reads_files_for(submitter, f"job {job.job_id}, which reads its data files,")
                     inputs[nid] = await asyncio.to_thread(self.data.value, text)
-            dry = await self.session.submit(job, inputs)
+            dry = await self.session.submit(job, inputs, client=submitter)
         except AccessDenied as exc:
             await context.abort(exc.code, str(exc))
         except GrantError as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"party {self.pid}: {exc}")
+        except TooManyAhead as exc:
+            log.warning("job %s refused: %s", request.job_id, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (serde.SerdeError, CompileError, JobError, PartyDataError, DataError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
@@ -275,11 +278,14 @@ class PartyServer:
             yield event
 
     async def cancel(self, request: pb.JobRef, context) -> pb.ExchangeReply:
-        """The coordinator drops a job that another party refused, so that nothing waits for it."""
-        await self._allowed(context, self.access.coordinator, "a cancel")
+        """Drop a job not yet run, so that nothing waits for it and its correlations are freed:
+        the coordinator's, when another party refused it, or its submitter's, which will not
+        run it after all (a job submitted ahead of a training run that stopped)."""
+        submitter = self._submitted.get(request.job_id, (None, ""))[0]
+        await self._allowed(context, self.access.canceller, submitter, request.job_id)
         dropped = self.session is not None and self.session.cancel(request.job_id)
         if dropped:
-            log.info("job %s cancelled: another party refused it", request.job_id)
+            log.info("job %s cancelled", request.job_id)
         return pb.ExchangeReply(ok=dropped)
 
     async def grant(self, request: pb.GrantRequest, context) -> pb.ExchangeReply:
