@@ -285,6 +285,7 @@ class PartyServer:
         await self._allowed(context, self.access.canceller, submitter, request.job_id)
         dropped = self.session is not None and self.session.cancel(request.job_id)
         if dropped:
+            self._submitted.pop(request.job_id, None)
             log.info("job %s cancelled", request.job_id)
         return pb.ExchangeReply(ok=dropped)
 
