@@ -234,9 +234,17 @@ class PartyServer:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         self._submitted[job.job_id] = (submitter, binding)
-        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._submitted.pop, job.job_id, None)
+        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._forget_submitted, job.job_id)
         log.info("job %s submitted by %s: program %s", job.job_id, submitter or "-", job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
+
+    def _forget_submitted(self, job_id: str) -> None:
+        """Drop a job's submitter and binding once its session has let go of it (a job submitted
+        ahead waits, prepared, as long as the job before it runs)."""
+        if self.session is not None and self.session.knows(job_id) and job_id in self._submitted:
+            asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._forget_submitted, job_id)
+            return
+        self._submitted.pop(job_id, None)
 
     async def run(self, request: pb.JobRef, context):
         if not self.ready.is_set():
