@@ -337,10 +337,10 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         """Run the job; every party's outcome, and the sums of the shares revealed to the caller."""
         raise NotImplementedError
 
-    def _execute_many(self, items):
+    def _execute_many(self, items, depth: int = 2, hold: bool = False):
         """Run (program, job, inputs) items in order, yielding each one's outcomes. Here one
-        after the other; LocalCluster overlaps each job's offline phase with the previous
-        job's online phase."""
+        after the other; a ClusterClient overlaps each job's offline phase with the previous
+        job's online phase (`depth`, `hold`: see ClusterClient._execute_many)."""
         for program, job, inputs in items:
             yield self._execute(program, job, inputs)
 

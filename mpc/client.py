@@ -118,20 +118,28 @@ class ClusterClient(_Cluster):
     def _execute(self, program, job, inputs):
         return self._call(self._run_job(program, job, inputs), timeout=self.job_timeout + 10)
 
-    def _execute_many(self, items, depth: int = 2):
+    def _execute_many(self, items, depth: int = 2, hold: bool = False):
         """Jobs in order with up to `depth` in flight: job k+1 is submitted while job k is
-        online, so its offline phase (dealer material, PRG expansion) overlaps job k's rounds;
-        the parties start its online phase once job k has kept what it reads."""
+        online, so its offline phase (dealer material, PRG expansion), which the parties start
+        at submission, overlaps job k's rounds; they start its online phase once job k has
+        kept what it reads. `hold`: a job is run only when its outcome is asked for, so that
+        the caller acts between jobs (a checkpoint of what job k kept, before job k+1 changes
+        it); it is prepared meanwhile, and dropped at the parties if it is never asked for."""
         items = iter(items)
-        flight: list = []
+        flight: list = []  # (future of the outcomes, the gate of a held job or None)
 
         def launch():
             item = next(items, None)
             if item is None:
                 return False
             program, job, inputs = item
-            flight.append(asyncio.run_coroutine_threadsafe(self._submit_and_run(program, job, inputs), self._loop))
+            gate = self._loop.create_future() if hold else None
+            flight.append((asyncio.run_coroutine_threadsafe(self._submit_and_run(program, job, inputs, gate),
+                                                            self._loop), gate))
             return True
+
+        def open_gate(gate, run: bool):
+            self._loop.call_soon_threadsafe(lambda: gate.done() or gate.set_result(run))
 
         more = True
         try:
@@ -139,12 +147,27 @@ class ClusterClient(_Cluster):
                 while more and len(flight) < depth:
                     more = launch()
                 if flight:
-                    yield flight.pop(0).result(self.job_timeout + 10)
+                    future, gate = flight.pop(0)
+                    if gate is not None:
+                        open_gate(gate, True)
+                    yield future.result(self.job_timeout + 10)
         finally:
-            for future in flight:
-                future.cancel()
+            for future, gate in flight:
+                if gate is None:
+                    future.cancel()
+                    continue
+                open_gate(gate, False)  # never run: dropped at the parties before anything else is sent
+                try:
+                    future.result(30)
+                except Exception:
+                    pass
 
-    async def _submit_and_run(self, program, job, inputs):
+    async def _cancel(self, job_id: str) -> None:
+        """Drop a submitted job that will not be run at every party (its correlations too)."""
+        await asyncio.gather(*(stub.Cancel(pb.JobRef(job_id=job_id), timeout=10) for stub in self._stubs),
+                             return_exceptions=True)
+
+    async def _submit_and_run(self, program, job, inputs, hold=None):
         # Every party must see the jobs submitted in order (a party lets a job read kept
         # values only after the jobs submitted before it keep theirs): wait for the previous
         # job's submissions to be acknowledged before sending ours.
@@ -153,7 +176,7 @@ class ClusterClient(_Cluster):
         try:
             if previous is not None:
                 await asyncio.shield(previous)
-            return await self._run_job(program, job, inputs, submitted=mine)
+            return await self._run_job(program, job, inputs, submitted=mine, hold=hold)
         finally:
             if not mine.done():
                 mine.set_result(None)
@@ -244,7 +267,8 @@ class ClusterClient(_Cluster):
     def _list_checkpoints(self, p, directory, job_hash):
         return self._checkpoint_call("ListCheckpoints", p, directory, job_hash)
 
-    async def _run_job(self, program, job, inputs, submitted: asyncio.Future | None = None):
+    async def _run_job(self, program, job, inputs, submitted: asyncio.Future | None = None,
+                       hold: asyncio.Future | None = None):
         overhead = {"program_s": 0.0, "submit_s": 0.0, "upload_s": 0.0, "results_s": 0.0, "assemble_s": 0.0,
                     "program_sent": False}
 
@@ -314,6 +338,9 @@ class ClusterClient(_Cluster):
         binding = job_digest(dataclasses.replace(job, job_id=job_id))
         if submitted is not None and not submitted.done():
             submitted.set_result(None)
+        if hold is not None and not await hold:  # (the parties prepare it meanwhile)
+            await self._cancel(job_id)
+            return None
         self.last_overhead = overhead
         await _gather_or_raise([run(p) for p in range(self.n_parties)])
         return received.finish()

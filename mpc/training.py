@@ -201,7 +201,7 @@ class TrainingMixin:
               reveal_loss_every: int = 0, steps_per_job: int = 10, on_step: Callable | None = None,
               program: TrainingProgram | None = None, resume: tuple[int, dict[str, int]] | None = None,
               checkpoint_every: int = 0, on_checkpoint: Callable | None = None,
-              stop_after: int | None = None) -> TrainResult:
+              stop_after: int | None = None, prefetch: bool = True) -> TrainResult:
         """Train `model` (its current weights are the model owner's starting point) on `data`.
 
         Steps run `steps_per_job` at a time in one job (an unrolled program): the rounds
@@ -214,7 +214,13 @@ class TrainingMixin:
         mpc.checkpoints); the batch order depends only on the seed and the epoch, so the
         remaining steps read the same rows as an uninterrupted run. Groups also end at every
         multiple of `checkpoint_every`, where `on_checkpoint(step, handles)` is called;
-        `stop_after` ends the run after that many steps in total (an interruption, for tests)."""
+        `stop_after` ends the run after that many steps in total (an interruption, for tests).
+
+        `prefetch`: each job is submitted while the one before it is online, so that the
+        parties prepare its correlations meanwhile (with checkpoints, it is run only after
+        the checkpoint before it is written); False runs one job at a time. The randomness of
+        every step is keyed by what it computes (runtime.reproducible): the weights are the
+        same bit for bit either way."""
         n_rows = data.x_shape[0]
         tp = program or compile_training(model, torch.zeros((1, *data.x_shape[1:])), n_rows=n_rows,
                                          n_outputs=data.y_shape[1], loss=loss, optimizer=optimizer,
@@ -242,15 +248,23 @@ class TrainingMixin:
 
         items = (self._step_job(tp, data, handles, first, [b for _, b in group], wants_loss(first, group))
                  for first, group in groups)
-        # With checkpoints, one job at a time: a checkpoint must save the weights of its step,
-        # before a pipelined next job overwrites them.
-        runs = (((item, self._execute(*item)) for item in items) if checkpoint_every
-                else self._execute_many_with_items(items))
+        # With checkpoints, a job is run only when asked for (hold): a checkpoint must save the
+        # weights of its step before the next job overwrites them; that job is prepared meanwhile.
+        runs = (self._execute_many_with_items(items, hold=bool(checkpoint_every)) if prefetch
+                else ((item, self._execute(*item)) for item in items))
+        start = time.perf_counter()
+        try:
+            self._train_groups(result, groups, runs, start_step, on_step, checkpoint_every, on_checkpoint, handles)
+        finally:
+            runs.close()  # a job submitted ahead of a failed one is dropped at the parties, not left to expire
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _train_groups(self, result, groups, runs, start_step, on_step, checkpoint_every, on_checkpoint, handles):
+        """train's loop: each group's outcomes into `result`, step by step."""
         from mpc.api import MPCError  # mpc.api builds on this module
 
-        start = time.perf_counter()
         step = start_step
-        runs = iter(runs)
         for first, group in groups:
             try:
                 (program, _, _), outcomes = next(runs)
@@ -282,8 +296,6 @@ class TrainingMixin:
                     raise MPCError(f"training stopped writing the checkpoint of step {step} (epoch "
                                    f"{group[-1][0] + 1}; {step} steps done): {exc}") from exc
         result.steps = step
-        result.seconds = time.perf_counter() - start
-        return result
 
     def _share_initial(self, tp: TrainingProgram, owner: int) -> dict[str, int]:
         """Share the initial weights from `owner` and zero optimizer state; handles by name."""
@@ -299,7 +311,7 @@ class TrainingMixin:
         self._execute(program, job, inputs)
         return handles
 
-    def _execute_many_with_items(self, items):
+    def _execute_many_with_items(self, items, hold: bool = False):
         """Pairs of (item, outcomes), in order; items are made as the pipeline needs them."""
         taken = []
 
@@ -308,8 +320,12 @@ class TrainingMixin:
                 taken.append(item)
                 yield item
 
-        for outcomes in self._execute_many(tap()):
-            yield taken.pop(0), outcomes
+        runs = self._execute_many(tap(), hold=hold)
+        try:
+            for outcomes in runs:
+                yield taken.pop(0), outcomes
+        finally:
+            runs.close()
 
     def _step_job(self, tp: TrainingProgram, data: SharedData, handles: dict[str, int], first: int,
                   batches: list[torch.Tensor], with_loss: bool):

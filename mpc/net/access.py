@@ -5,7 +5,7 @@ request field. Under mutual TLS a party serves
 
 - the coordinator: LoadProgram and Submit (each job names its submitter, a client the
   coordinator authenticated and the cluster file lists);
-- a listed client: Upload of its own inputs, Run of its own jobs (outputs addressed to
+- a listed client: Upload of its own inputs, Run and Cancel of its own jobs (outputs addressed to
   "the caller" reach only the job's submitter, as a fresh re-randomised sharing; outputs
   revealed to party k reach a client only when it is party k's operator), checkpoints of
   its own kept values, Health;
@@ -94,6 +94,14 @@ class Access:
         who = self.identity(context)
         if self.secure and who != submitter:
             raise self._deny(who, what, f"job {job_id} was not submitted by {who}")
+
+    def canceller(self, context, submitter: str | None, job_id: str) -> None:
+        """A job not yet run is dropped by the coordinator (another party refused it) or by the
+        client that submitted it (`submitter`, None if this party has no such job)."""
+        who = self.identity(context)
+        if self.secure and who != COORDINATOR and (submitter is None or who != submitter):
+            raise self._deny(who, f"a cancel of job {job_id}", "only the coordinator and the job's submitter "
+                                                               "cancel it")
 
     def member(self, context, what: str) -> str:
         """Any process of this cluster (a party, the dealer, the coordinator, a listed client)."""

@@ -28,7 +28,7 @@ from mpc.net.grants import Grant, GrantError, Grants
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime import reproducible
-from mpc.runtime.session import JobError, PartySession, job_digest
+from mpc.runtime.session import JobError, PartySession, TooManyAhead, job_digest
 from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
 log = logging.getLogger(__name__)
@@ -221,19 +221,30 @@ class PartyServer:
                 if job.owners.get(nid) == self.pid:
                     self.access.reads_files_for(submitter, f"job {job.job_id}, which reads its data files,")
                     inputs[nid] = await asyncio.to_thread(self.data.value, text)
-            dry = await self.session.submit(job, inputs)
+            dry = await self.session.submit(job, inputs, client=submitter)
         except AccessDenied as exc:
             await context.abort(exc.code, str(exc))
         except GrantError as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"party {self.pid}: {exc}")
+        except TooManyAhead as exc:
+            log.warning("job %s refused: %s", request.job_id, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (serde.SerdeError, CompileError, JobError, PartyDataError, DataError) as exc:
             log.warning("job %s refused: %s", request.job_id, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         self._submitted[job.job_id] = (submitter, binding)
-        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._submitted.pop, job.job_id, None)
+        asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._forget_submitted, job.job_id)
         log.info("job %s submitted by %s: program %s", job.job_id, submitter or "-", job.program[:16])
         return pb.SubmitReply(n_correlations=len(dry.specs), rounds=dry.rounds)
+
+    def _forget_submitted(self, job_id: str) -> None:
+        """Drop a job's submitter and binding once its session has let go of it (a job submitted
+        ahead waits, prepared, as long as the job before it runs)."""
+        if self.session is not None and self.session.knows(job_id) and job_id in self._submitted:
+            asyncio.get_running_loop().call_later(2 * UPLOAD_TTL_S, self._forget_submitted, job_id)
+            return
+        self._submitted.pop(job_id, None)
 
     async def run(self, request: pb.JobRef, context):
         """Run a submitted job; answer with raw frames (mpc.net.outputs): each output's
@@ -282,11 +293,15 @@ class PartyServer:
             self._lose(reason)
 
     async def cancel(self, request: pb.JobRef, context) -> pb.ExchangeReply:
-        """The coordinator drops a job that another party refused, so that nothing waits for it."""
-        await self._allowed(context, self.access.coordinator, "a cancel")
+        """Drop a job not yet run, so that nothing waits for it and its correlations are freed:
+        the coordinator's, when another party refused it, or its submitter's, which will not
+        run it after all (a job submitted ahead of a training run that stopped)."""
+        submitter = self._submitted.get(request.job_id, (None, ""))[0]
+        await self._allowed(context, self.access.canceller, submitter, request.job_id)
         dropped = self.session is not None and self.session.cancel(request.job_id)
         if dropped:
-            log.info("job %s cancelled: another party refused it", request.job_id)
+            self._submitted.pop(request.job_id, None)
+            log.info("job %s cancelled", request.job_id)
         return pb.ExchangeReply(ok=dropped)
 
     async def grant(self, request: pb.GrantRequest, context) -> pb.ExchangeReply:

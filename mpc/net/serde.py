@@ -123,7 +123,8 @@ def spec_from_proto(msg: pb.CorrelationSpec) -> Spec:
 def stats_to_proto(s: JobStats) -> pb.JobStatsProto:
     return pb.JobStatsProto(offline_s=s.offline_s, online_s=s.online_s, rounds=s.rounds, bytes_sent=s.bytes_sent,
                             messages_sent=s.messages_sent, dealer_bytes=s.dealer_bytes, n_correlations=s.n_correlations,
-                            phases=s.phases, round_bytes=[b for row in s.round_sizes for b in row])
+                            phases=s.phases, round_bytes=[b for row in s.round_sizes for b in row],
+                            ready_ahead_s=s.ready_ahead_s, offline_wait_s=s.offline_wait_s)
 
 
 def stats_from_proto(m: pb.JobStatsProto, n_parties: int = 0) -> JobStats:
@@ -132,7 +133,7 @@ def stats_from_proto(m: pb.JobStatsProto, n_parties: int = 0) -> JobStats:
         raise SerdeError(f"{len(sizes)} round byte counts are not whole rounds of {n_parties} parties")
     rows = [sizes[k:k + n_parties] for k in range(0, len(sizes), n_parties)] if sizes else []
     return JobStats(m.offline_s, m.online_s, m.rounds, m.bytes_sent, m.messages_sent, m.dealer_bytes, m.n_correlations,
-                    dict(m.phases), rows)
+                    dict(m.phases), rows, m.ready_ahead_s, m.offline_wait_s)
 
 
 class OutputInfo(NamedTuple):

@@ -9,6 +9,15 @@ then all parties pass a ready barrier on which they also confirm that they run t
 program. Online: the executor runs with every correlation already in memory, so it never
 waits on the dealer. Values a job names in `keep` stay under their handles for later jobs
 until a job's `free` drops them.
+
+The offline phase up to the barrier starts when the job is submitted, in the background,
+and `run` waits for it: a client that submits its next job while the current one is
+online (training, step after step) finds its correlations ready. The exception is a
+reproducible job with inputs brought to it: its key needs every party's contribution,
+exchanged over the mesh, and a peer drops the frames of a job it has not accepted yet;
+such a job prepares when it is run (by then every party accepted it). A client may have
+MAX_AHEAD jobs submitted and not yet run at a party; a job dropped before it runs
+(cancelled, or not run within UNSTARTED_TTL_S) drops its correlations with it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ READY_ROUND = (1 << 32) - 1
 KEY_ROUND = READY_ROUND - 1
 MAX_PROGRAMS = 256
 UNSTARTED_TTL_S = 120.0  # a job submitted but not run within this is dropped (its writes marked failed)
+# Jobs one client may have submitted and not yet run at a party: each holds its inputs and,
+# once prepared, every correlation it needs, so memory is bounded by this times the largest job.
+MAX_AHEAD = 4
 WAIT_DEADLINE_S = 900.0  # the longest a job waits for an earlier job's kept values
 
 
@@ -82,6 +94,10 @@ class JobError(RuntimeError):
     """A job was refused or failed; the message names the cause."""
 
 
+class TooManyAhead(JobError):
+    """A client already has MAX_AHEAD jobs submitted and not yet run at this party."""
+
+
 @dataclass
 class JobStats:
     offline_s: float = 0.0
@@ -93,6 +109,10 @@ class JobStats:
     n_correlations: int = 0
     phases: dict = field(default_factory=dict)  # seconds per phase, when the job asked (mpc.runtime.profile)
     round_sizes: list = field(default_factory=list)  # when profiled: per round, bytes sent to each party id
+    # The offline phase runs from submission: how long its correlations were in hand before
+    # the job was run (0 if they were not), and how long the run waited for them (0 if not).
+    ready_ahead_s: float = 0.0
+    offline_wait_s: float = 0.0
 
 
 @dataclass
@@ -110,6 +130,16 @@ class Loaded:
 
 
 @dataclass
+class _Prepared:
+    """A job's offline phase at this party, up to the barrier: what the online phase needs."""
+    key: bytes  # the reproduction key (b"" for other jobs)
+    pool: dict  # (node, seq) -> correlation
+    out_masks: dict  # node -> this party's mask of a fresh sharing of zero
+    seconds: float  # its own time, from the start of the preparation
+    done_at: float  # time.perf_counter() when it ended
+
+
+@dataclass
 class _Job:
     job: Job
     loaded: Loaded
@@ -117,6 +147,9 @@ class _Job:
     started: bool = False
     waits: dict = field(default_factory=dict)  # handle -> _Write of the earlier job that keeps what this one reads
     writes: dict = field(default_factory=dict)  # handle -> _Write of this job
+    client: str = ""  # who submitted it (MAX_AHEAD counts per client)
+    prof: object = OFF
+    prepared: asyncio.Future | None = None  # the offline phase, a task from submission (or from run)
 
 
 def job_digest(job: Job) -> str:
@@ -209,10 +242,15 @@ class PartySession:
             self.programs.popitem(last=False)
         return loaded
 
-    async def submit(self, job: Job, inputs: dict[int, torch.Tensor]) -> DryRun:
-        """Check the job against its cached program and this party's private inputs."""
+    async def submit(self, job: Job, inputs: dict[int, torch.Tensor], client: str = "") -> DryRun:
+        """Check the job against its cached program and this party's private inputs, and
+        start its offline phase (see the module docstring). `client`: who submitted it."""
         if job.job_id in self._seen:
             raise JobError(f"job id {job.job_id} was already used at party {self.pid}: job ids are never reused")
+        ahead = sum(1 for e in self.jobs.values() if e.client == client and not e.started)
+        if ahead >= MAX_AHEAD:
+            raise TooManyAhead(f"party {self.pid} holds {ahead} jobs of {client or 'this client'} submitted and not "
+                               f"yet run; the limit is {MAX_AHEAD}: run (or cancel) them before submitting more")
         loaded = self.programs.get(job.program)
         if loaded is None:
             raise JobError(f"party {self.pid} has no program {job.program}: load it first")
@@ -249,9 +287,37 @@ class PartySession:
         waits = {h: w for h in job.kept.values() if (w := self._writers.get(h)) is not None}
         writes = {h: _Write(job.job_id, nid, job.reproducible) for nid, h in job.keep.items()}
         self._writers.update(writes)
-        self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes)
-        asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._expire, job.job_id)
+        entry = self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes, client=client,
+                                             prof=Profile() if job.profile else OFF)
+        self.transport.set_profile(job.job_id, entry.prof)
+        if not (job.reproducible and job.owners):  # (those exchange key contributions: prepared when run)
+            self._prepare(entry)
+        asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._unstarted, job.job_id)
         return loaded.dry
+
+    def _prepare(self, entry: _Job) -> asyncio.Future:
+        """Start the job's offline phase (once): a task that `run` awaits and a drop cancels."""
+        if entry.prepared is None:
+            entry.prepared = asyncio.ensure_future(self._offline_phase(entry))
+            # a job dropped before it runs never collects the outcome: not news for the log
+            entry.prepared.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return entry.prepared
+
+    async def _offline_phase(self, entry: _Job) -> _Prepared:
+        """Everything of a job that depends on no peer's progress: its reproduction key, every
+        correlation (party 0 from the dealer's stream), the masks of outputs to the caller."""
+        job, program, prof = entry.job, entry.loaded.program, entry.prof
+        t0 = time.perf_counter()
+        key = b""
+        if job.reproducible:
+            with prof.phase("reproduction_key"):
+                key = await self._reproduction_key(entry)
+        pool = await self._offline(job.job_id, entry.loaded.dry, prof, key)
+        with prof.phase("output_masks"):  # data-independent: made offline, off the online path
+            out_masks = {nid: output_mask(self.transport, job.job_id, nid, program.nodes[nid].shape)
+                         for nid, to in zip(program.outputs, job.recipients) if to == TO_CALLER}
+        done = time.perf_counter()
+        return _Prepared(key, pool, out_masks, done - t0, done)
 
     def _check(self, job: Job, program: Program) -> None:
         private = {n.id for n in program.inputs if n.attrs.get("kind", "private") == "private"}
@@ -320,19 +386,35 @@ class PartySession:
                 raise JobError(f"job {job.job_id} keeps node {nid}, which is not a single-output node of the program")
 
     def cancel(self, job_id: str) -> bool:
-        """Drop a job submitted but not started (another party refused it); False if it
-        already started or is unknown."""
+        """Drop a job submitted but not started (another party refused it, or its client
+        will not run it); False if it already started or is unknown."""
         entry = self.jobs.get(job_id)
         if entry is None or entry.started:
             return False
         self._expire(job_id)
         return True
 
+    def _unstarted(self, job_id: str) -> None:
+        """UNSTARTED_TTL_S after submission: drop the job if it was not run. A job that waits
+        for an earlier job still to keep what it reads (submitted ahead of it) gets the
+        time again: its client runs it once that one is done."""
+        entry = self.jobs.get(job_id)
+        if entry is None or entry.started:
+            return
+        if any(not w.event.is_set() for w in entry.waits.values()):
+            asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._unstarted, job_id)
+            return
+        self._expire(job_id)
+
     def _expire(self, job_id: str) -> None:
         """Drop a job submitted but never run (another party refused it, or its client went
-        away), so that no later job waits on what it would have kept."""
+        away), so that no later job waits on what it would have kept; its offline phase
+        stops, and its correlations go with it."""
         entry = self.jobs.get(job_id)
         if entry is not None and not entry.started:
+            if entry.prepared is not None:
+                entry.prepared.cancel()  # party 0's dealer stream is cancelled, the expansion gives up
+                entry.prepared = None
             self._end_writes(entry, ok=False)
             self.jobs.pop(job_id, None)
             # Peers that started it wait for our rounds: tell them it will not run here.
@@ -406,6 +488,9 @@ class PartySession:
                 self.transport.abort_job(job_id, f"party {self.pid}: {exc}")
             raise
         finally:
+            if entry.prepared is not None:
+                entry.prepared.cancel()  # a run that failed before its offline phase ended stops it
+                entry.prepared = None
             self._end_writes(entry, ok)  # a later job reading these learns whether they were kept
             # The caller no longer refers to these handles: drop them even if the job failed.
             self.free(entry.job.free)
@@ -418,18 +503,13 @@ class PartySession:
         outcome = JobOutcome()
         stats = outcome.stats
         stats.n_correlations = len(specs)
-        prof = Profile() if job.profile else OFF
-        self.transport.set_profile(job.job_id, prof)
+        prof = entry.prof
 
-        t0 = time.perf_counter()
-        key = b""
-        if job.reproducible:
-            with prof.phase("reproduction_key"):
-                key = await self._reproduction_key(entry)
-        pool = await self._offline(job.job_id, dry, prof, key)
-        with prof.phase("output_masks"):  # data-independent: made offline, off the online path
-            out_masks = {nid: output_mask(self.transport, job.job_id, nid, program.nodes[nid].shape)
-                         for nid, to in zip(program.outputs, job.recipients) if to == TO_CALLER}
+        arrived = time.perf_counter()
+        prepared = await self._prepare(entry)  # started at submission, or now
+        entry.prepared = None  # the run holds what it needs; a drop has nothing left to stop
+        key, pool, out_masks = prepared.key, prepared.pool, prepared.out_masks
+        stats.ready_ahead_s = max(0.0, arrived - prepared.done_at)
         t_wait = time.perf_counter()
         for handle, write in entry.waits.items():
             try:
@@ -446,8 +526,13 @@ class PartySession:
             digest = job_digest(job)
             if key:  # parties holding different inputs would compute garbage together: compare keys too
                 digest = hashlib.sha256(bytes.fromhex(digest) + key).hexdigest()
+            t_barrier = time.perf_counter()
             await self._barrier(job.job_id, digest)
         t1 = time.perf_counter()
+        # The offline phase: this party's own (wherever it ran) and the wait for its peers'.
+        stats.offline_s = prepared.seconds + (t1 - t_barrier)
+        # What of it the run waited for: the preparation's rest when it arrived, and the barrier.
+        stats.offline_wait_s = (t_wait - arrived) + (t1 - t_barrier)
         for nid, h in job.kept.items():
             value = self.kept.get(h)
             if value is None:
@@ -471,7 +556,6 @@ class PartySession:
             values, rounds = await executor.run(lambda node, seq, spec: pool[(node, seq)], mask,
                                                 make_exchange(self.transport, job.job_id, prof), profile=prof)
         stats.online_s = time.perf_counter() - t1
-        stats.offline_s = t1 - t0 - waited
         stats.dealer_bytes = sum(correlations.correction_nbytes(s) for s in specs) if self.pid == 0 else 0
 
         for nid, to in zip(program.outputs, job.recipients):

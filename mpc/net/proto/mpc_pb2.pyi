@@ -227,7 +227,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., binding: _Optional[str] = ...) -> None: ...
 
 class JobStatsProto(_message.Message):
-    __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations", "phases", "round_bytes")
+    __slots__ = ("offline_s", "online_s", "rounds", "bytes_sent", "messages_sent", "dealer_bytes", "n_correlations", "phases", "round_bytes", "ready_ahead_s", "offline_wait_s")
     class PhasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +244,8 @@ class JobStatsProto(_message.Message):
     N_CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     ROUND_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READY_AHEAD_S_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     offline_s: float
     online_s: float
     rounds: int
@@ -253,7 +255,9 @@ class JobStatsProto(_message.Message):
     n_correlations: int
     phases: _containers.ScalarMap[str, float]
     round_bytes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ..., round_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+    ready_ahead_s: float
+    offline_wait_s: float
+    def __init__(self, offline_s: _Optional[float] = ..., online_s: _Optional[float] = ..., rounds: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., messages_sent: _Optional[int] = ..., dealer_bytes: _Optional[int] = ..., n_correlations: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ..., round_bytes: _Optional[_Iterable[int]] = ..., ready_ahead_s: _Optional[float] = ..., offline_wait_s: _Optional[float] = ...) -> None: ...
 
 class OutputInfo(_message.Message):
     __slots__ = ("node", "plaintext", "dtype", "shape", "total_bytes")

@@ -134,7 +134,7 @@ class PartyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """from the coordinator: a job another party refused
+        """a job not yet run: from the coordinator or its submitter
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
