@@ -21,7 +21,7 @@ import mpc
 from mpc.checkpoints import Checkpointer
 from mpc.compiler.training import SGD
 from mpc.ir import TO_CALLER, Job, Node, Program
-from mpc.net import serde
+from mpc.net import outputs, serde
 from mpc.net.dealer import DealerService, GrpcDealerLink
 from mpc.net.memory import MemoryNetwork
 from mpc.net.proto import mpc_pb2 as pb
@@ -58,6 +58,10 @@ TOL = 2 * ULP
 
 
 def _revealed(outcomes):
+    """The caller's value of x*y: a networked client sums the parties' shares as they arrive
+    (mpc.net.outputs.Outcomes); an in-memory cluster's outcomes each hold a share."""
+    if hasattr(outcomes, "value"):
+        return outcomes.value(2, PROGRAM.frac_bits)
     return mpc.ring.decode(sum(o.shares[2] for o in outcomes), PROGRAM.frac_bits)
 
 
@@ -206,8 +210,9 @@ def test_the_bound_on_jobs_submitted_ahead_is_a_clear_refusal_and_cancel_frees_t
         cluster._call(cluster._cancel(job_id))
     assert _jobs_at_parties(cluster) == [0, 0, 0]
 
-    async def run(job_id):
-        return [e async for e in cluster._stubs[0].Run(pb.JobRef(job_id=job_id), timeout=30)]
+    async def run(job_id):  # Run's raw frames (mpc.net.outputs): the JobEvents among them
+        call = outputs.run_call(cluster._channels[0])
+        return outputs.events([m async for m in call(pb.JobRef(job_id=job_id), timeout=30)])
     events = cluster._call(run(ids[0]))
     assert events[-1].error == f"party 0 has no job {ids[0]}"
     (item, want), = [_item(20)]
