@@ -71,7 +71,8 @@ def exp_scales(iters: int, x_max: float, frac_bits: int) -> list[int]:
     return scales + [frac_bits]
 
 
-def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_MAX):
+def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_MAX, taps: tuple[int, ...] = (),
+        out_scale: int | None = None):
     """e^x = p(x / 2^n)^(2^n), p(y) = 1 + y + y^2 / 2, n = 8 squarings.
 
     Valid for x in [-256, 20] (x_max lowers the top of the range for more precision);
@@ -83,9 +84,13 @@ def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_M
          2f + 2n + 1 - s0), one truncation that also gives p(y)^2 (truncate_square, round 2);
       3. n steps, each truncating the previous square to the next step's scale
          (exp_scales) and squaring it for free in the same round; the last only truncates.
+    With taps, also returns {m: e^(x / 2^m)} for each m in taps (1 <= m <= n), the
+    intermediate powers the squarings pass through, at their step's scale (exp_scales'
+    entry n - m): a sum of terms e^(c x / 2^m) costs one exp. out_scale (f if not given)
+    is the result's scale: a finer one keeps small results' relative precision.
     """
     f = ctx.frac_bits
-    scales = exp_scales(iters, x_max, f)
+    scales = exp_scales(iters, x_max, out_scale or f)
     s0 = scales[0]
     k = 2 * f + 2 * iters + 1 - s0
     if k < 1:
@@ -95,12 +100,19 @@ def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_M
     if ctx.is_first:
         poly += 1 << (2 * f + 2 * iters + 1)
     v, v2 = yield from truncate_square(ctx, poly, k)
+    tapped = {iters: v} if iters in taps else {}
     for j in range(iters):
         shift = 2 * scales[j] - scales[j + 1]
         if j < iters - 1:
             v, v2 = yield from truncate_square(ctx, v2, shift)
+            if iters - 1 - j in taps:
+                tapped[iters - 1 - j] = v
         else:
             v = yield from truncate(ctx, v2, shift)
+    if taps:
+        if set(taps) - set(tapped):
+            raise ValueError(f"exp taps {sorted(set(taps) - set(tapped))} are not among 1..{iters}")
+        return v, tapped
     return v
 
 
@@ -210,43 +222,64 @@ def tanh(ctx: PartyContext, x: torch.Tensor):
     return 2 * s - _const(ctx, x, 1.0, ctx.frac_bits)
 
 
-def log(ctx: PartyContext, x: torch.Tensor):
-    """Natural log for x in [0.05, 100]: CrypTen's scheme with this runtime's exp.
+# log's start y0 = b + a x + c0 e^(-2x) + c5 e^(-x/16): a minimax fit of log x on [0.04, 120]
+# (linear programming over 6000 log-spaced points), off by at most 0.31 there; both
+# exponentials come from one exp(-2x), e^(-x/16) = e^(-2x/2^5) being one of its squarings.
+_LOG_START = (3.239661, 0.015462, -3.84488, -2.610179)  # b, a, c0, c5
+_LOG_TAP = 5
+_LOG_EXP_MAX = 4.5  # -y0 < -log(0.04) + 0.31 < 3.6
 
-    y0 = x / 120 - 20 e^(-2x - 1) + 3; then twice h = 1 - x e^(-y), y <- y - sum_{k<=8} h^k / k
-    (a Householder step of order 8). Rounds 10 + 2 * (10 + 7) = 44 (CrypTen: 109). A step:
-      1. x e^(-y) by a Beaver product (round 1), truncated with its square (round 2), so
-         h = 1 - xe and h^2 = 1 - 2 xe + xe^2 need no round of their own;
-      2. h2 = h^2 truncated with its square h^4 (round 3);
-      3. h3 = h2 h (Beaver, round 4; truncated in round 5) beside h4 = h^4 truncated with
-         its square h^8 (round 4);
-      4. h^5, h^6 = h4 (h, h2) (Beaver, round 5) and h^7 = h4 h3 (round 6), left at scale 2f;
-      5. the weighted sum of every power, lifted to scale 3f, in one truncation (round 7).
+
+def log(ctx: PartyContext, x: torch.Tensor):
+    """Natural log for x in [0.05, 100] (and up to 128, where -2x leaves exp's range): one
+    exp gives a start within 0.31 of log x, and one Householder step of order 8 finishes.
+    Rounds 10 + 1 + 10 + 7 = 28 (CrypTen: 109; CrypTen's start, 3 + x/120 - 20 e^(-2x-1),
+    is off by up to 2.2 and needs two steps).
+      1. e^(-2x) and, from the same squarings, e^(-x/16) (exp with a tap, rounds 1-10);
+      2. y0 = b + a x + c0 e^(-2x) + c5 e^(-x/16) at scale 2^44, truncated to f (round 11);
+         then |h| = |1 - x e^(-y0)| < 0.41 and the step leaves |h|^9 / 9 < 1.1e-5;
+      3. h = 1 - x e^(-y0) and y = y0 - sum_{k<=8} h^k / k (a Householder step of order 8):
+         e^(-y0) (10 rounds), x e^(-y0) by a Beaver product (round 1), truncated with its
+         square (round 2), so h = 1 - xe and h^2 = 1 - 2 xe + xe^2 need no round of their
+         own; h2 = h^2 truncated with its square h^4 (round 3); h3 = h2 h (Beaver, round 4;
+         truncated in round 5) beside h4 = h^4 truncated with its square h^8 (round 4);
+         h^5, h^6 = h4 (h, h2) (Beaver, round 5) and h^7 = h4 h3 (round 6), left at scale
+         2f; the weighted sum of every power, lifted to scale 3f, in one truncation (round 7).
+    Reference for the Householder iteration: CrypTen (crypten/common/functions/log.py).
     """
+    f, wide_scale = ctx.frac_bits, 44
+    t, taps = yield from exp(ctx, -2 * x, x_max=0.0, taps=(_LOG_TAP,))
+    tap_scale = exp_scales(8, 0.0, f)[8 - _LOG_TAP]
+    b, a, c0, c5 = _LOG_START
+    start = (x * round(a * (1 << (wide_scale - f))) + t * round(c0 * (1 << (wide_scale - f)))
+             + taps[_LOG_TAP] * round(c5 * (1 << (wide_scale - tap_scale))) + _const(ctx, x, b, wide_scale))
+    y = yield from truncate(ctx, start, wide_scale - f)  # every term below 2^47
+    return (yield from _householder_log_step(ctx, x, y))
+
+
+def _householder_log_step(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor):
+    """y - sum_{k<=8} h^k / k with h = 1 - x e^(-y): log's step of order 8 (17 rounds)."""
     f = ctx.frac_bits
-    x120, t = yield from gather(_scale_public(ctx, x, 1 / 120, f, f),
-                                exp(ctx, -2 * x - _const(ctx, x, 1.0, f), x_max=0.0))
-    y = x120 - 20 * t + _const(ctx, x, 3.0, f)
     one, one2 = _const(ctx, x, 1.0, f), _const(ctx, x, 1.0, 2 * f)
-    for _ in range(2):
-        e = yield from exp(ctx, -y)
-        xe_wide = yield from _beaver(ctx, correlations.mul_triple(x.shape, e.shape), torch.mul, x, e)
-        xe, xe_sq = yield from truncate_square(ctx, xe_wide, f)
-        h = one - xe
-        h2, h4_wide = yield from truncate_square(ctx, one2 - xe * (2 << f) + xe_sq, f)
-        h3_wide, (h4, h8_wide) = yield from gather(
-            _beaver(ctx, correlations.mul_triple(h2.shape, h.shape), torch.mul, h2, h),
-            truncate_square(ctx, h4_wide, f))
-        h3, h5_wide, h6_wide = yield from gather(
-            truncate(ctx, h3_wide, f),
-            _beaver(ctx, correlations.mul_triple(h4.shape, h.shape), torch.mul, h4, h),
-            _beaver(ctx, correlations.mul_triple(h4.shape, h2.shape), torch.mul, h4, h2))
-        h7_wide = yield from _beaver(ctx, correlations.mul_triple(h4.shape, h3.shape), torch.mul, h4, h3)
-        # |h| < 1 once y0 is within reach of log x: every term stays far below 2^62 at scale 3f
-        narrow = sum(p * ((1 << f) * round((1 << f) / k)) for k, p in enumerate((h, h2, h3, h4), start=1))
-        wide = sum(p * round((1 << f) / k) for k, p in enumerate((h5_wide, h6_wide, h7_wide, h8_wide), start=5))
-        y = y - (yield from truncate(ctx, narrow + wide, 2 * f))
-    return y
+    # e^(-y) near 1/x at scale 2^30 (x e^(-y) < 2^(7+16+5+30)): at scale f, its relative
+    # error at x = 100 would be 2^-16 * 100 = 1.5e-3, and so would log's
+    e = yield from exp(ctx, -y, x_max=_LOG_EXP_MAX, out_scale=_HIGH)
+    xe_wide = yield from _beaver(ctx, correlations.mul_triple(x.shape, e.shape), torch.mul, x, e)
+    xe, xe_sq = yield from truncate_square(ctx, xe_wide, _HIGH)
+    h = one - xe
+    h2, h4_wide = yield from truncate_square(ctx, one2 - xe * (2 << f) + xe_sq, f)
+    h3_wide, (h4, h8_wide) = yield from gather(
+        _beaver(ctx, correlations.mul_triple(h2.shape, h.shape), torch.mul, h2, h),
+        truncate_square(ctx, h4_wide, f))
+    h3, h5_wide, h6_wide = yield from gather(
+        truncate(ctx, h3_wide, f),
+        _beaver(ctx, correlations.mul_triple(h4.shape, h.shape), torch.mul, h4, h),
+        _beaver(ctx, correlations.mul_triple(h4.shape, h2.shape), torch.mul, h4, h2))
+    h7_wide = yield from _beaver(ctx, correlations.mul_triple(h4.shape, h3.shape), torch.mul, h4, h3)
+    # |h| < 1 once y is within reach of log x: every term stays far below 2^62 at scale 3f
+    narrow = sum(p * ((1 << f) * round((1 << f) / k)) for k, p in enumerate((h, h2, h3, h4), start=1))
+    wide = sum(p * round((1 << f) / k) for k, p in enumerate((h5_wide, h6_wide, h7_wide, h8_wide), start=5))
+    return y - (yield from truncate(ctx, narrow + wide, 2 * f))
 
 
 def inv_sqrt(ctx: PartyContext, x: torch.Tensor, out_scale: int | None = None):
@@ -313,7 +346,7 @@ def _newton_steps(n: int) -> int:
 
 def log_softmax(ctx: PartyContext, x: torch.Tensor, dim: int):
     """(x - max) - log(sum e^(x - max)); the sum is in [1, n], inside log's range for
-    n <= 100. Rounds 4 ceil(log2 n) + 10 + 44 (70 for n = 10; CrypTen: 235)."""
+    n <= 100. Rounds 4 ceil(log2 n) + 10 + 28 (54 for n = 10; CrypTen: 235)."""
     z, _, s = yield from _softmax_parts(ctx, x, dim)
     return z - (yield from log(ctx, s))
 
