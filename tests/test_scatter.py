@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mpc
-from mpc import compiler
+from mpc import compiler, ring
 from mpc.protocols import scatter
 from mpc.protocols.base import Open
 from tests.conftest import ULP, assert_close
@@ -62,3 +62,22 @@ def test_xor_bits_and_mixed_widths_open_split(monkeypatch):
     monkeypatch.setattr(scatter, "SPLIT_MIN_BYTES", 1 << 62)  # never split: the plain opening's cost
     plain = compiler.estimate(cluster.last_program, 3, (-1,))
     assert cost.total_rounds > plain.total_rounds and cost.bytes_sent[0] < plain.bytes_sent[0]
+
+
+@pytest.mark.parametrize("n_parties", [3, 5])
+def test_a_split_truncation_gathers_one_bit_an_element(n_parties):
+    """A truncation's opening c = x + r, split: each party adds floor(c / 2^f) on its own
+    slice and the all-gather carries only msb(c), packed; the products stay within the
+    truncation's bound (floor(N/2) + 1 ulp of the exact product), the cost model
+    predicts the bytes, and they are the plain split's less 63 bits an element of the gather."""
+    cluster = mpc.InMemoryCluster(n_parties, defer_truncation=False)
+    x, y = (ring.decode(ring.encode(_t(BIG, seed) * 30)) for seed in (3, 4))  # exact fixed-point inputs
+    got = (cluster.share(x, 0) * cluster.share(y, 1)).reveal()
+    err = (got - x * y).abs().max().item() / ULP
+    assert err < n_parties // 2 + 1, f"worst error {err:.3f} ulp"
+    stats = cluster.last_stats
+    assert [s.bytes_sent for s in stats] == compiler.estimate(cluster.last_program, n_parties, (-1,)).bytes_sent
+    per, slice_ = (n_parties - 1) / n_parties, BIG / n_parties
+    want = 16 * BIG * 2 * per + 8 * BIG * per + (n_parties - 1) * slice_ / 8
+    assert all(abs(s.bytes_sent - want) <= 8 * n_parties for s in stats), [s.bytes_sent for s in stats]
+    assert max(s.rounds for s in stats) == 4

@@ -64,12 +64,6 @@ def _open_bytes(op, pid: int, n_parties: int) -> int:
     return 0 if op.to == pid else size
 
 
-def _meta_values(pid, n_parties, op):
-    if op.to is None or op.to == pid:
-        return tuple(torch.empty(v.shape, dtype=v.dtype, device="meta") for v in op.values)
-    return tuple(None for _ in op.values)
-
-
 def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
     specs: list[tuple[int, int, Spec]] = []
 
@@ -91,7 +85,7 @@ def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
                 node_cost.rounds.update(range(rounds, rounds + (2 if split else 1)))
                 node_cost.bytes_sent[pid] += scatter.bytes_sent([op], pid, n_parties) if split \
                     else _open_bytes(op, pid, n_parties)
-            reply = [_meta_values(pid, n_parties, op) for op in round_.opens]
+            reply = [scatter.dry_reply(op, pid, n_parties, split) for op in round_.opens]
             rounds += 2 if split else 1
     except StopIteration:
         pass

@@ -10,7 +10,7 @@ import torch
 
 from mpc import ring
 from mpc.protocols import correlations
-from mpc.protocols.base import InputMask, Open, PartyContext, Randomness
+from mpc.protocols.base import InputMask, Open, PartyContext, Randomness, SignsOpened
 
 _RING_BITS = ring.RING_BITS
 
@@ -51,6 +51,9 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None):
       3. w = msb(r) * (1 - msb(c)) is the wrap bit of x' + r (x' < 2^(l-1) makes it exact),
          linear in the shares of M because c is public.
       4. y = floor(c / 2^f) - R + 2^(l-f) (T + M (1 - msb(c))) - 2^(l-2-f) - floor(N/2).
+         The public floor(c / 2^f) may be added by any one party: when a large opening
+         splits, each adds it on its own slice, and only msb(c) reaches everyone
+         (protocols/scatter.py: a bit an element instead of 64 in the all-gather).
     Then y = floor(x / 2^f) + beta + q - floor(N/2), beta = [c mod 2^f < r mod 2^f] is a
     carry that makes floor(x/2^f) + beta an unbiased stochastic rounding, and floor(N/2)
     is the mean of q. Error bound: |y - x / 2^f| < floor(N/2) + 1 units in the last place
@@ -94,7 +97,11 @@ def _truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None, squared: boo
     masked = x + r
     if ctx.is_first:
         masked += offset
-    (c,) = yield Open((masked,))
+    (c,) = yield Open((masked,), signs=not squared)
+    if isinstance(c, SignsOpened):  # a split round: c on our slice, msb(c) everywhere (scatter.py)
+        y = torch.sub(t, big_r).add_(c.negative.bitwise_not_().bitwise_and_(m))
+        y.view(-1)[c.lo:c.hi] += ring.logical_shift_right(c.part, f)  # floor(c / 2^f), added once
+        return (y.sub_((offset >> f) + n // 2) if ctx.is_first else y), None
     # all ones where msb(c) = 0, else zero: selecting by bitwise and is 7x faster than masked_fill
     keep = torch.bitwise_right_shift(c, _RING_BITS - 1).bitwise_not_()
     y = torch.sub(t, big_r).add_(torch.bitwise_and(m, keep))  # S = T - R + M (1 - msb(c))

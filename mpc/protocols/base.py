@@ -5,7 +5,8 @@ receives their answers; it returns this party's shares. It never touches a socke
 
 - `Open(values)`: every party contributes its shares; all (or only `to`) get the sums
   (mod 2^64 for int64; `xor=True` combines boolean shares by XOR, in any integer dtype).
-  The executor fuses every Open that is ready at the same time into one round.
+  The executor fuses every Open that is ready at the same time into one round. With
+  `signs=True` (one int64 value, to all) a split round answers with `SignsOpened`.
 - `Randomness(spec)`: this party's part of a dealer correlation (see correlations.py).
 - `InputMask(owner, shape)`: zero-communication input sharing from pairwise PRG keys.
 """
@@ -40,6 +41,20 @@ class Open:
     values: tuple[torch.Tensor, ...]
     to: int | None = None
     xor: bool = False
+    signs: bool = False  # a truncation's opening: in a split round, gather only signs (SignsOpened)
+
+
+@dataclass
+class SignsOpened:
+    """The reply to an Open with signs=True when its round splits (protocols/scatter.py):
+    the opened value on this party's slice [lo, hi) of its flattened elements, and the sign
+    of every element as a mask (-1 where the opened value is negative, else 0) shaped like
+    the value. The all-gather then sends a bit an element instead of 64."""
+
+    lo: int
+    hi: int
+    part: torch.Tensor
+    negative: torch.Tensor
 
 
 @dataclass

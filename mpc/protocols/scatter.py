@@ -12,6 +12,12 @@ the plain opening sends it whole. The technique is the bandwidth-optimal all-red
 collective communication (Patarasuk and Yuan, "Bandwidth optimal all-reduce algorithms
 for clusters of workstations", JPDC 2009), here over additive shares.
 
+A truncation needs less of its opened value c = x + r: floor(c / 2^f) is public and any one
+party may add it to its share, so each party adds it on its own slice, and only msb(c),
+which every party's share of the wrap term needs, must reach everyone. Such an opening
+(`Open(signs=True)`) gathers one bit an element instead of 64: 5.4 MB a party instead of
+10.7 for a million elements at N = 3, in the same two rounds.
+
 A round splits when every opening in it goes to all parties, there are at least three
 parties (at two the bytes are the same) and its payload is at least SPLIT_MIN_BYTES: the
 extra round must cost less than the bytes it saves: from 1 MiB a split round saves at N = 3
@@ -23,6 +29,10 @@ that a run measures.
 """
 
 from __future__ import annotations
+
+import torch
+
+from mpc.protocols.base import SignsOpened
 
 SPLIT_MIN_BYTES = 1 << 20
 
@@ -47,12 +57,30 @@ def bounds(n: int, n_parties: int, j: int) -> tuple[int, int]:
     return j * n // n_parties, (j + 1) * n // n_parties
 
 
+def sign_nbytes(lo: int, hi: int) -> int:
+    """Bytes of the packed signs of slice [lo, hi)."""
+    return (hi - lo + 7) // 8
+
+
 def bytes_sent(opens, pid: int, n_parties: int) -> int:
     """What party `pid` sends in a split round: every other party's slices, then its own
-    opened slice to everyone."""
+    opened slice (or its signs) to everyone."""
     total = 0
     for op in opens:
         for v in op.values:
             lo, hi = bounds(v.numel(), n_parties, pid)
-            total += (v.numel() - (hi - lo) + (n_parties - 1) * (hi - lo)) * v.element_size()
+            gathered = sign_nbytes(lo, hi) if op.signs else (hi - lo) * v.element_size()
+            total += (v.numel() - (hi - lo)) * v.element_size() + (n_parties - 1) * gathered
     return total
+
+
+def dry_reply(op, pid: int, n_parties: int, split: bool):
+    """What a planning run (meta tensors) receives for `op`."""
+    if op.to not in (None, pid):
+        return tuple(None for _ in op.values)
+    if split and op.signs:
+        (v,) = op.values
+        lo, hi = bounds(v.numel(), n_parties, pid)
+        return (SignsOpened(lo, hi, torch.empty(hi - lo, dtype=v.dtype, device="meta"),
+                            torch.empty(v.shape, dtype=v.dtype, device="meta")),)
+    return tuple(torch.empty(v.shape, dtype=v.dtype, device="meta") for v in op.values)

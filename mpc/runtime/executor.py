@@ -22,7 +22,7 @@ from mpc.compiler import schedule
 from mpc.compiler.lower import starter
 from mpc.ir import Program
 from mpc.protocols import scatter
-from mpc.protocols.base import Open, Spec
+from mpc.protocols.base import Open, SignsOpened, Spec
 from mpc.protocols.correlations import meta_part
 from mpc.runtime.profile import OFF
 from mpc.runtime.transport import ProtocolViolation, Transport
@@ -69,7 +69,8 @@ class Executor:
             return torch.empty(request.shape, dtype=torch.int64, device="meta")
 
         async def exchange(round_no, opens):
-            return [tuple(v if op.to in (None, self.pid) else None for v in op.values) for op in opens]
+            split = scatter.splits(opens, self.n_parties)
+            return [scatter.dry_reply(op, self.pid, self.n_parties, split) for op in opens]
 
         _, result.rounds = await self.run(randomness, mask, exchange, dry_run=True)
         return result
@@ -130,10 +131,14 @@ def make_exchange(transport: Transport, job: str, profile=OFF):
 async def _split_exchange(transport, job, round_no, opens, profile):
     """Open every value to all as a reduce-scatter (round_no) then an all-gather (round_no + 1):
     protocols/scatter.py. Received slices are summed in the received buffers, and each
-    opened value is assembled once, into a buffer of its own."""
+    opened value is assembled once, into a buffer of its own. A value opened for its signs
+    (Open(signs=True)) gathers packed sign bits, after every whole slice (alignment), and
+    comes back as a SignsOpened."""
     pid, n, peers = transport.pid, transport.n_parties, transport.peers
     values = [(v.reshape(-1), op.xor) for op in opens for v in op.values]
-    order = _layout(values)
+    signs = [op.signs for op in opens for _ in op.values]
+    order = [k for k in _layout(values) if not signs[k]]
+    signed = [k for k in range(len(values)) if signs[k]]
 
     def sliced(j):
         return [(v[slice(*scatter.bounds(v.numel(), n, j))], xor) for v, xor in values]
@@ -145,16 +150,26 @@ async def _split_exchange(transport, job, round_no, opens, profile):
     with profile.phase("combine"):
         opened_own = _sum_received(job, round_no, sliced(pid), received)
     with profile.phase("encode"):
-        mine = _payload([(opened_own[k], values[k][1]) for k in range(len(values))])
+        pieces = [memoryview(opened_own[k].numpy()).cast("B") for k in order]
+        pieces += [np.packbits(opened_own[k].numpy() < 0, bitorder="little").data for k in signed]
+        mine = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     with profile.phase("exchange"):
         gathered = await transport.exchange(job, round_no + 1, {p: mine for p in peers}, set(peers))
     with profile.phase("combine"):
-        out = [torch.empty_like(v) for v, _ in values]
-        for k, (v, _) in enumerate(values):
-            out[k][slice(*scatter.bounds(v.numel(), n, pid))] = opened_own[k]
+        out = {k: torch.empty_like(values[k][0]) for k in order}
+        negative = {k: torch.empty_like(values[k][0]) for k in signed}
+        own = {}
+        for k in order:
+            out[k][slice(*scatter.bounds(values[k][0].numel(), n, pid))] = opened_own[k]
+        for k in signed:
+            lo, hi = scatter.bounds(values[k][0].numel(), n, pid)
+            own[k] = (lo, hi)
+            torch.bitwise_right_shift(opened_own[k], 63, out=negative[k][lo:hi])
         for p in peers:
             theirs = sliced(p)
-            _check_sizes(job, round_no + 1, {p: gathered[p]}, sum(t.numel() * t.element_size() for t, _ in theirs))
+            expected = sum(theirs[k][0].numel() * theirs[k][0].element_size() for k in order)
+            expected += sum(scatter.sign_nbytes(*scatter.bounds(values[k][0].numel(), n, p)) for k in signed)
+            _check_sizes(job, round_no + 1, {p: gathered[p]}, expected)
             offset = 0
             for k in order:
                 t = theirs[k][0]
@@ -162,9 +177,21 @@ async def _split_exchange(transport, job, round_no, opens, profile):
                 out[k][lo:hi] = torch.from_numpy(np.frombuffer(gathered[p], dtype=_NUMPY_DTYPES[t.dtype],
                                                                count=t.numel(), offset=offset))
                 offset += t.numel() * t.element_size()
+            for k in signed:
+                lo, hi = scatter.bounds(values[k][0].numel(), n, p)
+                size = scatter.sign_nbytes(lo, hi)
+                bits = np.unpackbits(np.frombuffer(gathered[p], dtype=np.uint8, count=size, offset=offset),
+                                     count=hi - lo, bitorder="little")
+                negative[k][lo:hi].copy_(torch.from_numpy(bits)).neg_()  # 0/1 -> 0/-1
+                offset += size
     results, k = [], 0
     for op in opens:
-        results.append(tuple(out[k + i].view(v.shape) for i, v in enumerate(op.values)))
+        if op.signs:
+            (v,) = op.values
+            lo, hi = own[k]
+            results.append((SignsOpened(lo, hi, opened_own[k], negative[k].view(v.shape)),))
+        else:
+            results.append(tuple(out[k + i].view(v.shape) for i, v in enumerate(op.values)))
         k += len(op.values)
     return results
 
