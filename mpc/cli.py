@@ -292,6 +292,9 @@ def _status(args) -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mpc", description="Multi-party computation runtime for machine learning.")
+    from mpc.net import VERSION  # the installed distribution's (what Health replies report)
+
+    parser.add_argument("--version", action="version", version=f"mpc {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("launch", help="start a dealer and N parties on loopback until Ctrl-C")

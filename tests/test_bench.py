@@ -33,3 +33,12 @@ def test_bench_json_and_table_carry_the_wall_and_its_ratio(tmp_path, capsys, cry
     assert row["ratio"] == pytest.approx(row["online_s"] / row["crypten_s"])
     assert row["ratio_total"] == pytest.approx(row["total_s"] / row["crypten_s"])
     assert row["ratio_wall"] == pytest.approx(row["wall_s"] / row["crypten_wall_s"])
+
+
+def test_mpc_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mpc {version('mpc')}"
