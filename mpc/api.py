@@ -35,7 +35,8 @@ from mpc.training import TrainingMixin
 from mpc.ir import TO_ALL, TO_CALLER, Job, Node, Program
 from mpc.net.memory import MemoryNetwork
 from mpc.net.outputs import Outcomes, sum_shares
-from mpc.runtime.session import JobError, JobStats, PartySession
+from mpc.runtime.jobs import JobError, JobStats
+from mpc.runtime.session import PartySession
 
 Public = torch.Tensor | float | int
 

@@ -28,7 +28,7 @@ from mpc.net.config import ClusterConfig
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
-from mpc.runtime.session import job_digest
+from mpc.runtime.jobs import job_digest
 
 
 class ClusterClient(_Cluster):

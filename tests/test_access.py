@@ -17,7 +17,7 @@ from mpc.ir import TO_CALLER, Job, Node, Program
 from mpc.net import outputs, serde, tls
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.net.proto import mpc_pb2_grpc as pb_grpc
-from mpc.runtime.session import job_digest
+from mpc.runtime.jobs import job_digest
 from tests.attack import rand, still_works
 from tests.conftest import ULP, assert_close
 

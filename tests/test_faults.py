@@ -215,7 +215,7 @@ def test_a_job_one_party_never_runs_fails_alone_and_the_cluster_goes_on():
     from mpc.ir import TO_CALLER, Job, Node, Program
     from mpc.net import outputs, serde
     from mpc.net.proto import mpc_pb2 as pb
-    from mpc.runtime.session import job_digest
+    from mpc.runtime.jobs import job_digest
     from tests.conftest import ULP, assert_close
 
     program = Program((Node(0, "input", (), {"shape": (4,), "kind": "kept"}, (4,), "x"),

@@ -16,7 +16,7 @@ from mpc.compiler.model import compile_model
 from mpc.inference import ModelGrant
 from mpc.ir import Job, Node, Program, TO_CALLER
 from mpc.net.grants import Grant, GrantError, Grants
-from mpc.runtime.session import job_digest
+from mpc.runtime.jobs import job_digest
 from tests.conftest import assert_close
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 import mpc
 from mpc.api import FreedError, InMemoryCluster
 from mpc.ir import Job, Node, Program
-from mpc.runtime.session import JobError
+from mpc.runtime.jobs import JobError
 from tests.conftest import ULP, assert_close
 
 

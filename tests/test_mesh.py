@@ -120,7 +120,7 @@ def test_a_job_failing_at_one_party_fails_at_every_party_naming_it():
     import torch
 
     import mpc
-    from mpc.runtime.session import JobError
+    from mpc.runtime.jobs import JobError
 
     cluster = mpc.InMemoryCluster(3)
     x = cluster.share(torch.ones(4), 0)

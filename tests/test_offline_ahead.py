@@ -26,7 +26,8 @@ from mpc.net.dealer import DealerService, GrpcDealerLink
 from mpc.net.memory import MemoryNetwork
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.protocols import correlations as corr
-from mpc.runtime.session import MAX_AHEAD, JobError, PartySession, TooManyAhead
+from mpc.runtime.jobs import JobError, TooManyAhead
+from mpc.runtime.session import MAX_AHEAD, PartySession
 from mpc.runtime.transport import PeerFailure
 from tests.conftest import ULP, assert_close
 from tests.test_dealer_stream import _serve

@@ -10,7 +10,7 @@ import torch
 from mpc import ring
 from mpc.net import framing, outputs, serde
 from mpc.net.proto import mpc_pb2 as pb
-from mpc.runtime.session import JobOutcome, JobStats
+from mpc.runtime.jobs import JobOutcome, JobStats
 
 N = 1000  # elements of the output every test reveals (node 0)
 SHAPE = (10, 100)

@@ -12,7 +12,7 @@ from mpc.api import InMemoryCluster
 from mpc.bench_profile import floor, format_profile, profile_workload
 from mpc.ir import Job, Node, Program
 from mpc.net import serde
-from mpc.runtime.session import JobError, JobStats
+from mpc.runtime.jobs import JobError, JobStats
 
 
 def rand(*shape, seed=0):

@@ -31,7 +31,7 @@ from mpc import ring
 from mpc.ir import TO_CALLER
 from mpc.net import framing, serde
 from mpc.net.proto import mpc_pb2 as pb
-from mpc.runtime.session import JobOutcome
+from mpc.runtime.jobs import JobOutcome
 
 RUN_METHOD = "/mpc.net.proto.Party/Run"
 MAX_EVENT_BYTES = 64 << 20  # one JobEvent (stats with per-round byte counts, an error message)

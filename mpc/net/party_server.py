@@ -28,7 +28,8 @@ from mpc.net.grants import Grant, GrantError, Grants
 from mpc.net.mesh import CHANNEL_OPTIONS, GrpcMesh
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.runtime import reproducible
-from mpc.runtime.session import JobError, PartySession, TooManyAhead, job_digest
+from mpc.runtime.jobs import JobError, TooManyAhead, job_digest
+from mpc.runtime.session import PartySession
 from mpc.runtime.transport import JobAborted, PeerFailure, ProtocolViolation, RoundTimeout
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import torch
 from mpc.ir import Job, Node, Program
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.protocols.base import Spec
-from mpc.runtime.session import JobStats
+from mpc.runtime.jobs import JobStats
 
 _DTYPES = {"int64": torch.int64, "float64": torch.float64, "float32": torch.float32,
            "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,

@@ -34,12 +34,13 @@ import torch
 
 from mpc import compiler, ring
 from mpc.ir import TO_ALL, TO_CALLER, Job, Program
-from mpc.prg import PRG, derive_key
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
 from mpc.runtime import checkpoint, offline
 from mpc.runtime import reproducible as reproducible_
 from mpc.runtime.executor import DryRun, Executor, make_exchange
+from mpc.runtime.jobs import JobError, JobOutcome, TooManyAhead, job_digest
+from mpc.runtime.masks import input_mask, output_mask
 from mpc.runtime.profile import OFF, Profile
 from mpc.runtime.transport import DealerLink, JobAborted, PeerFailure, ProtocolViolation, Transport
 
@@ -90,39 +91,6 @@ MAX_REPLAY_ROUNDS = 1 << 16
 MAX_REPLAY_MESSAGE = 1 << 30
 
 
-class JobError(RuntimeError):
-    """A job was refused or failed; the message names the cause."""
-
-
-class TooManyAhead(JobError):
-    """A client already has MAX_AHEAD jobs submitted and not yet run at this party."""
-
-
-@dataclass
-class JobStats:
-    offline_s: float = 0.0
-    online_s: float = 0.0
-    rounds: int = 0
-    bytes_sent: int = 0
-    messages_sent: int = 0
-    dealer_bytes: int = 0
-    n_correlations: int = 0
-    phases: dict = field(default_factory=dict)  # seconds per phase, when the job asked (mpc.runtime.profile)
-    round_sizes: list = field(default_factory=list)  # when profiled: per round, bytes sent to each party id
-    # The offline phase runs from submission: how long its correlations were in hand before
-    # the job was run (0 if they were not), and how long the run waited for them (0 if not).
-    ready_ahead_s: float = 0.0
-    offline_wait_s: float = 0.0
-
-
-@dataclass
-class JobOutcome:
-    shares: dict[int, torch.Tensor] = field(default_factory=dict)  # revealed to the caller, by node
-    plaintexts: dict[int, torch.Tensor] = field(default_factory=dict)  # opened to this party, by node
-    opened_to: dict[int, int] = field(default_factory=dict)  # node of each plaintext -> its recipient (or TO_ALL)
-    stats: JobStats = field(default_factory=JobStats)
-
-
 @dataclass
 class Loaded:
     program: Program
@@ -152,57 +120,10 @@ class _Job:
     prepared: asyncio.Future | None = None  # the offline phase, a task from submission (or from run)
 
 
-def job_digest(job: Job) -> str:
-    """SHA-256 of everything a job binds: program, owners, kept values (and grants), recipients,
-    what is kept and freed, public values. Parties compare it before the online phase."""
-    h = hashlib.sha256()
-    for part in (job.job_id, job.program, sorted(job.owners.items()), sorted(job.kept.items()), list(job.recipients),
-                 sorted(job.keep.items()), sorted(job.free), sorted(job.sources.items()), job.reproducible,
-                 *((sorted(job.granted.items()),) if job.granted else ())):
-        h.update(repr(part).encode())
-    for nid in sorted(job.public):
-        t = job.public[nid].detach().contiguous()
-        h.update(f"{nid}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def _plan(program: Program, pid: int, n_parties: int) -> DryRun:
     """Validate `program` and dry-run it (its randomness and rounds), in a worker thread."""
     compiler.validate(program)
     return asyncio.run(Executor(program, pid, n_parties).dry_run())
-
-
-def output_mask(transport: Transport, job: str, node: int, shape) -> torch.Tensor:
-    """This party's part of a fresh sharing of zero, from the pairwise keys.
-
-    z_i = sum_{j > i} R_ij - sum_{j < i} R_ji with R_ij = PRG(k_ij, "output", job, node), so
-    sum_i z_i = 0. A share sent to the caller is y_i + z_i: the caller still sums to y, but
-    the shares it sees are uniformly random given y, whatever it knows of earlier shares."""
-    total = torch.zeros(shape, dtype=torch.int64)
-    for p in transport.peers:
-        stream = PRG(derive_key(transport.pairwise_key(p), "output", job, node)).ring(shape)
-        if transport.pid < p:
-            total += stream
-        else:
-            total -= stream
-    return total
-
-
-def input_mask(transport: Transport, job: str, node: int, owner: int, shape, pair_key=None) -> torch.Tensor:
-    """This party's part of the zero-communication input sharing (arithmetic.share_input).
-    `pair_key(peer)` replaces the mesh's pairwise keys (a reproducible job's long-lived ones)."""
-    pair_key = pair_key or transport.pairwise_key
-
-    def stream(peer):
-        return PRG(derive_key(pair_key(peer), "input", job, node)).ring(shape)
-
-    if transport.pid != owner:
-        return stream(owner)
-    total = torch.zeros(shape, dtype=torch.int64)
-    for p in transport.peers:
-        total += stream(p)
-    return total
 
 
 class PartySession:
