@@ -8,9 +8,7 @@ the peer's name and stops itself (`lost` is set), so no process waits forever.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import time
 
 import grpc
@@ -21,6 +19,7 @@ from mpc.net import VERSION, framing, outputs, serde, tls
 from mpc.data_files import DataError
 from mpc.net.access import Access, AccessDenied, kept_handle
 from mpc.net import party_data
+from mpc.net.party_checkpoints import CheckpointService, namespace
 from mpc.net.party_data import PartyData, PartyDataError
 from mpc.net.config import ClusterConfig
 from mpc.net.dealer import GrpcDealerLink
@@ -43,7 +42,7 @@ SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1),
                                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 
-class PartyServer:
+class PartyServer(CheckpointService):
     def __init__(self, pid: int, creds: tls.Credentials | None = None, data_dir: str | None = None):
         """`creds`: this party's TLS material (mutual TLS everywhere); None for plaintext,
         which listen() and join() allow on loopback addresses only. `data_dir`: where jobs
@@ -213,7 +212,7 @@ class PartyServer:
         try:
             job, inputs = serde.job_from_proto(request)
             binding = job_digest(job)  # what its client will name when it runs it (before our namespace)
-            job = _in_namespace(job, _namespace(submitter, request.client_session))
+            job = _in_namespace(job, namespace(submitter, request.client_session))
             job = self.grants.resolve(job, submitter, self.access.secure, self.session.kept.__contains__)
             uploads = self._take_upload((submitter, request.upload_key or job.job_id))
             shares = {nid for nid, owner in job.owners.items() if owner == TO_CALLER}
@@ -312,7 +311,7 @@ class PartyServer:
         who = await self._allowed(context, self.access.client, "a grant")
         if request.revoke:
             return pb.ExchangeReply(ok=self.grants.revoke(request.grant, who))
-        key = kept_handle(_namespace(who, request.client_session), request.handle)
+        key = kept_handle(namespace(who, request.client_session), request.handle)
         try:
             self.grants.add(request.grant, Grant(who, key, request.grantee, request.program),
                             self.session.kept.__contains__, request.handle)
@@ -336,71 +335,6 @@ class PartyServer:
         except (PartyDataError, DataError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
         return pb.DataInfo(x_shape=list(x.shape), y_shape=list(y.shape) if y is not None else [])
-
-    async def save_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
-        """Write this party's shares of the named kept values to its own checkpoint directory."""
-        await self._ready_or_abort(context)
-        who = await self._allowed(context, self.access.client, "a checkpoint")
-        try:
-            directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
-            if not handles:
-                raise JobError("a checkpoint names at least one kept value")
-            directory = self._checkpoint_dir(who, directory)
-            handles = {name: kept_handle(_namespace(who, request.client_session), h) for name, h in handles.items()}
-            path = await asyncio.to_thread(self.session.save_checkpoint, directory, step, _owned(who, job_hash),
-                                           handles)
-        except AccessDenied as exc:
-            await context.abort(exc.code, str(exc))
-        except (serde.SerdeError, JobError, OSError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: checkpoint not written: {exc}")
-        return pb.CheckpointReply(path=path)
-
-    async def load_checkpoint(self, request: pb.CheckpointRequest, context) -> pb.CheckpointReply:
-        await self._ready_or_abort(context)
-        who = await self._allowed(context, self.access.client, "a checkpoint")
-        try:
-            directory, step, job_hash, handles = serde.checkpoint_request_from_proto(request)
-            directory = self._checkpoint_dir(who, directory)
-            handles = {name: kept_handle(_namespace(who, request.client_session), h) for name, h in handles.items()}
-            path = await asyncio.to_thread(self.session.load_checkpoint, directory, step, _owned(who, job_hash), handles)
-        except AccessDenied as exc:
-            await context.abort(exc.code, str(exc))
-        except (serde.SerdeError, JobError) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc) if str(exc).startswith("party")
-                                else f"party {self.pid}: {exc}")
-        return pb.CheckpointReply(path=path)
-
-    async def list_checkpoints(self, request: pb.CheckpointQuery, context) -> pb.CheckpointList:
-        await self._ready_or_abort(context)
-        who = await self._allowed(context, self.access.client, "a checkpoint query")
-        try:
-            directory, job_hash = serde.checkpoint_query_from_proto(request)
-            directory = self._checkpoint_dir(who, directory)
-        except AccessDenied as exc:
-            await context.abort(exc.code, str(exc))
-        except serde.SerdeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.pid}: {exc}")
-        steps, refused = await asyncio.to_thread(self.session.list_checkpoints, directory, _owned(who, job_hash))
-        return serde.checkpoint_list_to_proto(steps, refused)
-
-    def _checkpoint_dir(self, who: str, directory: str) -> str:
-        """Where this party writes a client's checkpoint. With a data directory, inside it:
-        a relative name goes under <data>/checkpoints/<client>/, an absolute path must lie
-        within <data>. Without one (a LocalCluster on one machine), only the party's
-        operator checkpoints, anywhere this process may write."""
-        if not self.access.secure:
-            return directory
-        if self.data_dir is None:
-            self.access.reads_files_for(who, "a checkpoint")
-            return directory
-        root = os.path.realpath(self.data_dir)
-        if not os.path.isabs(directory):
-            root = os.path.join(root, "checkpoints", who)
-        path = os.path.realpath(os.path.join(root, directory))
-        if os.path.commonpath([path, root]) != root:
-            raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"party {self.pid}: checkpoint directory "
-                               f"{directory!r} is outside its data directory")
-        return path
 
     async def _ready_or_abort(self, context) -> None:
         if not self.ready.is_set():
@@ -471,15 +405,3 @@ def _in_namespace(job, submitter: str):
     return replace(job, kept={n: kept_handle(submitter, h) for n, h in job.kept.items()},
                    keep={n: kept_handle(submitter, h) for n, h in job.keep.items()},
                    free=tuple(kept_handle(submitter, h) for h in job.free))
-
-
-def _namespace(identity: str, session: str) -> str:
-    """Kept values belong to one client process: its certified identity and its own random
-    session id (two processes with one certificate must not share handles)."""
-    return f"{identity}/{session[:64]}"
-
-
-def _owned(identity: str, job_hash: str) -> str:
-    """The job hash a checkpoint file records: bound to the client that wrote it, so that
-    another client can neither load it nor have it counted (or pruned) as its own."""
-    return hashlib.sha256(f"{identity}\x00{job_hash}".encode()).hexdigest()
