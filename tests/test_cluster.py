@@ -50,40 +50,62 @@ def test_outputs_of_many_chunks_twice_and_empty_come_out_right(cluster):
     assert (empty * 2).reveal().shape == (0, 3)
 
 
-@pytest.mark.parametrize("op, shapes, tol", [
+PRODUCTS = [
     ("mul", [(1000,), (1000,)], 1e-4),
     ("matmul", [(16, 32), (32, 8)], 1e-3),
     ("conv2d", [(2, 3, 10, 10), (4, 3, 3, 3)], 1e-3),
     ("conv2d_s2p1", [(2, 3, 10, 10), (4, 3, 3, 3)], 1e-3),
-])
-def test_against_crypten(cluster, crypten_available, op, shapes, tol):
-    xs = [rand(*s, seed=i) for i, s in enumerate(shapes)]
+]
+NONLINEAR = [
+    ("relu", (2000,), ULP),
+    ("sigmoid", (2000,), 1e-4),
+    ("softmax", (100, 10), 2e-4),
+    ("max", (100, 10), ULP),
+]
+
+
+def _product_inputs(shapes):
+    return [rand(*s, seed=i) for i, s in enumerate(shapes)]
+
+
+def _nonlinear_input(shape):
+    return rand(*shape) * 2
+
+
+@pytest.fixture(scope="module")
+def crypten_refs(crypten_available):
+    """CrypTen on the inputs of both tables below, in one set of CrypTen processes (one
+    start-up of its 3 ranks instead of one per case); each job's value and rounds are its own."""
+    jobs = [(op, _product_inputs(shapes), None) for op, shapes, _ in PRODUCTS]
+    jobs += [(name, [_nonlinear_input(shape)], [1]) for name, shape, _ in NONLINEAR]
+    keys = [op for op, _, _ in PRODUCTS] + [name for name, _, _ in NONLINEAR]
+    return dict(zip(keys, reference.run_many(jobs, world_size=3, reps=1)))
+
+
+@pytest.mark.parametrize("op, shapes, tol", PRODUCTS)
+def test_against_crypten(cluster, crypten_refs, op, shapes, tol):
+    xs = _product_inputs(shapes)
     a, b = (cluster.share(x, owner=i) for i, x in enumerate(xs))
     plain = {"mul": lambda: xs[0] * xs[1], "matmul": lambda: xs[0] @ xs[1],
              "conv2d": lambda: torch.nn.functional.conv2d(*xs),
              "conv2d_s2p1": lambda: torch.nn.functional.conv2d(*xs, stride=2, padding=1)}[op]()
     ours = {"mul": lambda: a * b, "matmul": lambda: a @ b, "conv2d": lambda: mpc.conv2d(a, b),
             "conv2d_s2p1": lambda: mpc.conv2d(a, b, stride=2, padding=1)}[op]().reveal()
-    theirs = reference.run(op, xs, world_size=3, reps=1)["value"]
+    theirs = crypten_refs[op]["value"]
     assert_close(ours, plain, tol, "ours vs torch")
     assert_close(theirs, plain, 4 * tol, "CrypTen vs torch")
     assert_close(ours, theirs, 4 * tol, "ours vs CrypTen")
 
 
-@pytest.mark.parametrize("name, shape, tol", [
-    ("relu", (2000,), ULP),
-    ("sigmoid", (2000,), 1e-4),
-    ("softmax", (100, 10), 2e-4),
-    ("max", (100, 10), ULP),
-])
-def test_nonlinear_over_grpc_against_crypten(cluster, crypten_available, name, shape, tol):
-    x = rand(*shape) * 2
+@pytest.mark.parametrize("name, shape, tol", NONLINEAR)
+def test_nonlinear_over_grpc_against_crypten(cluster, crypten_refs, name, shape, tol):
+    x = _nonlinear_input(shape)
     secret = cluster.share(x, owner=1)
     ours = {"relu": secret.relu, "sigmoid": secret.sigmoid, "softmax": lambda: secret.softmax(-1),
             "max": lambda: secret.max(-1)}[name]().reveal()
     plain = {"relu": torch.relu, "sigmoid": torch.sigmoid, "softmax": lambda t: torch.softmax(t, -1),
              "max": lambda t: t.amax(-1)}[name](x)
-    theirs = reference.run(name, [x], owners=[1], world_size=3, reps=1)
+    theirs = crypten_refs[name]
     assert_close(ours, plain, tol, "ours vs torch")
     their_err = (theirs["value"] - plain).abs().max().item()
     assert (ours - plain).abs().max().item() <= their_err + ULP, "less accurate than CrypTen"

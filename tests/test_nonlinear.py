@@ -120,16 +120,41 @@ def test_at_least_as_accurate_as_crypten_in_no_more_rounds(cluster, crypten_resu
         assert max(s.rounds for s in cluster.last_stats) <= theirs["rounds"], name
 
 
-def test_comparisons_of_two_secrets_match_crypten(three, crypten_available):
+def _comparison_inputs():
     x, y = normal(300), normal(300, seed=1)
     x[:20] = y[:20]  # ties
+    return x, y
+
+
+def _division_inputs():
+    x, y = normal(300), uniform(0.5, 10, 300, seed=1) * torch.where(normal(300, seed=2) > 0, 1.0, -1.0)
+    cond = (normal(300, seed=3) > 0).double()
+    return x, y, cond
+
+
+COMPARISONS = ["gt", "ge", "lt", "le", "eq"]
+
+
+@pytest.fixture(scope="module")
+def crypten_two_secrets(crypten_available):
+    """CrypTen at 3 parties on the inputs of the two tests below, in one set of CrypTen
+    processes (one start-up of its ranks instead of seven); each job's value and rounds are its own."""
+    x, y = _comparison_inputs()
+    dx, dy, cond = _division_inputs()
+    jobs = [(name, [x, y], [0, 1]) for name in COMPARISONS]
+    jobs += [("div", [dx, dy], [0, 1]), ("where", [cond, dx, dy], [2, 0, 1])]
+    return dict(zip(COMPARISONS + ["div", "where"], reference.run_many(jobs, world_size=3, reps=1)))
+
+
+def test_comparisons_of_two_secrets_match_crypten(three, crypten_two_secrets):
+    x, y = _comparison_inputs()
     sx, sy = three.share(x, 0), three.share(y, 1)
     got = three.reveal(sx > sy, sx >= sy, sx < sy, sx <= sy, sx.eq(sy), sx.ne(sy))
     want = [x > y, x >= y, x < y, x <= y, x == y, x != y]
     for name, g, w in zip(["gt", "ge", "lt", "le", "eq", None], got, want):
         assert torch.equal(g, w.double()), name
         if name:
-            theirs = reference.run(name, [x, y], owners=[0, 1], world_size=3, reps=1)
+            theirs = crypten_two_secrets[name]
             assert torch.equal(theirs["value"], w.double()), f"CrypTen {name}"
 
 
@@ -238,13 +263,11 @@ def test_where_with_secret_and_public_conditions(three):
     assert_close(got_public, torch.where(x > 0, x, torch.tensor(0.5, dtype=torch.float64)), ULP)
 
 
-def test_division_and_where_match_crypten(three, crypten_available):
-    x, y = normal(300), uniform(0.5, 10, 300, seed=1) * torch.where(normal(300, seed=2) > 0, 1.0, -1.0)
-    cond = (normal(300, seed=3) > 0).double()
+def test_division_and_where_match_crypten(three, crypten_two_secrets):
+    x, y, cond = _division_inputs()
     sx, sy = three.share(x, 0), three.share(y, 1)
     ours_div, ours_where = three.reveal(sx / sy, mpc.where(three.share(cond, 2), sx, sy))
-    theirs_div = reference.run("div", [x, y], owners=[0, 1], world_size=3, reps=1)
-    theirs_where = reference.run("where", [cond, x, y], owners=[2, 0, 1], world_size=3, reps=1)
+    theirs_div, theirs_where = crypten_two_secrets["div"], crypten_two_secrets["where"]
     assert_close(ours_div, x / y, 3e-4, "div vs torch")
     assert (ours_div - x / y).abs().max() <= (theirs_div["value"] - x / y).abs().max() + ULP
     assert max(s.rounds for s in three.last_stats) <= theirs_div["rounds"]

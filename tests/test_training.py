@@ -93,19 +93,25 @@ def test_logreg_and_mlp_against_torch_and_crypten(cluster, crypten_available):
         plain = _plain(model, x, y, loss, SGD(0.5), batches)
         _check(trained, plain, 2e-3, f"{name} against torch")
         runs[name] = (init, trained, plain)
-    # CrypTen, by hand from CrypTensors: same data, initial weights, order and lr
+    # CrypTen, by hand from CrypTensors: same data, initial weights, order and lr; both
+    # trainings in one set of CrypTen processes (one start-up of its ranks instead of two)
+    training = {"batches": torch.stack(batches), "lr": 0.5}
+    onehot = torch.nn.functional.one_hot(y, 2).double()
+    logreg_init, mlp_init = runs["logreg"][0], runs["mlp"][0]
+    refs = reference.run_many([
+        ("train_logreg", [x, y.double().view(-1, 1), logreg_init["weight"], logreg_init["bias"]], [0, 0, 1, 1],
+         training),
+        ("train_mlp", [x, onehot, mlp_init["0.weight"], mlp_init["0.bias"], mlp_init["2.weight"], mlp_init["2.bias"]],
+         [0, 0, 1, 1, 1, 1], training)], world_size=3, reps=1)
     init, trained, plain = runs["logreg"]
-    ref = reference.train("train_logreg", [x, y.double().view(-1, 1), init["weight"], init["bias"]], batches, 0.5,
-                          owners=[0, 0, 1, 1])
+    ref = refs[0]
     flat = torch.cat([trained["weight"].flatten(), trained["bias"].flatten()]).double()
     plain_flat = torch.cat([plain.weight.flatten(), plain.bias.flatten()]).detach()
     # CrypTen's own fixed-point error is larger than ours (its sigmoid and softmax are coarser)
     assert_close(ref["value"], plain_flat, 1e-2, "logreg: CrypTen against torch")
     assert_close(ref["value"], flat, 1e-2, "logreg: CrypTen against ours")
     init, trained, plain = runs["mlp"]
-    onehot = torch.nn.functional.one_hot(y, 2).double()
-    ref = reference.train("train_mlp", [x, onehot, init["0.weight"], init["0.bias"], init["2.weight"], init["2.bias"]],
-                          batches, 0.5, owners=[0, 0, 1, 1, 1, 1])
+    ref = refs[1]
     keys = ("0.weight", "0.bias", "2.weight", "2.bias")
     flat = torch.cat([trained[k].flatten() for k in keys]).double()
     plain_flat = torch.cat([plain.state_dict()[k].flatten() for k in keys])
