@@ -130,7 +130,7 @@ def import_crypten():
     return crypten
 
 
-def _rank_main(jobs: list[dict], reps: int, threads: int) -> None:
+def _rank_main(jobs: list[dict], reps: int, threads: int, warmup: bool = True) -> None:
     crypten = import_crypten()
     import crypten.communicator as comm
     from crypten.config import cfg
@@ -163,7 +163,8 @@ def _rank_main(jobs: list[dict], reps: int, threads: int) -> None:
             y.get_plain_text()
             return y, seconds, time.perf_counter() - begin - (start - waited), stats
 
-        run_once()  # warm-up
+        if warmup:  # timings only: rounds, bytes and values are each run's own
+            run_once()
         times, walls, y, stats = [], [], None, None
         for _ in range(reps):
             y, seconds, wall, stats = run_once()
@@ -178,10 +179,10 @@ def _rank_main(jobs: list[dict], reps: int, threads: int) -> None:
                            "rounds": stats["rounds"], "bytes": stats["bytes"]}, f)
 
 
-def _launch(jobs: list[dict], world_size: int, reps: int, threads: int) -> None:
+def _launch(jobs: list[dict], world_size: int, reps: int, threads: int, warmup: bool = True) -> None:
     crypten = import_crypten()
     launcher = crypten.mpc.context.run_multiprocess(world_size=world_size)(_rank_main)
-    launcher(jobs, reps, threads)
+    launcher(jobs, reps, threads, warmup)
 
 
 def train(op: str, tensors: list[torch.Tensor], batches: list[torch.Tensor], lr: float,
@@ -199,8 +200,11 @@ def run(op: str, tensors: list[torch.Tensor], owners: list[int] | None = None, *
     return run_many([(op, tensors, owners)], world_size=world_size, reps=reps, threads=threads)[0]
 
 
-def run_many(jobs: list[tuple], *, world_size: int = 3, reps: int = 3, threads: int = 1) -> list[dict]:
+def run_many(jobs: list[tuple], *, world_size: int = 3, reps: int = 3, threads: int = 1,
+             warmup: bool = True) -> list[dict]:
     """Run several (op, tensors, owners) jobs in one set of CrypTen processes, in order.
+    Each job runs once untimed first unless warmup is False (tests, which read no time:
+    rounds, bytes and the value are every run's own; tests/test_reference.py checks it).
 
     CrypTen forks its ranks. Forking a process in which gRPC has threads can crash the
     child, so when gRPC is loaded here the ranks are forked from a fresh interpreter."""
@@ -222,7 +226,7 @@ def run_many(jobs: list[tuple], *, world_size: int = 3, reps: int = 3, threads: 
                 specs[-1]["batches"] = os.path.join(tmp, f"job{k}_batches.npy")
                 specs[-1]["lr"] = float(training["lr"])
                 np.save(specs[-1]["batches"], training["batches"].numpy(), allow_pickle=False)
-        args = dict(jobs=specs, world_size=world_size, reps=reps, threads=threads)
+        args = dict(jobs=specs, world_size=world_size, reps=reps, threads=threads, warmup=warmup)
         if "grpc" in sys.modules:
             subprocess.run([sys.executable, "-m", "mpc.reference", json.dumps(args)], timeout=1800, check=False)
         else:

@@ -79,7 +79,7 @@ def crypten_refs(crypten_available):
     jobs = [(op, _product_inputs(shapes), None) for op, shapes, _ in PRODUCTS]
     jobs += [(name, [_nonlinear_input(shape)], [1]) for name, shape, _ in NONLINEAR]
     keys = [op for op, _, _ in PRODUCTS] + [name for name, _, _ in NONLINEAR]
-    return dict(zip(keys, reference.run_many(jobs, world_size=3, reps=1)))
+    return dict(zip(keys, reference.run_many(jobs, world_size=3, reps=1, warmup=False)))
 
 
 @pytest.mark.parametrize("op, shapes, tol", PRODUCTS)

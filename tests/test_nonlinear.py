@@ -98,7 +98,7 @@ def _crypten_case(name):
 def crypten_results(cluster, crypten_available):
     """CrypTen with as many processes as the cluster has parties, every function in one run."""
     jobs = [(CRYPTEN_NAME.get(name, name), [_crypten_case(name)[2]], [0]) for name in WITH_CRYPTEN]
-    return dict(zip(WITH_CRYPTEN, reference.run_many(jobs, world_size=cluster.n_parties, reps=1)))
+    return dict(zip(WITH_CRYPTEN, reference.run_many(jobs, world_size=cluster.n_parties, reps=1, warmup=False)))
 
 
 @pytest.mark.parametrize("name", WITH_CRYPTEN)
@@ -143,7 +143,7 @@ def crypten_two_secrets(crypten_available):
     dx, dy, cond = _division_inputs()
     jobs = [(name, [x, y], [0, 1]) for name in COMPARISONS]
     jobs += [("div", [dx, dy], [0, 1]), ("where", [cond, dx, dy], [2, 0, 1])]
-    return dict(zip(COMPARISONS + ["div", "where"], reference.run_many(jobs, world_size=3, reps=1)))
+    return dict(zip(COMPARISONS + ["div", "where"], reference.run_many(jobs, world_size=3, reps=1, warmup=False)))
 
 
 def test_comparisons_of_two_secrets_match_crypten(three, crypten_two_secrets):

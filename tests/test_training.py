@@ -102,7 +102,7 @@ def test_logreg_and_mlp_against_torch_and_crypten(cluster, crypten_available):
         ("train_logreg", [x, y.double().view(-1, 1), logreg_init["weight"], logreg_init["bias"]], [0, 0, 1, 1],
          training),
         ("train_mlp", [x, onehot, mlp_init["0.weight"], mlp_init["0.bias"], mlp_init["2.weight"], mlp_init["2.bias"]],
-         [0, 0, 1, 1, 1, 1], training)], world_size=3, reps=1)
+         [0, 0, 1, 1, 1, 1], training)], world_size=3, reps=1, warmup=False)
     init, trained, plain = runs["logreg"]
     ref = refs[0]
     flat = torch.cat([trained["weight"].flatten(), trained["bias"].flatten()]).double()
