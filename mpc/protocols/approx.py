@@ -84,9 +84,9 @@ def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_M
          2f + 2n + 1 - s0), one truncation that also gives p(y)^2 (truncate_square, round 2);
       3. n steps, each truncating the previous square to the next step's scale
          (exp_scales) and squaring it for free in the same round; the last only truncates.
-    With taps, also returns {m: e^(x / 2^m)} for each m in taps (1 <= m <= n), the
-    intermediate powers the squarings pass through, at their step's scale (exp_scales'
-    entry n - m): a sum of terms e^(c x / 2^m) costs one exp. out_scale (f if not given)
+    With taps, also returns {m: (e^(x / 2^m), its scale)} for each m in taps (1 <= m <= n),
+    the intermediate powers the squarings pass through: a sum of terms e^(c x / 2^m) costs
+    one exp. out_scale (f if not given)
     is the result's scale: a finer one keeps small results' relative precision.
     """
     f = ctx.frac_bits
@@ -100,13 +100,13 @@ def exp(ctx: PartyContext, x: torch.Tensor, iters: int = 8, x_max: float = EXP_M
     if ctx.is_first:
         poly += 1 << (2 * f + 2 * iters + 1)
     v, v2 = yield from truncate_square(ctx, poly, k)
-    tapped = {iters: v} if iters in taps else {}
+    tapped = {iters: (v, scales[0])} if iters in taps else {}
     for j in range(iters):
         shift = 2 * scales[j] - scales[j + 1]
         if j < iters - 1:
             v, v2 = yield from truncate_square(ctx, v2, shift)
             if iters - 1 - j in taps:
-                tapped[iters - 1 - j] = v
+                tapped[iters - 1 - j] = (v, scales[j + 1])
         else:
             v = yield from truncate(ctx, v2, shift)
     if taps:
@@ -249,10 +249,10 @@ def log(ctx: PartyContext, x: torch.Tensor):
     """
     f, wide_scale = ctx.frac_bits, 44
     t, taps = yield from exp(ctx, -2 * x, x_max=0.0, taps=(_LOG_TAP,))
-    tap_scale = exp_scales(8, 0.0, f)[8 - _LOG_TAP]
+    tap, tap_scale = taps[_LOG_TAP]
     b, a, c0, c5 = _LOG_START
     start = (x * round(a * (1 << (wide_scale - f))) + t * round(c0 * (1 << (wide_scale - f)))
-             + taps[_LOG_TAP] * round(c5 * (1 << (wide_scale - tap_scale))) + _const(ctx, x, b, wide_scale))
+             + tap * round(c5 * (1 << (wide_scale - tap_scale))) + _const(ctx, x, b, wide_scale))
     y = yield from truncate(ctx, start, wide_scale - f)  # every term below 2^47
     return (yield from _householder_log_step(ctx, x, y))
 
