@@ -13,12 +13,8 @@ import sys
 
 # Serve buffers up to 32 MiB from the heap and keep freed memory: a 16 MiB round buffer
 # then reuses pages instead of faulting in fresh ones (about 20 ms a round per party at
-# 10^6 elements). One arena for every thread: a worker thread's (asyncio.to_thread, where
-# correlations are expanded) otherwise lives in 64 MiB heaps that glibc unmaps whole when
-# they empty, so each job faulted its tensors in afresh; mul_1m_used's total time went
-# 0.236 -> 0.203 s (medians of three runs of 10), online unchanged. LocalCluster sets it
-# for its processes too.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1"
+# 10^6 elements). LocalCluster sets it for its processes too.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 # What LocalCluster sets for the processes it spawns, so that a party started by hand on
 # another host runs as fast as a local one. Variables the user set are left as they are.
 RUNTIME_ENV = {"GLIBC_TUNABLES": MALLOC_TUNABLES, "MPC_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
