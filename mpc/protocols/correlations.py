@@ -62,6 +62,15 @@ def mul_triple(shape_a, shape_b) -> Spec:
     return Spec("mul", (tuple(shape_a), tuple(shape_b)))
 
 
+def owned_mul_triple(shape_a, shape_b, owner_a: int, owner_b: int) -> Spec:
+    """A product triple whose masks each belong to one party: a is party owner_a's alone and b
+    party owner_b's (each from its own seed, the other parties draw nothing for them), c = a * b
+    shared among all. For the product of two parties' private inputs (one round, two messages)."""
+    if owner_a == owner_b:
+        raise ValueError(f"an owned triple needs two different owners, got {owner_a} twice")
+    return Spec("omul", (tuple(shape_a), tuple(shape_b)), (("oa", owner_a), ("ob", owner_b)))
+
+
 def matmul_triple(shape_a, shape_b) -> Spec:
     return Spec("matmul", (tuple(shape_a), tuple(shape_b)))
 
@@ -159,6 +168,8 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
         return [Part(spec.shapes[0])]
     if spec.kind == "bilinear_train":
         return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(bilinear.train_shapes(spec)[0])]
+    if spec.kind == "omul":  # each mask at its owner only
+        return [Part(spec.shapes[k]) for k, name in enumerate(("oa", "ob")) if spec.param(name) == pid]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
 
@@ -180,7 +191,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     if spec.kind == "bilinear_train":
         c, c1, c2 = bilinear.train_shapes(spec)
         return [Part(c), *([Part(c1)] if spec.param("dx") else []), *([Part(c2)] if spec.param("dw") else [])]
-    if spec.kind == "mul":  # a broadcast: no meta tensors (80 us a call, and the dealer asks per chunk)
+    if spec.kind in ("mul", "omul"):  # a broadcast: no meta tensors (80 us a call, and the dealer asks per chunk)
         try:
             return [Part(tuple(torch.broadcast_shapes(*spec.shapes)))]
         except RuntimeError as exc:
@@ -238,6 +249,8 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         return out
     if spec.kind == "square":
         return [free[0] * free[0]]
+    if spec.kind == "omul":
+        return [free[0] * free[1]]
     if spec.kind == "bilinear_train":
         a, b, d = free
         op, bx, bw = bilinear.train_forms(spec)
@@ -262,7 +275,10 @@ def correction_values(spec: Spec, frees: list[list[torch.Tensor]], others: list[
       1. combine the free tensors (sum, or XOR for bits);
       2. compute the values the dependent tensors must combine to (_targets);
       3. take away the other parties' dependent tensors (subtract, or XOR)."""
-    combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
+    if spec.kind == "omul":  # nothing to combine: each mask is its owner's draw alone
+        combined = [frees[spec.param("oa")][0], frees[spec.param("ob")][0]]
+    else:
+        combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
     targets = _targets(spec, combined)
     corrections = []
     for k, (part, target) in enumerate(zip(dependent_parts(spec), targets)):

@@ -58,7 +58,7 @@ def elements(spec: Spec) -> int | None:
     elements, else None."""
     if spec.kind in ("square", "trunc"):
         return math.prod(spec.shapes[0])
-    if spec.kind == "mul" and tuple(spec.shapes[0]) == tuple(spec.shapes[1]):
+    if spec.kind in ("mul", "omul") and tuple(spec.shapes[0]) == tuple(spec.shapes[1]):
         return math.prod(spec.shapes[0])
     if spec.kind == "cmp":
         shape, *payloads = spec.shapes
