@@ -205,6 +205,21 @@ def test_degenerate_spec_does_not_leak_other_parties_streams(dealer, spec):
     assert "spec 1" in err.details() and "empty" in err.details()
 
 
+@pytest.mark.parametrize("owners", [(0, 3), (1, 1), (-1, 2)])
+def test_owned_triple_of_owners_outside_the_cluster_is_refused(dealer, owners):
+    """An owner outside the cluster would fail the dealer's stream halfway; the request is refused."""
+    from mpc.protocols.base import Spec
+
+    address, creds = dealer
+    epoch = call(address, hello(0), creds["party-0"], tls.DEALER).epoch
+    s = Spec("omul", ((4,), (4,)), (("oa", owners[0]), ("ob", owners[1])))
+    err = refused(address, correlations(f"job-o{owners[0]}{owners[1]}", [s], epoch), creds["party-0"], tls.DEALER)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "two different parties of 3" in err.details()
+    assert len(call(address, correlations("job-o-ok", [corr.owned_mul_triple((4,), (4,), 1, 2)], epoch),
+                    creds["party-0"], tls.DEALER)) == 32
+
+
 def test_restarted_dealer_fails_the_job_naming_the_dealer():
     x = rand(6)
     with mpc.LocalCluster(n_parties=3, round_timeout=20) as c:

@@ -161,6 +161,11 @@ class DealerService:
                 if any(math.prod(shape) == 0 for shape in spec.shapes):
                     raise ValueError(f"spec {k} ({spec.kind} of shapes {list(spec.shapes)}) has an empty tensor, "
                                      f"whose correction would be minus the other parties' streams")
+                if spec.kind == "omul" and not (0 <= spec.param("oa") < self.n_parties
+                                                and 0 <= spec.param("ob") < self.n_parties
+                                                and spec.param("oa") != spec.param("ob")):
+                    raise ValueError(f"spec {k} (omul) names owners {spec.param('oa')} and {spec.param('ob')}: two "
+                                     f"different parties of {self.n_parties} expected")
             total = sum(correlations.correction_nbytes(s) for s in specs)
             if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:
                 raise ValueError(f"a reproduction key of {len(request.reproduction_key)} bytes "
