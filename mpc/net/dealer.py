@@ -161,10 +161,10 @@ class DealerService:
                 if any(math.prod(shape) == 0 for shape in spec.shapes):
                     raise ValueError(f"spec {k} ({spec.kind} of shapes {list(spec.shapes)}) has an empty tensor, "
                                      f"whose correction would be minus the other parties' streams")
-                if spec.kind == "omul" and not (0 <= spec.param("oa") < self.n_parties
-                                                and 0 <= spec.param("ob") < self.n_parties
-                                                and spec.param("oa") != spec.param("ob")):
-                    raise ValueError(f"spec {k} (omul) names owners {spec.param('oa')} and {spec.param('ob')}: two "
+                if spec.kind in correlations.OWNED and not (0 <= spec.param("oa") < self.n_parties
+                                                            and 0 <= spec.param("ob") < self.n_parties
+                                                            and spec.param("oa") != spec.param("ob")):
+                    raise ValueError(f"spec {k} ({spec.kind}) names owners {spec.param('oa')} and {spec.param('ob')}: two "
                                      f"different parties of {self.n_parties} expected")
             total = sum(correlations.correction_nbytes(s) for s in specs)
             if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:

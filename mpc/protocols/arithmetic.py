@@ -134,6 +134,39 @@ def _beaver(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor):
     return c + op(e, b) + op(x, d)
 
 
+def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor, owner_x: int, owner_y: int,
+                  scaled: bool = True):
+    """[op(x, y)] for a bilinear op (spec: its ordinary triple) where x is party i's private
+    input and y party j's (i != j): one round in which only i and j send, each one message
+    to the other.
+
+    x is i's encoded plaintext (elsewhere a placeholder of its shape, a meta tensor), y is
+    j's likewise.
+      1. obtain a (i only, from i's own seed), b (j only), and [c] = [op(a, b)] from the dealer;
+      2. i sends e = x - a to j, j sends f = y - b to i (each mask is uniform and known to
+         its owner alone, so each message is uniform to its receiver);
+      3. z_i = op(x, f) + c_i, z_j = op(e, b) + c_j, z_k = c_k for every other party k.
+         Summed: op(x, y - b) + op(x - a, b) + op(a, b) = op(x, y).
+    Against a Beaver product of two shared values (both masked values opened to all), 2 |x|
+    cross the network in all, and the dealer draws 2 masks instead of 2 N. The owner-aware
+    products of ABY2.0 (Patra et al., USENIX Security 2021) and of SecureML's precomputed
+    triples for a data owner's inputs (Mohassel and Zhang, S&P 2017), here with a dealer."""
+    parts = yield Randomness(correlations.owned_triple(spec, owner_x, owner_y))
+    c = parts[-1]
+    e_mine = x - parts[0] if ctx.pid == owner_x else x
+    f_mine = y - parts[0] if ctx.pid == owner_y else y
+    (e,), (f,) = yield [Open((e_mine,), to=owner_y, senders=(owner_x,)),
+                        Open((f_mine,), to=owner_x, senders=(owner_y,))]
+    elementwise = op is torch.mul and c.shape == torch.broadcast_shapes(x.shape, y.shape)
+    if ctx.pid == owner_x:
+        z = torch.addcmul(c, x, f) if elementwise else c + op(x, f)
+    elif ctx.pid == owner_y:
+        z = torch.addcmul(c, e, parts[0]) if elementwise else c + op(e, parts[0])
+    else:
+        z = c
+    return (yield from truncate(ctx, z)) if scaled else z
+
+
 def square(ctx: PartyContext, x: torch.Tensor):
     """[x^2] from a square pair (a, a^2): one opening instead of a triple's two.
 

@@ -4,7 +4,8 @@ A protocol is a generator run by one party. It yields requests to the outside wo
 receives their answers; it returns this party's shares. It never touches a socket:
 
 - `Open(values)`: every party contributes its shares; all (or only `to`) get the sums
-  (mod 2^64 for int64; `xor=True` combines boolean shares by XOR, in any integer dtype).
+  (mod 2^64 for int64; `xor=True` combines boolean shares by XOR, in any integer dtype);
+  with `senders`, only those parties contribute (one party's masked value sent to another).
   The executor fuses every Open that is ready at the same time into one round. With
   `signs=True` (one int64 value, to all) a split round answers with `SignsOpened`.
 - `Randomness(spec)`: this party's part of a dealer correlation (see correlations.py).
@@ -42,6 +43,15 @@ class Open:
     to: int | None = None
     xor: bool = False
     signs: bool = False  # a truncation's opening: in a split round, gather only signs (SignsOpened)
+    # Only these parties contribute (the others' `values` give only shapes and dtypes: meta
+    # tensors do), e.g. a masked private input sent by its owner to one peer.
+    senders: tuple[int, ...] | None = None
+
+    def sends(self, pid: int) -> bool:
+        return self.senders is None or pid in self.senders
+
+    def receives(self, pid: int) -> bool:
+        return self.to is None or self.to == pid
 
 
 @dataclass

@@ -62,13 +62,30 @@ def mul_triple(shape_a, shape_b) -> Spec:
     return Spec("mul", (tuple(shape_a), tuple(shape_b)))
 
 
-def owned_mul_triple(shape_a, shape_b, owner_a: int, owner_b: int) -> Spec:
-    """A product triple whose masks each belong to one party: a is party owner_a's alone and b
-    party owner_b's (each from its own seed, the other parties draw nothing for them), c = a * b
-    shared among all. For the product of two parties' private inputs (one round, two messages)."""
+# Owned triples: the kind of each, and the product it is a triple for.
+OWNED = {"omul": "mul", "omatmul": "matmul", "oconv2d": "conv2d"}
+
+
+def owned_triple(base: Spec, owner_a: int, owner_b: int) -> Spec:
+    """The triple of product `base` (mul, matmul or conv2d) whose masks each belong to one
+    party: a is party owner_a's alone and b party owner_b's (each from its own seed, the
+    other parties draw nothing for them), c = B(a, b) shared among all. For the product of
+    two parties' private inputs (one round, two messages: arithmetic.owned_product)."""
     if owner_a == owner_b:
         raise ValueError(f"an owned triple needs two different owners, got {owner_a} twice")
-    return Spec("omul", (tuple(shape_a), tuple(shape_b)), (("oa", owner_a), ("ob", owner_b)))
+    kind = next(k for k, b in OWNED.items() if b == base.kind)
+    return Spec(kind, base.shapes, tuple(sorted(base.params + (("oa", owner_a), ("ob", owner_b)))))
+
+
+def owned_mul_triple(shape_a, shape_b, owner_a: int, owner_b: int) -> Spec:
+    return owned_triple(mul_triple(shape_a, shape_b), owner_a, owner_b)
+
+
+def _base(spec: Spec) -> Spec:
+    """An owned triple's product as an ordinary triple's spec (its bilinear map and shapes)."""
+    if spec.kind not in OWNED:
+        return spec
+    return Spec(OWNED[spec.kind], spec.shapes, tuple(p for p in spec.params if p[0] not in ("oa", "ob")))
 
 
 def matmul_triple(shape_a, shape_b) -> Spec:
@@ -168,7 +185,7 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
         return [Part(spec.shapes[0])]
     if spec.kind == "bilinear_train":
         return [Part(spec.shapes[0]), Part(spec.shapes[1]), Part(bilinear.train_shapes(spec)[0])]
-    if spec.kind == "omul":  # each mask at its owner only
+    if spec.kind in OWNED:  # each mask at its owner only
         return [Part(spec.shapes[k]) for k, name in enumerate(("oa", "ob")) if spec.param(name) == pid]
     return [Part(spec.shapes[0]), Part(spec.shapes[1])]
 
@@ -199,7 +216,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     try:
-        c = bilinear.bilinear(spec)(a, b)
+        c = bilinear.bilinear(_base(spec))(a, b)
     except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
         raise ValueError(f"{spec.kind} of shapes {list(spec.shapes)}: {exc}") from None
     return [Part(tuple(c.shape))]
@@ -249,8 +266,8 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
         return out
     if spec.kind == "square":
         return [free[0] * free[0]]
-    if spec.kind == "omul":
-        return [free[0] * free[1]]
+    if spec.kind in OWNED:
+        return [bilinear.bilinear(_base(spec))(free[0], free[1])]
     if spec.kind == "bilinear_train":
         a, b, d = free
         op, bx, bw = bilinear.train_forms(spec)
@@ -275,7 +292,7 @@ def correction_values(spec: Spec, frees: list[list[torch.Tensor]], others: list[
       1. combine the free tensors (sum, or XOR for bits);
       2. compute the values the dependent tensors must combine to (_targets);
       3. take away the other parties' dependent tensors (subtract, or XOR)."""
-    if spec.kind == "omul":  # nothing to combine: each mask is its owner's draw alone
+    if spec.kind in OWNED:  # nothing to combine: each mask is its owner's draw alone
         combined = [frees[spec.param("oa")][0], frees[spec.param("ob")][0]]
     else:
         combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
@@ -320,9 +337,10 @@ def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = N
     return assemble(spec, free, [finish(spec, d, index=k) for k, d in enumerate(dependent)])
 
 
-def meta_part(spec: Spec) -> tuple[torch.Tensor, ...]:
-    """Placeholders with the right shapes, for the planning dry run."""
-    return assemble(spec, [p.meta() for p in free_parts(spec, 0)],
+def meta_part(spec: Spec, pid: int = 0) -> tuple[torch.Tensor, ...]:
+    """Placeholders with the right shapes (party `pid`'s: an owned triple's differ), for the
+    planning dry run."""
+    return assemble(spec, [p.meta() for p in free_parts(spec, pid)],
                     [finish(spec, p.meta(), index=k) for k, p in enumerate(dependent_parts(spec))])
 
 

@@ -63,7 +63,7 @@ class Executor:
 
         def randomness(node, seq, spec):
             result.specs.append((node, seq, spec))
-            return meta_part(spec)
+            return meta_part(spec, self.pid)
 
         def mask(node, request):
             return torch.empty(request.shape, dtype=torch.int64, device="meta")
@@ -107,6 +107,8 @@ def make_exchange(transport: Transport, job: str, profile=OFF):
     async def exchange(round_no: int, opens: list[Open]):
         if scatter.splits(opens, transport.n_parties):
             return await _split_exchange(transport, job, round_no, opens, profile)
+        if any(op.senders is not None for op in opens):
+            return await _directed_exchange(transport, job, round_no, opens, profile)
         outgoing_values: dict[int, list] = {p: [] for p in transport.peers}
         for op in opens:
             for p in transport.peers:
@@ -193,6 +195,55 @@ async def _split_exchange(transport, job, round_no, opens, profile):
         else:
             results.append(tuple(out[k + i].view(v.shape) for i, v in enumerate(op.values)))
         k += len(op.values)
+    return results
+
+
+async def _directed_exchange(transport, job, round_no, opens, profile):
+    """A round in which some openings come from some parties only (Open.senders): each peer
+    is sent what it receives from us, and each sender's message is read value by value in
+    the order that sender lays it out (the program fixes both, so every party agrees)."""
+    pid, peers = transport.pid, transport.peers
+    out: dict[int, list] = {p: [] for p in peers}
+    expect: dict[int, list] = {p: [] for p in peers}  # peer -> [(open index, value index)]
+    for k, op in enumerate(opens):
+        for p in peers:
+            if op.sends(pid) and op.receives(p):
+                out[p].extend((v, op.xor) for v in op.values)
+            if op.sends(p) and op.receives(pid):
+                expect[p].extend((k, i) for i in range(len(op.values)))
+    with profile.phase("encode"):
+        outgoing = {p: _payload(vs) for p, vs in out.items() if vs}
+    incoming = {p for p, keys in expect.items() if keys}
+    with profile.phase("exchange"):
+        received = await transport.exchange(job, round_no, outgoing, incoming)
+    with profile.phase("combine"):
+        sums: dict[tuple[int, int], torch.Tensor] = {}
+        for p in sorted(incoming):
+            items = [(opens[k].values[i], opens[k].xor) for k, i in expect[p]]
+            _check_sizes(job, round_no, {p: received[p]}, sum(v.numel() * v.element_size() for v, _ in items))
+            offset = 0
+            for idx in _layout(items):
+                v, xor = items[idx]
+                view = torch.from_numpy(np.frombuffer(received[p], dtype=_NUMPY_DTYPES[v.dtype], count=v.numel(),
+                                                      offset=offset)).view(v.shape)
+                offset += v.numel() * v.element_size()
+                key = expect[p][idx]
+                if key in sums:
+                    (torch.Tensor.bitwise_xor_ if xor else torch.Tensor.add_)(sums[key], view)
+                else:
+                    sums[key] = view
+        results = []
+        for k, op in enumerate(opens):
+            if not op.receives(pid):
+                results.append(tuple(None for _ in op.values))
+                continue
+            opened = []
+            for i, v in enumerate(op.values):
+                acc = sums.get((k, i))
+                if op.sends(pid):
+                    acc = v.clone() if acc is None else (acc.bitwise_xor_(v) if op.xor else acc.add_(v))
+                opened.append(acc)
+            results.append(tuple(opened))
     return results
 
 
