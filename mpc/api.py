@@ -251,6 +251,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         self._pending: dict[int, _Pending] = {}  # private inputs not yet shared
         self.last_stats: list[JobStats] = []
         self.last_program: Program | None = None
+        self.last_job: Job | None = None  # its owners, for compiler.estimate(..., owners=...)
         self._shared_models: dict[tuple, SharedModel] = {}
         self._init_lifetimes()
         self.profiling = False  # when set, jobs of reveal() time their phases at every party (JobStats.phases)
@@ -294,7 +295,7 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
         job, inputs = self._job(program, graph_ids, recipient)
         job.free = self._take_drop()  # values no live tensor reaches: dropped by the parties after this job
         outcomes = self._run_with_drop(lambda: self._execute(program, job, inputs), job.free)
-        self.last_program = program
+        self.last_program, self.last_job = program, job
         self.last_stats = [o.stats for o in outcomes]
         kept = {graph_ids[k] for k in job.keep}
         self._available |= kept

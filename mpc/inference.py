@@ -205,7 +205,7 @@ class InferenceMixin:
             else:
                 inputs[data_owner][n.id] = x.detach().to(torch.float64)
         outcomes = self._execute(program, job, inputs)
-        self.last_program = program
+        self.last_program, self.last_job = program, job
         self.last_stats = [o.stats for o in outcomes]
         values = []
         for nid, scale in zip(program.outputs, program.output_scales):

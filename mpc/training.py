@@ -267,12 +267,12 @@ class TrainingMixin:
         step = start_step
         for first, group in groups:
             try:
-                (program, _, _), outcomes = next(runs)
+                (program, job, _), outcomes = next(runs)
             except MPCError as exc:  # a lost party, dealer or coordinator: say where training stopped
                 raise MPCError(f"training stopped at steps {first + 1}-{first + len(group)} (epoch {group[0][0] + 1}; "
                                f"{first} steps done): {exc}") from exc
             stats = [o.stats for o in outcomes]
-            self.last_program, self.last_stats = program, stats
+            self.last_program, self.last_job, self.last_stats = program, job, stats
             result.online_s += max(s.online_s for s in stats)
             result.offline_s += max(s.offline_s for s in stats)
             if first == start_step:

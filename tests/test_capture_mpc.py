@@ -22,7 +22,7 @@ def run_compiled(compiled, x, n_parties=3):
     after checking the run's counters against the cost model."""
     cluster = mpc.InMemoryCluster(n_parties=n_parties)
     out = cluster.infer(compiled, x, model_owner=0, data_owner=1)
-    cost = estimate(cluster.last_program, n_parties, recipients=(-1,))
+    cost = estimate(cluster.last_program, n_parties, recipients=(-1,), owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert stats[0].dealer_bytes == cost.dealer_bytes

@@ -114,17 +114,28 @@ def test_nonlinear_over_grpc_against_crypten(cluster, crypten_refs, name, shape,
 
 def test_product_costs_are_counted_by_the_transport(cluster):
     n = 10_000
-    product = cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)
+    # one owner: a Beaver product of two shared values, both masked values opened to all
+    product = cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 0)
     (product + 1.0).reveal()  # used further: Beaver round and truncation round
     stats = cluster.last_stats
     assert [s.rounds for s in stats] == [2, 2, 2]
-    assert max(s.bytes_sent for s in stats) == 48 * n
+    assert [s.bytes_sent for s in stats] == [48 * n] * 3
     assert sum(s.dealer_bytes for s in stats) == 12 * n
-    (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)).reveal()  # the caller absorbs the truncation
+    (cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 0)).reveal()  # the caller absorbs the truncation
     stats = cluster.last_stats
     assert [s.rounds for s in stats] == [1, 1, 1]
-    assert max(s.bytes_sent for s in stats) == 32 * n
+    assert [s.bytes_sent for s in stats] == [32 * n] * 3
     assert sum(s.dealer_bytes for s in stats) == 8 * n
+    # two owners (compiler/owned.py): parties 0 and 1 send each other one masked value, party 2 nothing
+    product = cluster.share(rand(n), 0) * cluster.share(rand(n, seed=1), 1)
+    got = (product + 1.0).reveal()
+    assert_close(got, rand(n) * rand(n, seed=1) + 1.0, 4 * ULP)
+    stats = cluster.last_stats
+    assert [s.rounds for s in stats] == [2, 2, 2]
+    assert [s.bytes_sent for s in stats] == [8 * n + 16 * n, 8 * n + 16 * n, 16 * n]  # and the truncation's
+    assert sum(s.dealer_bytes for s in stats) == 12 * n
+    (cluster.share(rand(n), 2) * cluster.share(rand(n, seed=1), 1)).reveal()
+    assert [s.bytes_sent for s in cluster.last_stats] == [0, 8 * n, 8 * n]
 
 
 def _call(cluster, pid, coro_fn):

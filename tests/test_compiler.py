@@ -137,7 +137,7 @@ def test_cost_model_predicts_what_a_run_measures(n_parties):
     h = (x @ w).relu()
     y = (h * h).sum(1) + h.max(1)
     y.reveal()
-    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,))
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,), owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert cost.rounds == stats[0].rounds
     assert cost.bytes_sent == [s.bytes_sent for s in stats]

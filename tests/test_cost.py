@@ -106,7 +106,7 @@ def test_prediction_equals_measurement(case, to, n_parties):
     _, build = CASES[case]
     build(cluster).reveal(to=to)
     recipients = tuple(-1 if to is None else -2 if to == "all" else 1 for _ in cluster.last_program.outputs)
-    cost = compiler.estimate(cluster.last_program, n_parties, recipients)
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients, owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert max(s.rounds for s in stats) == cost.total_rounds
@@ -130,7 +130,7 @@ def test_prediction_equals_measurement_for_models(name, options, n_parties):
     compiled = compile_model(model, x, **options)
     cluster = mpc.InMemoryCluster(n_parties=n_parties)
     cluster.infer(compiled, x)
-    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,))
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,), owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert max(s.rounds for s in stats) == cost.total_rounds
@@ -172,7 +172,8 @@ def test_prediction_equals_measurement_for_training(n_parties, model, reveal_los
     result = cluster.train(net, data, optimizer=optimizer, batch_size=10, epochs=1,
                            reveal_loss_every=1 if reveal_loss else 0)
     assert result.steps == 2
-    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,) * len(cluster.last_program.outputs))
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(-1,) * len(cluster.last_program.outputs),
+                             owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert max(s.rounds for s in stats) == cost.total_rounds
@@ -191,7 +192,7 @@ def test_prediction_equals_measurement_for_batch_norm_training(n_parties):
     data = cluster.share_data({0: (x[:10], y[:10]), 1: (x[10:], y[10:])}, n_classes=2)
     cluster.train(_batch_norm_cnn(), data, optimizer=SGD(0.1), batch_size=10, epochs=1)
     assert {"batch_norm_train", "bilinear_keep"} <= {n.op for n in cluster.last_program.nodes}
-    cost = compiler.estimate(cluster.last_program, n_parties, recipients=())
+    cost = compiler.estimate(cluster.last_program, n_parties, recipients=(), owners=cluster.last_job.owners)
     stats = cluster.last_stats
     assert [s.bytes_sent for s in stats] == cost.bytes_sent
     assert max(s.rounds for s in stats) == cost.total_rounds

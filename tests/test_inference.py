@@ -49,7 +49,7 @@ def test_models_against_torch_and_crypten(cluster, crypten_available):
             expected[name] = model.double()(x.double())
         assert_close(ours[name], expected[name], TOLERANCE[name], f"{name} against torch")
         rounds = max(s.rounds for s in cluster.last_stats)
-        cost = compiler.estimate(cluster.last_program, 3, recipients=(-1,))
+        cost = compiler.estimate(cluster.last_program, 3, recipients=(-1,), owners=cluster.last_job.owners)
         assert rounds == cost.total_rounds and [s.bytes_sent for s in cluster.last_stats] == cost.bytes_sent
     jobs = []
     for name, (model, x) in cases.items():

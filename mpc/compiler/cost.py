@@ -4,9 +4,9 @@
 answering every `Randomness` request with placeholders and every `Open` with nothing.
 Because it runs the very lowerings the parties run, the prediction is exact: rounds on
 the critical path, bytes each party sends (an Open to all costs its size once per peer;
-an Open to party k costs each other party its size once) and the dealer's correction
-bytes. Each is also attributed to the node whose protocol caused it, and `explain`
-groups nodes into layers. A job adds one round for outputs opened to parties.
+an Open to party k costs each other party its size once; an Open from some parties only
+costs only them) and the dealer's correction bytes. Each is also attributed to the node
+whose protocol caused it, and `explain` groups nodes into layers. A job adds one round for outputs opened to parties.
 """
 
 from __future__ import annotations
@@ -58,23 +58,25 @@ class Cost:
 
 
 def _open_bytes(op, pid: int, n_parties: int) -> int:
+    if not op.sends(pid):
+        return 0
     size = sum(v.numel() * v.element_size() for v in op.values)
     if op.to is None:
         return size * (n_parties - 1)
     return 0 if op.to == pid else size
 
 
-def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
+def _run(program: Program, pid: int, n_parties: int, cost: Cost, owners: dict[int, int] | None) -> None:
     specs: list[tuple[int, int, Spec]] = []
 
     def randomness(node, seq, spec):
         specs.append((node, seq, spec))
-        return correlations.meta_part(spec)
+        return correlations.meta_part(spec, pid)
 
     def mask(node, request):
         return torch.empty(request.shape, dtype=torch.int64, device="meta")
 
-    gen = schedule.drive(program, starter(program, pid, n_parties, dry_run=True), randomness, mask)
+    gen = schedule.drive(program, starter(program, pid, n_parties, dry_run=True, extras={"owners": owners} if owners else None), randomness, mask)
     rounds, reply = 0, None
     try:
         while True:
@@ -106,14 +108,16 @@ def _run(program: Program, pid: int, n_parties: int, cost: Cost) -> None:
                              "in what they open or request")
 
 
-def estimate(program: Program, n_parties: int, recipients: tuple[int, ...] | None = None) -> Cost:
-    """Predicted online cost of one run of `program` with `n_parties` parties."""
+def estimate(program: Program, n_parties: int, recipients: tuple[int, ...] | None = None,
+             owners: dict[int, int] | None = None) -> Cost:
+    """Predicted online cost of one run of `program` with `n_parties` parties; with `owners`
+    (private input node -> party), as a job of those owners runs it (compiler/owned.py)."""
     if n_parties < 2:
         raise ValueError(f"a program runs on at least 2 parties, got {n_parties}")
     cost = Cost(n_parties, bytes_sent=[0] * n_parties)
     cost.per_node = {n.id: NodeCost(bytes_sent=[0] * n_parties) for n in program.nodes}
     for pid in range(n_parties):
-        _run(program, pid, n_parties, cost)
+        _run(program, pid, n_parties, cost, owners)
     if recipients is not None:
         opened = [(nid, to) for nid, to in zip(program.outputs, recipients) if to != TO_CALLER]
         cost.output_round = bool(opened)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import compiler, ring
+from mpc.compiler.owned import owned_products
 from mpc.ir import TO_ALL, TO_CALLER, Job, Program
 from mpc.protocols import correlations
 from mpc.protocols.base import Open
@@ -56,6 +57,9 @@ UNSTARTED_TTL_S = 120.0  # a job submitted but not run within this is dropped (i
 # Jobs one client may have submitted and not yet run at a party: each holds its inputs and,
 # once prepared, every correlation it needs, so memory is bounded by this times the largest job.
 MAX_AHEAD = 4
+# Plans of one program for different owners of its inputs (compiler/owned.py): a training
+# job's steps keep theirs, so a few cover every client of a program.
+MAX_OWNER_PLANS = 8
 WAIT_DEADLINE_S = 900.0  # the longest a job waits for an earlier job's kept values
 
 
@@ -94,7 +98,9 @@ MAX_REPLAY_MESSAGE = 1 << 30
 @dataclass
 class Loaded:
     program: Program
-    dry: DryRun
+    dry: DryRun  # the plan with no owner-aware product (compiler/owned.py)
+    # owned products of a job's owners -> the plan with them, the latest MAX_OWNER_PLANS
+    by_owners: OrderedDict = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -112,6 +118,7 @@ class _Job:
     job: Job
     loaded: Loaded
     inputs: dict[int, torch.Tensor]
+    dry: DryRun  # the plan for this job's owners
     started: bool = False
     waits: dict = field(default_factory=dict)  # handle -> _Write of the earlier job that keeps what this one reads
     writes: dict = field(default_factory=dict)  # handle -> _Write of this job
@@ -120,10 +127,12 @@ class _Job:
     prepared: asyncio.Future | None = None  # the offline phase, a task from submission (or from run)
 
 
-def _plan(program: Program, pid: int, n_parties: int) -> DryRun:
-    """Validate `program` and dry-run it (its randomness and rounds), in a worker thread."""
-    compiler.validate(program)
-    return asyncio.run(Executor(program, pid, n_parties).dry_run())
+def _plan(program: Program, pid: int, n_parties: int, owners: dict[int, int] | None = None) -> DryRun:
+    """Validate `program` and dry-run it (its randomness and rounds), in a worker thread;
+    with `owners`, as a job of those owners lowers it (products of two parties' inputs)."""
+    if owners is None:
+        compiler.validate(program)
+    return asyncio.run(Executor(program, pid, n_parties, {"owners": owners} if owners else None).dry_run())
 
 
 class PartySession:
@@ -204,17 +213,32 @@ class PartySession:
         for nid, owner in job.owners.items():
             if owner in (self.pid, TO_CALLER) and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
-        self._seen.add(job.job_id)
+        self._seen.add(job.job_id)  # before the await below: a second submit of this id is refused
+        dry = await self._plan_for(loaded, job)
         waits = {h: w for h in job.kept.values() if (w := self._writers.get(h)) is not None}
         writes = {h: _Write(job.job_id, nid, job.reproducible) for nid, h in job.keep.items()}
         self._writers.update(writes)
-        entry = self.jobs[job.job_id] = _Job(job, loaded, encoded, waits=waits, writes=writes, client=client,
+        entry = self.jobs[job.job_id] = _Job(job, loaded, encoded, dry, waits=waits, writes=writes, client=client,
                                              prof=Profile() if job.profile else OFF)
         self.transport.set_profile(job.job_id, entry.prof)
         if not (job.reproducible and job.owners):  # (those exchange key contributions: prepared when run)
             self._prepare(entry)
         asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._unstarted, job.job_id)
-        return loaded.dry
+        return dry
+
+    async def _plan_for(self, loaded: Loaded, job: Job) -> DryRun:
+        """The program's plan for this job's owners: the loaded one unless some product is
+        of two parties' inputs, else one made once per such set of owners and cached."""
+        owned = tuple(sorted(owned_products(loaded.program, job.owners).items()))
+        if not owned:
+            return loaded.dry
+        dry = loaded.by_owners.get(owned)
+        if dry is None:
+            dry = await asyncio.to_thread(_plan, loaded.program, self.pid, self.n_parties, dict(job.owners))
+            loaded.by_owners[owned] = dry
+            while len(loaded.by_owners) > MAX_OWNER_PLANS:
+                loaded.by_owners.popitem(last=False)
+        return dry
 
     def _prepare(self, entry: _Job) -> asyncio.Future:
         """Start the job's offline phase (once): a task that `run` awaits and a drop cancels."""
@@ -233,7 +257,7 @@ class PartySession:
         if job.reproducible:
             with prof.phase("reproduction_key"):
                 key = await self._reproduction_key(entry)
-        pool = await self._offline(job.job_id, entry.loaded.dry, prof, key)
+        pool = await self._offline(job.job_id, entry.dry, prof, key)
         with prof.phase("output_masks"):  # data-independent: made offline, off the online path
             out_masks = {nid: output_mask(self.transport, job.job_id, nid, program.nodes[nid].shape)
                          for nid, to in zip(program.outputs, job.recipients) if to == TO_CALLER}
@@ -419,7 +443,7 @@ class PartySession:
             self.transport.forget(job_id)
 
     async def _run(self, entry: _Job) -> JobOutcome:
-        job, program, dry = entry.job, entry.loaded.program, entry.loaded.dry
+        job, program, dry = entry.job, entry.loaded.program, entry.dry
         specs = [s for _, _, s in dry.specs]
         outcome = JobOutcome()
         stats = outcome.stats
@@ -473,7 +497,8 @@ class PartySession:
             values, rounds = {}, await self._replay(job)
         else:
             executor = Executor(program, self.pid, self.n_parties,
-                                {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public})
+                                {"owners": job.owners, "inputs": entry.inputs, "kept": kept, "public": job.public,
+                                 "keep": set(job.keep)})
             values, rounds = await executor.run(lambda node, seq, spec: pool[(node, seq)], mask,
                                                 make_exchange(self.transport, job.job_id, prof), profile=prof)
         stats.online_s = time.perf_counter() - t1
