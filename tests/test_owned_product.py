@@ -39,14 +39,16 @@ def test_owned_products_for_every_pair_of_owners(n_parties):
             assert err < n_parties // 2 + 1, f"owners {ox}, {oy}: worst error {err:.3f} ulp"
             stats = _check_cost(cluster)
             digests.add(cluster.last_program.digest)
-            first = stats[0]  # round 1: the product; then the truncation's opening among all
+            # round 1: the product; round 2: the truncation's opening
             trunc = 8 * 2000 * (n_parties - 1)
             if ox == oy:  # one owner: a Beaver product, both masked values to every peer
                 assert all(s.bytes_sent == 16 * 2000 * (n_parties - 1) + trunc for s in stats)
-            else:  # only the two owners send, one masked value each, to each other
+            elif 0 in (ox, oy) and n_parties >= 3:  # c and the truncation between the owners alone
+                assert [s.bytes_sent for s in stats] == [16 * 2000 if p in (ox, oy) else 0 for p in range(n_parties)]
+            else:  # only the two owners send, one masked value each, to each other; all truncate
                 assert [s.bytes_sent for s in stats] == [trunc + (8 * 2000 if p in (ox, oy) else 0)
                                                          for p in range(n_parties)]
-            assert first.rounds == 2
+            assert max(s.rounds for s in stats) == 2
     assert len(digests) == 1
 
 
@@ -156,3 +158,20 @@ def test_a_directed_round_refuses_a_message_of_the_wrong_size():
 
     with pytest.raises(ProtocolViolation, match="party 0 sent 40 bytes in round 0 of job j, expected 32"):
         _directed_round(1, {0: bytes(40)})
+
+
+@pytest.mark.parametrize("owners", [(0, 2), (1, 0)])
+def test_a_large_product_with_party_0_truncates_between_the_owners_by_halves(owners):
+    """Over scatter.SPLIT_MIN_BYTES: each owner opens half of the masked product and sends the
+    other the msb of its half; the third party sends nothing and holds a zero share."""
+    cluster = mpc.InMemoryCluster(3, defer_truncation=False)
+    n = 300_000
+    x, y = (ring.decode(ring.encode(_t(n, seed=s) * 30)) for s in (14, 15))
+    got = (cluster.share(x, owners[0]) * cluster.share(y, owners[1])).reveal()
+    err = (got - x * y) / ULP
+    assert err.abs().max().item() < 2 and abs(err.mean().item()) < 0.02
+    stats = _check_cost(cluster)
+    third = ({0, 1, 2} - set(owners)).pop()
+    assert stats[third].bytes_sent == 0
+    assert all(stats[p].bytes_sent == 8 * n + 8 * n // 2 + n // 2 // 8 for p in owners)
+    assert max(s.rounds for s in stats) == 3

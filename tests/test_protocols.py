@@ -107,8 +107,9 @@ def test_a_product_revealed_to_the_caller_skips_its_truncation(cluster):
     assert all(s.rounds == 1 and s.n_correlations == 1 for s in cluster.last_stats)
 
 
+@pytest.mark.parametrize("owners", [(0, 1), (0, 0)])
 @pytest.mark.parametrize("n_parties", [2, 3, 5])
-def test_truncation_error_bound_on_a_million_products(n_parties):
+def test_truncation_error_bound_on_a_million_products(n_parties, owners):
     """10^6 products, a quarter of them near the range limit 2^30: never a wrap, and
     every error within the stated bound floor(N/2) + 1 ulp, with mean near zero."""
     cluster = mpc.InMemoryCluster(n_parties=n_parties, defer_truncation=False)  # truncate even at the reveal
@@ -120,22 +121,32 @@ def test_truncation_error_bound_on_a_million_products(n_parties):
     x[:big] = (2.0**15) * torch.sign(x[:big])
     y[:big] = (2.0**15 - 1) * torch.sign(y[:big])
     x, y = ring.decode(ring.encode(x)), ring.decode(ring.encode(y))  # exact fixed-point inputs
-    got = (cluster.share(x, 0) * cluster.share(y, 1)).reveal()
+    got = (cluster.share(x, owners[0]) * cluster.share(y, owners[1])).reveal()
     err = (got - x * y) / ULP
     bound = n_parties // 2 + 1
     assert err.abs().max().item() < bound, f"worst error {err.abs().max().item():.3f} ulp"
     assert abs(err.mean().item()) < 0.01, f"mean error {err.mean().item():.4f} ulp: truncation is biased"
     stats = cluster.last_stats[0]
     # two parties' inputs: an owned product (party 0 sends x - a, 8 bytes an element, to party 1
-    # alone), then the truncation's opening of c, split from 3 parties on (protocols/scatter.py):
-    # (N-1)/N of its bytes and then a bit an element, in two rounds
-    if n_parties == 2:
+    # alone); at N = 2 the truncation opens c whole, from 3 parties on c and the truncation are
+    # held by the two owners alone, each opening half of c (4 bytes an element) and sending the
+    # other the signs of its half (compiler/owned.py)
+    if owners == (0, 0):  # one owner: a Beaver product, then the truncation among all
+        if n_parties == 2:
+            assert stats.rounds == 2 and stats.bytes_sent == 24 * n  # e, d and c: 8 bytes each
+        else:  # both openings split (protocols/scatter.py): two rounds each, the truncation's c
+            # gathering a bit an element
+            assert stats.rounds == 4
+            want = 16 * n * 2 * (n_parties - 1) / n_parties + 8 * n * (n_parties - 1) / n_parties \
+                + (n_parties - 1) * n / n_parties / 8
+            assert abs(stats.bytes_sent - want) <= 64 * n_parties
+    elif n_parties == 2:
         assert stats.rounds == 2
         assert stats.bytes_sent == 8 * n + 8 * n
     else:
         assert stats.rounds == 3
-        want = 8 * n + 8 * n * (n_parties - 1) / n_parties + (n_parties - 1) * n / n_parties / 8
-        assert abs(stats.bytes_sent - want) <= 64 * n_parties
+        assert stats.bytes_sent == 8 * n + 8 * n // 2 + n // 2 // 8
+        assert all(s.bytes_sent == 0 for s in cluster.last_stats[2:])
     assert stats.dealer_bytes == 12 * n  # triple 8 + truncation 4
 
 

@@ -220,6 +220,25 @@ def test_owned_triple_of_owners_outside_the_cluster_is_refused(dealer, owners):
                     creds["party-0"], tls.DEALER)) == 32
 
 
+@pytest.mark.parametrize("params, why", [
+    ((("f", 16), ("m", 0b110), ("n", 2)), "party 0 among them"),  # party 0 must take the corrections
+    ((("f", 16), ("m", 0b1001), ("n", 2)), "parties of 3"),  # a party outside the cluster
+    ((("f", 16), ("m", 0b011), ("n", 3)), "trunc for 3 parties held by 2"),
+    ((("m", 0b101), ("oa", 0), ("ob", 1)), "omul of owners 0 and 1 held by mask 5"),
+])
+def test_a_correlation_held_by_the_wrong_parties_is_refused(dealer, params, why):
+    """A member mask (correlations.is_member) that the dealer cannot serve is refused, named."""
+    from mpc.protocols.base import Spec
+
+    address, creds = dealer
+    epoch = call(address, hello(0), creds["party-0"], tls.DEALER).epoch
+    kind = "omul" if ("oa", 0) in params else "trunc"
+    s = Spec(kind, ((4,),) * (2 if kind == "omul" else 1), params)
+    err = refused(address, correlations(f"job-m{params[1][1]}{kind}", [s], epoch), creds["party-0"], tls.DEALER)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert why in err.details()
+
+
 def test_restarted_dealer_fails_the_job_naming_the_dealer():
     x = rand(6)
     with mpc.LocalCluster(n_parties=3, round_timeout=20) as c:

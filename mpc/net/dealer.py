@@ -166,6 +166,7 @@ class DealerService:
                                                             and spec.param("oa") != spec.param("ob")):
                     raise ValueError(f"spec {k} ({spec.kind}) names owners {spec.param('oa')} and {spec.param('ob')}: two "
                                      f"different parties of {self.n_parties} expected")
+                correlations.check_members(spec, self.n_parties)
             total = sum(correlations.correction_nbytes(s) for s in specs)
             if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:
                 raise ValueError(f"a reproduction key of {len(request.reproduction_key)} bytes "

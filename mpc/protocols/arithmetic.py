@@ -6,10 +6,11 @@ fractional bits; a product of two carries 2f and is truncated back to f.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mpc import ring
-from mpc.protocols import correlations
+from mpc.protocols import correlations, scatter
 from mpc.protocols.base import InputMask, Open, PartyContext, Randomness, SignsOpened
 
 _RING_BITS = ring.RING_BITS
@@ -150,21 +151,111 @@ def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor,
     Against a Beaver product of two shared values (both masked values opened to all), 2 |x|
     cross the network in all, and the dealer draws 2 masks instead of 2 N. The owner-aware
     products of ABY2.0 (Patra et al., USENIX Security 2021) and of SecureML's precomputed
-    triples for a data owner's inputs (Mohassel and Zhang, S&P 2017), here with a dealer."""
-    parts = yield Randomness(correlations.owned_triple(spec, owner_x, owner_y))
-    c = parts[-1]
+    triples for a data owner's inputs (Mohassel and Zhang, S&P 2017), here with a dealer.
+
+    When party 0 is one of the owners (it takes the dealer's corrections) and N >= 3, c is
+    shared between the two owners alone (c_k = 0: the other parties hold, draw and send
+    nothing), and so is the truncation (_truncate_pair)."""
+    pair = ctx.n_parties >= 3 and 0 in (owner_x, owner_y)
+    triple = correlations.owned_triple(spec, owner_x, owner_y, pair=pair)
+    parts = yield Randomness(triple)
     e_mine = x - parts[0] if ctx.pid == owner_x else x
     f_mine = y - parts[0] if ctx.pid == owner_y else y
     (e,), (f,) = yield [Open((e_mine,), to=owner_y, senders=(owner_x,)),
                         Open((f_mine,), to=owner_x, senders=(owner_y,))]
-    elementwise = op is torch.mul and c.shape == torch.broadcast_shapes(x.shape, y.shape)
-    if ctx.pid == owner_x:
-        z = torch.addcmul(c, x, f) if elementwise else c + op(x, f)
-    elif ctx.pid == owner_y:
-        z = torch.addcmul(c, e, parts[0]) if elementwise else c + op(e, parts[0])
+    if ctx.pid in (owner_x, owner_y):
+        c = parts[-1]
+        elementwise = op is torch.mul and c.shape == torch.broadcast_shapes(x.shape, y.shape)
+        u, v = (x, f) if ctx.pid == owner_x else (e, parts[0])
+        z = torch.addcmul(c, u, v) if elementwise else c + op(u, v)
+    elif pair:  # a share of zero
+        shape = correlations.dependent_parts(triple)[0].shape
+        z = torch.empty(shape, dtype=torch.int64, device="meta") if ctx.dry_run else torch.zeros(shape, dtype=torch.int64)
     else:
-        z = c
-    return (yield from truncate(ctx, z)) if scaled else z
+        z = parts[-1]
+    if not scaled:
+        return z
+    if pair:
+        return (yield from _truncate_pair(ctx, z, owner_x, owner_y))
+    return (yield from truncate(ctx, z))
+
+
+def _truncate_pair(ctx: PartyContext, z: torch.Tensor, i: int, j: int):
+    """truncate() of a value shared between parties i and j alone (one of them party 0;
+    every other party's share is zero and stays zero), opened between the two only.
+
+    The steps of truncate with a mask held by i and j (trunc_pair(..., members=(i, j))):
+      1. c = z + 2^(l-2) + r, opened half at i (elements [0, n/2)) and half at j: each sends
+         the other the half of its masked share that the other opens (n/2 elements each);
+      2. each sends the other the msb of its opened half, a bit an element (below
+         scatter.SPLIT_MIN_BYTES instead: each sends its whole masked share, both open all
+         of c, and this round is not needed);
+      3. y = T - R + M (1 - msb(c)), and each adds floor(c / 2^f) on its own half; party 0
+         takes away 2^(l-2-f) + floor(2/2), as truncate does for N = 2.
+    Every other party sends and receives nothing and keeps a zero share. What each owner
+    sees is what the opening of a two-party truncation shows it (half of c, masked by r,
+    and msb(c)). Three parties: 8 bytes an element cross the network instead of truncate's
+    16 (a split opening among all three), and the third party does no work."""
+    f = ctx.frac_bits
+    shape = tuple(z.shape)
+    n = z.numel()
+    # below scatter's threshold the halves' extra round costs more than the bytes they save:
+    # each owner opens all of c (its whole masked share to the other, one round, no signs)
+    half = n // 2 if n * 8 >= scatter.SPLIT_MIN_BYTES else n
+    parts = yield Randomness(correlations.trunc_pair(shape, f, 2, members=tuple(sorted((i, j)))))
+    member = ctx.pid in (i, j)
+    offset = 1 << (_RING_BITS - 2)
+
+    def meta(count, dtype=torch.int64):
+        return torch.empty(count, dtype=dtype, device="meta")
+
+    if member:
+        r, big_r, t, m = parts
+        masked = z + r
+        if ctx.is_first:
+            masked += offset
+        flat = masked.view(-1)
+        lo, hi = (0, half) if ctx.pid == i else (half, n)  # the half this party opens
+    to_j = flat[half:] if ctx.pid == i else meta(n - half)
+    to_i = flat[:half] if ctx.pid == j else meta(half)
+    if half == n:  # whole: i opens everything, and so does j
+        lo, hi = 0, n
+        to_j = flat if ctx.pid == i else meta(n)
+    (got_j,), (got_i,) = yield [Open((to_j,), to=j, senders=(i,)), Open((to_i,), to=i, senders=(j,))]
+    opened = None
+    if member:
+        opened = (got_i if ctx.pid == i else got_j).add_(flat[lo:hi])
+    if half == n:
+        if not member:
+            return z
+        if ctx.dry_run:
+            return torch.sub(t, big_r)
+        keep = torch.bitwise_right_shift(opened, _RING_BITS - 1).bitwise_not_().view(shape)
+        y = torch.sub(t, big_r).add_(torch.bitwise_and(m, keep))
+        if ctx.is_first:  # floor(c / 2^f), added once
+            y.view(-1).add_(ring.logical_shift_right(opened, f)).sub_((offset >> f) + 1)
+        return y
+    signs_i, signs_j = meta((half + 7) // 8, torch.uint8), meta((n - half + 7) // 8, torch.uint8)
+    if member and not ctx.dry_run:
+        packed = torch.from_numpy(np.packbits(opened.numpy() < 0, bitorder="little"))
+        signs_i, signs_j = (packed, signs_j) if ctx.pid == i else (signs_i, packed)
+    (from_i,), (from_j,) = yield [Open((signs_i,), to=j, senders=(i,)), Open((signs_j,), to=i, senders=(j,))]
+    if not member:
+        return z
+    if ctx.dry_run:
+        return torch.sub(t, big_r)
+    negative = torch.empty(n, dtype=torch.int64)
+    torch.bitwise_right_shift(opened, _RING_BITS - 1, out=negative[lo:hi])
+    theirs = from_j if ctx.pid == i else from_i
+    other_lo, other_hi = (half, n) if ctx.pid == i else (0, half)
+    bits = np.unpackbits(theirs.numpy(), count=other_hi - other_lo, bitorder="little")
+    negative[other_lo:other_hi].copy_(torch.from_numpy(bits)).neg_()  # 0/1 -> 0/-1
+    keep = negative.bitwise_not_().view(shape)  # all ones where msb(c) = 0
+    y = torch.sub(t, big_r).add_(torch.bitwise_and(m, keep))  # S = T - R + M (1 - msb(c))
+    y.view(-1)[lo:hi] += ring.logical_shift_right(opened, f)  # floor(c / 2^f), on our half
+    if ctx.is_first:
+        y.sub_((offset >> f) + 1)
+    return y
 
 
 def square(ctx: PartyContext, x: torch.Tensor):

@@ -66,15 +66,17 @@ def mul_triple(shape_a, shape_b) -> Spec:
 OWNED = {"omul": "mul", "omatmul": "matmul", "oconv2d": "conv2d"}
 
 
-def owned_triple(base: Spec, owner_a: int, owner_b: int) -> Spec:
+def owned_triple(base: Spec, owner_a: int, owner_b: int, pair: bool = False) -> Spec:
     """The triple of product `base` (mul, matmul or conv2d) whose masks each belong to one
     party: a is party owner_a's alone and b party owner_b's (each from its own seed, the
-    other parties draw nothing for them), c = B(a, b) shared among all. For the product of
-    two parties' private inputs (one round, two messages: arithmetic.owned_product)."""
+    other parties draw nothing for them), c = B(a, b) shared among all, or with `pair`
+    between the two owners alone (one of them party 0). For the product of two parties'
+    private inputs (one round, two messages: arithmetic.owned_product)."""
     if owner_a == owner_b:
         raise ValueError(f"an owned triple needs two different owners, got {owner_a} twice")
     kind = next(k for k, b in OWNED.items() if b == base.kind)
-    return Spec(kind, base.shapes, tuple(sorted(base.params + (("oa", owner_a), ("ob", owner_b)))))
+    held = _members_param((owner_a, owner_b)) if pair else ()
+    return Spec(kind, base.shapes, tuple(sorted(base.params + (("oa", owner_a), ("ob", owner_b)) + held)))
 
 
 def owned_mul_triple(shape_a, shape_b, owner_a: int, owner_b: int) -> Spec:
@@ -85,7 +87,7 @@ def _base(spec: Spec) -> Spec:
     """An owned triple's product as an ordinary triple's spec (its bilinear map and shapes)."""
     if spec.kind not in OWNED:
         return spec
-    return Spec(OWNED[spec.kind], spec.shapes, tuple(p for p in spec.params if p[0] not in ("oa", "ob")))
+    return Spec(OWNED[spec.kind], spec.shapes, tuple(p for p in spec.params if p[0] not in ("oa", "ob", "m")))
 
 
 def matmul_triple(shape_a, shape_b) -> Spec:
@@ -119,11 +121,46 @@ def conv2d_weight_triple(shape_x, shape_g, kernel, stride, padding, dilation, gr
     return Spec("conv2d_weight", (tuple(shape_x), tuple(shape_g)), params)
 
 
-def trunc_pair(shape, frac_bits: int, n_parties: int, square: bool = False) -> Spec:
+def trunc_pair(shape, frac_bits: int, n_parties: int, square: bool = False, members: tuple[int, ...] = ()) -> Spec:
     """Truncation by `frac_bits` bits (any shift from 1 to 62, not only the encoding's f);
-    with `square`, also the square of the result's secret part (arithmetic.truncate_square)."""
-    params = (("f", frac_bits), ("n", n_parties)) + ((("sq", 1),) if square else ())
-    return Spec("trunc", (tuple(shape),), params)
+    with `square`, also the square of the result's secret part (arithmetic.truncate_square).
+    With `members` (party 0 among them), only those parties hold it (see `is_member`)."""
+    if members:
+        n_parties = len(members)
+    params = (("f", frac_bits), ("n", n_parties)) + ((("sq", 1),) if square else ()) + _members_param(members)
+    return Spec("trunc", (tuple(shape),), tuple(sorted(params)))
+
+
+def _members_param(members: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    if not members:
+        return ()
+    if 0 not in members or len(set(members)) != len(members) or len(members) < 2:
+        raise ValueError(f"a correlation held by parties {list(members)}: two or more different parties, party 0 "
+                         "among them (it takes the dealer's corrections)")
+    return (("m", sum(1 << p for p in members)),)
+
+
+def is_member(spec: Spec, pid: int) -> bool:
+    """Whether party `pid` holds a part of `spec`. A correlation with param m (a bit mask of
+    parties) is held by those parties alone: the others draw nothing and get an empty tuple,
+    and the dealer expands nothing for them."""
+    m = dict(spec.params).get("m")
+    return m is None or bool((m >> pid) & 1)
+
+
+def check_members(spec: Spec, n_parties: int) -> None:
+    """Refuse a member mask that a dealer of `n_parties` parties cannot serve (ValueError)."""
+    m = dict(spec.params).get("m")
+    if m is None:
+        return
+    held = [p for p in range(n_parties) if (m >> p) & 1]
+    if m <= 0 or m >> n_parties or not m & 1 or len(held) < 2:
+        raise ValueError(f"{spec.kind} held by parties mask {m}: two or more parties of {n_parties}, party 0 among "
+                         "them, expected")
+    if spec.kind == "trunc" and spec.param("n") != len(held):
+        raise ValueError(f"trunc for {spec.param('n')} parties held by {len(held)}")
+    if spec.kind in OWNED and m != (1 << spec.param("oa")) | (1 << spec.param("ob")):
+        raise ValueError(f"{spec.kind} of owners {spec.param('oa')} and {spec.param('ob')} held by mask {m}")
 
 
 def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
@@ -173,6 +210,8 @@ def _cmp_shapes(spec: Spec):
 
 
 def free_parts(spec: Spec, pid: int) -> list[Part]:
+    if not is_member(spec, pid):
+        return []
     if spec.kind == "trunc":
         (shape,) = spec.shapes
         return [Part(shape), Part(shape, nbits=_rho_bits(spec, pid))]
@@ -287,15 +326,16 @@ def correction_nbytes(spec: Spec) -> int:
 def correction_values(spec: Spec, frees: list[list[torch.Tensor]], others: list[list[torch.Tensor]]
                       ) -> list[torch.Tensor]:
     """Party 0's dependent tensors as stored, from every party's free tensors (`frees[i]`)
-    and the dependent tensors of parties i > 0 (`others[i - 1]`), which it consumes (party
-    0's free tensors become the combined ones):
+    and the dependent tensors of the other parties that hold it (`others`, by party), which
+    it consumes (party 0's free tensors become the combined ones):
       1. combine the free tensors (sum, or XOR for bits);
       2. compute the values the dependent tensors must combine to (_targets);
       3. take away the other parties' dependent tensors (subtract, or XOR)."""
     if spec.kind in OWNED:  # nothing to combine: each mask is its owner's draw alone
         combined = [frees[spec.param("oa")][0], frees[spec.param("ob")][0]]
     else:
-        combined = [_combine(part, [f[k] for f in frees]) for k, part in enumerate(free_parts(spec, 0))]
+        held = [f for pid, f in enumerate(frees) if is_member(spec, pid)]
+        combined = [_combine(part, [f[k] for f in held]) for k, part in enumerate(free_parts(spec, 0))]
     targets = _targets(spec, combined)
     corrections = []
     for k, (part, target) in enumerate(zip(dependent_parts(spec), targets)):
@@ -313,7 +353,8 @@ def whole_correction(spec: Spec, prgs: list[PRG]) -> list[torch.Tensor]:
     """The dealer's side, whole: expand every party's stream and return party 0's dependent
     tensors as stored. (protocols/streaming.py makes the same bytes chunk by chunk.)"""
     frees = [[part.draw(prg) for part in free_parts(spec, pid)] for pid, prg in enumerate(prgs)]
-    others = [[part.draw(prg) for part in dependent_parts(spec)] for prg in prgs[1:]]
+    others = [[part.draw(prg) for part in dependent_parts(spec)] for pid, prg in enumerate(prgs)
+              if pid and is_member(spec, pid)]
     return correction_values(spec, frees, others)
 
 
@@ -324,6 +365,8 @@ def dealer_correction(spec: Spec, prgs: list[PRG]) -> list[bytes]:
 
 def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = None) -> tuple[torch.Tensor, ...]:
     """This party's part of the correlation; party 0 passes the dealer's correction bytes."""
+    if not is_member(spec, pid):
+        return ()
     free = [part.draw(prg) for part in free_parts(spec, pid)]
     deps = dependent_parts(spec)
     if pid == 0:
@@ -340,6 +383,8 @@ def party_part(spec: Spec, pid: int, prg: PRG, correction: memoryview | None = N
 def meta_part(spec: Spec, pid: int = 0) -> tuple[torch.Tensor, ...]:
     """Placeholders with the right shapes (party `pid`'s: an owned triple's differ), for the
     planning dry run."""
+    if not is_member(spec, pid):
+        return ()
     return assemble(spec, [p.meta() for p in free_parts(spec, pid)],
                     [finish(spec, p.meta(), index=k) for k, p in enumerate(dependent_parts(spec))])
 

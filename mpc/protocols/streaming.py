@@ -132,7 +132,7 @@ def chunk_correction(layout: _Layout, n: int, lo: int, hi: int) -> list[torch.Te
     for pid in range(len(layout.streams)):
         free, start = layout.draw(pid, 0, layout.free[pid], correlations.free_parts(cs, pid), n, lo, hi)
         frees.append(free)
-        if pid:
+        if pid and correlations.is_member(cs, pid):
             others.append(layout.draw(pid, start, layout.deps, deps, n, lo, hi)[0])
     return correlations.correction_values(cs, frees, others)
 
