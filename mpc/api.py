@@ -29,6 +29,7 @@ from mpc.api_functions import FunctionsMixin
 from mpc.api_methods import TensorMethodsMixin
 from mpc.compiler import CompileError, GraphBuilder, extract
 from mpc.compiler.ops import encode_index
+from mpc.compiler.owned import owned_products, unshared_inputs
 from mpc.inference import InferenceMixin, SharedModel
 from mpc.lifetimes import FreedError, LifetimesMixin
 from mpc.training import TrainingMixin
@@ -329,6 +330,10 @@ class _Cluster(InferenceMixin, TrainingMixin, LifetimesMixin):
                 owners[node.id] = pending.owner
                 inputs[pending.owner][node.id] = pending.value
                 keep[node.id] = g
+        # An input that only products of two parties' inputs read is never shared (compiler/owned.py):
+        # nothing to keep; if a later job uses it, that job shares it from its owner again.
+        for nid in unshared_inputs(program, owned_products(program, owners)):
+            keep.pop(nid, None)
         for k in program.outputs:
             keep[k] = graph_ids[k]
         job = Job(uuid.uuid4().hex, program.digest, owners, kept, tuple(recipient for _ in program.outputs), keep,

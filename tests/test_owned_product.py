@@ -67,15 +67,20 @@ def test_broadcast_shapes_and_an_input_also_used_elsewhere():
     _check_cost(cluster)
 
 
-def test_kept_inputs_are_shared_and_reusable():
-    """The lazy API keeps every shared input for later jobs: an owned product must still
-    leave correct shares of its operands behind."""
+def test_inputs_only_owned_products_read_are_not_kept_and_are_shared_again_when_reused():
+    """The lazy API keeps a shared input for later jobs, except one that only owned products
+    read (it was never shared): a later job shares it again from its owner; an input that
+    the job also adds is kept, and a later job reads the kept share."""
     cluster = mpc.InMemoryCluster(3)
     x, y = _t(500, seed=5), _t(500, seed=6)
     sx, sy = cluster.share(x, 0), cluster.share(y, 1)
     assert_close((sx * sy).reveal(), x * y, 4 * ULP)
-    assert_close((sx + sy).reveal(), x + y, 2 * ULP)  # read from the kept shares: no input again
-    assert_close((sx * sy * 2.0).reveal(), x * y * 2, 8 * ULP)
+    assert cluster.last_job.keep.keys() == set(cluster.last_program.outputs)  # neither input kept
+    assert_close((sx + sy * sx).reveal(), x + y * x, 4 * ULP)  # both shared again: x is kept now
+    kept = cluster.last_job.keep
+    assert len(kept) == 2 and len(cluster.last_job.owners) == 2  # x and the output
+    assert_close((sx * 2.0).reveal(), x * 2, 4 * ULP)
+    assert cluster.last_job.kept and not cluster.last_job.owners  # x from the kept share, no input again
 
 
 def test_caller_owned_and_int_inputs_take_the_general_product():

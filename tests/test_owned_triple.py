@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mpc.prg import PRG, derive_key, new_seed
-from mpc.protocols import bilinear, correlations, streaming
+from mpc.protocols import bilinear, correlations, holders, streaming
 
 
 @pytest.mark.parametrize("owners", [(0, 1), (1, 2), (2, 0)])
@@ -37,7 +37,7 @@ def test_owned_matmul_and_conv_triples_reconstruct():
     n_parties = 3
     for base in [correlations.matmul_triple((3, 4), (4, 5)),
                  correlations.conv2d_triple((1, 2, 6, 6), (3, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1)]:
-        spec = correlations.owned_triple(base, 2, 0)
+        spec = holders.owned_triple(base, 2, 0)
         keys = [derive_key(new_seed(), "corr", "job", 0) for _ in range(n_parties)]
         whole = b"".join(correlations.dealer_correction(spec, [PRG(k) for k in keys]))
         parts = [correlations.party_part(spec, pid, PRG(keys[pid]), memoryview(whole) if pid == 0 else None)

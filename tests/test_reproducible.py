@@ -42,16 +42,20 @@ def _sessions(n=3):
     return [PartySession(Recording(net, p), net.dealer(p), input_salt=bytes([p]) * 16) for p in range(n)]
 
 
-# x (party 0's) times y (party 1's), truncated: input masks, a Beaver product and a truncation
+# x times y, truncated. Owned by party 0 both (OWNERS): input masks, a Beaver product and a
+# truncation among all; by parties 0 and 1 (OWNED): an owned product, c and the truncation held
+# by the two owners alone (compiler/owned.py), party 2 silent
+OWNERS, OWNED = (0, 0), (0, 1)
 PROGRAM = Program((Node(0, "input", (), {"shape": (N,), "kind": "private"}, (N,), "x"),
                    Node(1, "input", (), {"shape": (N,), "kind": "private"}, (N,), "y"),
                    Node(2, "mul", (0, 1), {}, (N,), "x*y")), (2,))
 
 
-def _run(sessions, x, y, reproducible_job=True):
-    job = Job(uuid.uuid4().hex, PROGRAM.digest, owners={0: 0, 1: 1}, recipients=(TO_CALLER,),
+def _run(sessions, x, y, reproducible_job=True, owners=OWNERS):
+    job = Job(uuid.uuid4().hex, PROGRAM.digest, owners={0: owners[0], 1: owners[1]}, recipients=(TO_CALLER,),
               reproducible=reproducible_job)
-    inputs = [{0: x}, {1: y}, {}]
+    inputs = [{}, {}, {}]
+    inputs[owners[0]][0], inputs[owners[1]][1] = x, y
 
     async def go():
         for p, s in enumerate(sessions):
@@ -69,22 +73,26 @@ def _xy(seed):
     return torch.randn(N, generator=g, dtype=torch.float64) * 3, torch.randn(N, generator=g, dtype=torch.float64)
 
 
-def test_a_repeated_job_sends_the_same_bytes_and_rounds_the_same():
+@pytest.mark.parametrize("owners", [OWNERS, OWNED])
+def test_a_repeated_job_sends_the_same_bytes_and_rounds_the_same(owners):
     sessions = _sessions()
     x, y = _xy(0)
-    first, sent_first = _run(sessions, x, y)
-    again, sent_again = _run(sessions, x, y)
+    first, sent_first = _run(sessions, x, y, owners=owners)
+    again, sent_again = _run(sessions, x, y, owners=owners)
     assert torch.equal(first, again)  # the truncation's stochastic rounding repeated exactly
     assert sent_first == sent_again  # every party's every message: the same masks on the same values
     assert (first - x * y).abs().max() < 4 * 2.0 ** -16
 
 
-def test_a_job_that_is_not_reproducible_draws_fresh_masks():
+@pytest.mark.parametrize("owners", [OWNERS, OWNED])
+def test_a_job_that_is_not_reproducible_draws_fresh_masks(owners):
     sessions = _sessions()
     x, y = _xy(0)
-    _, sent_first = _run(sessions, x, y, reproducible_job=False)
-    _, sent_again = _run(sessions, x, y, reproducible_job=False)
-    assert all(a != b for a, b in zip(sent_first, sent_again))
+    _, sent_first = _run(sessions, x, y, reproducible_job=False, owners=owners)
+    _, sent_again = _run(sessions, x, y, reproducible_job=False, owners=owners)
+    senders = [p for p in range(3) if any(messages for _, messages in sent_first[p])]
+    assert len(senders) == (3 if owners == OWNERS else 2)  # (an owned product: party 2 sends nothing)
+    assert all(sent_first[p] != sent_again[p] for p in senders)
 
 
 def test_other_inputs_draw_fresh_masks_so_nothing_is_reused():

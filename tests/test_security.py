@@ -227,7 +227,7 @@ def test_owned_triple_of_owners_outside_the_cluster_is_refused(dealer, owners):
     ((("m", 0b101), ("oa", 0), ("ob", 1)), "omul of owners 0 and 1 held by mask 5"),
 ])
 def test_a_correlation_held_by_the_wrong_parties_is_refused(dealer, params, why):
-    """A member mask (correlations.is_member) that the dealer cannot serve is refused, named."""
+    """A member mask (holders.is_member) that the dealer cannot serve is refused, named."""
     from mpc.protocols.base import Spec
 
     address, creds = dealer

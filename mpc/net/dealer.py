@@ -45,7 +45,7 @@ from mpc.net import framing, serde, tls
 from mpc.net.mesh import client_channel
 from mpc.net.proto import mpc_pb2 as pb
 from mpc.prg import new_seed
-from mpc.protocols import correlations, streaming
+from mpc.protocols import correlations, holders, streaming
 from mpc.runtime import reproducible
 from mpc.runtime.transport import DealerLink, PeerFailure
 
@@ -161,12 +161,12 @@ class DealerService:
                 if any(math.prod(shape) == 0 for shape in spec.shapes):
                     raise ValueError(f"spec {k} ({spec.kind} of shapes {list(spec.shapes)}) has an empty tensor, "
                                      f"whose correction would be minus the other parties' streams")
-                if spec.kind in correlations.OWNED and not (0 <= spec.param("oa") < self.n_parties
+                if spec.kind in holders.OWNED and not (0 <= spec.param("oa") < self.n_parties
                                                             and 0 <= spec.param("ob") < self.n_parties
                                                             and spec.param("oa") != spec.param("ob")):
                     raise ValueError(f"spec {k} ({spec.kind}) names owners {spec.param('oa')} and {spec.param('ob')}: two "
                                      f"different parties of {self.n_parties} expected")
-                correlations.check_members(spec, self.n_parties)
+                holders.check_members(spec, self.n_parties)
             total = sum(correlations.correction_nbytes(s) for s in specs)
             if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:
                 raise ValueError(f"a reproduction key of {len(request.reproduction_key)} bytes "

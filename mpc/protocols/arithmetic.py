@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mpc import ring
-from mpc.protocols import correlations, scatter
+from mpc.protocols import correlations, holders, scatter
 from mpc.protocols.base import InputMask, Open, PartyContext, Randomness, SignsOpened
 
 _RING_BITS = ring.RING_BITS
@@ -157,7 +157,7 @@ def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor,
     shared between the two owners alone (c_k = 0: the other parties hold, draw and send
     nothing), and so is the truncation (_truncate_pair)."""
     pair = ctx.n_parties >= 3 and 0 in (owner_x, owner_y)
-    triple = correlations.owned_triple(spec, owner_x, owner_y, pair=pair)
+    triple = holders.owned_triple(spec, owner_x, owner_y, pair=pair)
     parts = yield Randomness(triple)
     e_mine = x - parts[0] if ctx.pid == owner_x else x
     f_mine = y - parts[0] if ctx.pid == owner_y else y

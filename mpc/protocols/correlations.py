@@ -46,6 +46,7 @@ from mpc.prg import PRG
 from mpc.protocols import bits as bitops
 from mpc.protocols import bilinear
 from mpc.protocols.base import Spec
+from mpc.protocols.holders import OWNED, base_of, is_member, members_param, owned_triple
 from mpc.protocols.parts import Part
 
 _RING_BITS = ring.RING_BITS
@@ -62,32 +63,9 @@ def mul_triple(shape_a, shape_b) -> Spec:
     return Spec("mul", (tuple(shape_a), tuple(shape_b)))
 
 
-# Owned triples: the kind of each, and the product it is a triple for.
-OWNED = {"omul": "mul", "omatmul": "matmul", "oconv2d": "conv2d"}
-
-
-def owned_triple(base: Spec, owner_a: int, owner_b: int, pair: bool = False) -> Spec:
-    """The triple of product `base` (mul, matmul or conv2d) whose masks each belong to one
-    party: a is party owner_a's alone and b party owner_b's (each from its own seed, the
-    other parties draw nothing for them), c = B(a, b) shared among all, or with `pair`
-    between the two owners alone (one of them party 0). For the product of two parties'
-    private inputs (one round, two messages: arithmetic.owned_product)."""
-    if owner_a == owner_b:
-        raise ValueError(f"an owned triple needs two different owners, got {owner_a} twice")
-    kind = next(k for k, b in OWNED.items() if b == base.kind)
-    held = _members_param((owner_a, owner_b)) if pair else ()
-    return Spec(kind, base.shapes, tuple(sorted(base.params + (("oa", owner_a), ("ob", owner_b)) + held)))
-
-
 def owned_mul_triple(shape_a, shape_b, owner_a: int, owner_b: int) -> Spec:
     return owned_triple(mul_triple(shape_a, shape_b), owner_a, owner_b)
 
-
-def _base(spec: Spec) -> Spec:
-    """An owned triple's product as an ordinary triple's spec (its bilinear map and shapes)."""
-    if spec.kind not in OWNED:
-        return spec
-    return Spec(OWNED[spec.kind], spec.shapes, tuple(p for p in spec.params if p[0] not in ("oa", "ob", "m")))
 
 
 def matmul_triple(shape_a, shape_b) -> Spec:
@@ -127,40 +105,8 @@ def trunc_pair(shape, frac_bits: int, n_parties: int, square: bool = False, memb
     With `members` (party 0 among them), only those parties hold it (see `is_member`)."""
     if members:
         n_parties = len(members)
-    params = (("f", frac_bits), ("n", n_parties)) + ((("sq", 1),) if square else ()) + _members_param(members)
+    params = (("f", frac_bits), ("n", n_parties)) + ((("sq", 1),) if square else ()) + members_param(members)
     return Spec("trunc", (tuple(shape),), tuple(sorted(params)))
-
-
-def _members_param(members: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
-    if not members:
-        return ()
-    if 0 not in members or len(set(members)) != len(members) or len(members) < 2:
-        raise ValueError(f"a correlation held by parties {list(members)}: two or more different parties, party 0 "
-                         "among them (it takes the dealer's corrections)")
-    return (("m", sum(1 << p for p in members)),)
-
-
-def is_member(spec: Spec, pid: int) -> bool:
-    """Whether party `pid` holds a part of `spec`. A correlation with param m (a bit mask of
-    parties) is held by those parties alone: the others draw nothing and get an empty tuple,
-    and the dealer expands nothing for them."""
-    m = dict(spec.params).get("m")
-    return m is None or bool((m >> pid) & 1)
-
-
-def check_members(spec: Spec, n_parties: int) -> None:
-    """Refuse a member mask that a dealer of `n_parties` parties cannot serve (ValueError)."""
-    m = dict(spec.params).get("m")
-    if m is None:
-        return
-    held = [p for p in range(n_parties) if (m >> p) & 1]
-    if m <= 0 or m >> n_parties or not m & 1 or len(held) < 2:
-        raise ValueError(f"{spec.kind} held by parties mask {m}: two or more parties of {n_parties}, party 0 among "
-                         "them, expected")
-    if spec.kind == "trunc" and spec.param("n") != len(held):
-        raise ValueError(f"trunc for {spec.param('n')} parties held by {len(held)}")
-    if spec.kind in OWNED and m != (1 << spec.param("oa")) | (1 << spec.param("ob")):
-        raise ValueError(f"{spec.kind} of owners {spec.param('oa')} and {spec.param('ob')} held by mask {m}")
 
 
 def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
@@ -255,7 +201,7 @@ def dependent_parts(spec: Spec) -> list[Part]:
     a = torch.empty(spec.shapes[0], dtype=torch.int64, device="meta")
     b = torch.empty(spec.shapes[1], dtype=torch.int64, device="meta")
     try:
-        c = bilinear.bilinear(_base(spec))(a, b)
+        c = bilinear.bilinear(base_of(spec))(a, b)
     except RuntimeError as exc:  # shapes or parameters that do not fit (a dealer refuses the request)
         raise ValueError(f"{spec.kind} of shapes {list(spec.shapes)}: {exc}") from None
     return [Part(tuple(c.shape))]
@@ -306,7 +252,7 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
     if spec.kind == "square":
         return [free[0] * free[0]]
     if spec.kind in OWNED:
-        return [bilinear.bilinear(_base(spec))(free[0], free[1])]
+        return [bilinear.bilinear(base_of(spec))(free[0], free[1])]
     if spec.kind == "bilinear_train":
         a, b, d = free
         op, bx, bw = bilinear.train_forms(spec)

@@ -32,7 +32,7 @@ import math
 import torch
 
 from mpc.prg import PRG, derive_key
-from mpc.protocols import correlations
+from mpc.protocols import correlations, holders
 from mpc.protocols.base import Spec
 
 # Elements per chunk, at most: a correlation of n elements is cut into ceil(n / CHUNK)
@@ -132,7 +132,7 @@ def chunk_correction(layout: _Layout, n: int, lo: int, hi: int) -> list[torch.Te
     for pid in range(len(layout.streams)):
         free, start = layout.draw(pid, 0, layout.free[pid], correlations.free_parts(cs, pid), n, lo, hi)
         frees.append(free)
-        if pid and correlations.is_member(cs, pid):
+        if pid and holders.is_member(cs, pid):
             others.append(layout.draw(pid, start, layout.deps, deps, n, lo, hi)[0])
     return correlations.correction_values(cs, frees, others)
 
