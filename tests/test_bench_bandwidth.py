@@ -61,8 +61,10 @@ def test_the_bandwidth_run_shapes_every_link_and_reports_the_bound(tmp_path, cap
         assert figures["online_s"] == pytest.approx(r["online_s"], abs=1e-3)
         # Shaping really applies: no party's link passes more than 100 Mbit/s (a lower bound on
         # time, which load cannot break). The upper bound is the bench's to report, not a test's.
+        # (Less the unshaped median, not its slowest run: one slow unshaped run of 0.114 s against
+        # a median of about 0.04 once made an owned mul_1m, 0.711 s shaped, miss by 11 ms.)
         best = figures["spread_online_s"][0]
-        assert best - figures["spread_unshaped_online_s"][1] >= 0.95 * figures["bandwidth_floor_s"], figures
+        assert best - figures["unshaped_online_s"] >= 0.95 * figures["bandwidth_floor_s"], figures
 
 
 def test_the_bandwidth_run_says_why_it_cannot_run_and_fails(monkeypatch, capsys):

@@ -83,7 +83,7 @@ def test_inputs_only_owned_products_read_are_not_kept_and_are_shared_again_when_
     assert cluster.last_job.kept and not cluster.last_job.owners  # x from the kept share, no input again
 
 
-def test_caller_owned_and_int_inputs_take_the_general_product():
+def test_one_input_twice_takes_the_general_product():
     cluster = mpc.InMemoryCluster(3)
     x = _t(100, seed=7)
     shared = cluster.share(x, 0)

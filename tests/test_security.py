@@ -225,6 +225,7 @@ def test_owned_triple_of_owners_outside_the_cluster_is_refused(dealer, owners):
     ((("f", 16), ("m", 0b1001), ("n", 2)), "parties of 3"),  # a party outside the cluster
     ((("f", 16), ("m", 0b011), ("n", 3)), "trunc for 3 parties held by 2"),
     ((("m", 0b101), ("oa", 0), ("ob", 1)), "omul of owners 0 and 1 held by mask 5"),
+    ((("m", 0b011),), "mul held by some parties only"),  # only a truncation or an owned triple
 ])
 def test_a_correlation_held_by_the_wrong_parties_is_refused(dealer, params, why):
     """A member mask (holders.is_member) that the dealer cannot serve is refused, named."""
@@ -232,9 +233,10 @@ def test_a_correlation_held_by_the_wrong_parties_is_refused(dealer, params, why)
 
     address, creds = dealer
     epoch = call(address, hello(0), creds["party-0"], tls.DEALER).epoch
-    kind = "omul" if ("oa", 0) in params else "trunc"
-    s = Spec(kind, ((4,),) * (2 if kind == "omul" else 1), params)
-    err = refused(address, correlations(f"job-m{params[1][1]}{kind}", [s], epoch), creds["party-0"], tls.DEALER)
+    kind = "omul" if ("oa", 0) in params else "trunc" if ("f", 16) in params else "mul"
+    s = Spec(kind, ((4,),) * (1 if kind == "trunc" else 2), params)
+    err = refused(address, correlations("job-m" + "-".join(f"{k}{v}" for k, v in params), [s], epoch), creds["party-0"],
+                  tls.DEALER)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert why in err.details()
 

@@ -21,8 +21,9 @@ from mpc.compiler.lower import starter
 from mpc.ir import TO_CALLER, Program
 from mpc.protocols import correlations, scatter
 from mpc.protocols.base import Spec
+from mpc.protocols.holders import OWNED
 
-_PRODUCTS = ("mul", "matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "square")
+_PRODUCTS = ("mul", "matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "square", *OWNED)
 
 
 @dataclass

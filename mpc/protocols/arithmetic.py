@@ -197,6 +197,8 @@ def _truncate_pair(ctx: PartyContext, z: torch.Tensor, i: int, j: int):
     and msb(c)). Three parties: 8 bytes an element cross the network instead of truncate's
     16 (a split opening among all three), and the third party does no work."""
     f = ctx.frac_bits
+    if not 0 < f <= max_shift(2):
+        raise ValueError(f"truncation by {f} bits between two parties is outside [1, {max_shift(2)}]")
     shape = tuple(z.shape)
     n = z.numel()
     # below scatter's threshold the halves' extra round costs more than the bytes they save:

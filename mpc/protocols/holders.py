@@ -58,6 +58,8 @@ def check_members(spec: Spec, n_parties: int) -> None:
     m = dict(spec.params).get("m")
     if m is None:
         return
+    if spec.kind != "trunc" and spec.kind not in OWNED:
+        raise ValueError(f"{spec.kind} held by some parties only: only a truncation or an owned triple may be")
     held = [p for p in range(n_parties) if (m >> p) & 1]
     if m <= 0 or m >> n_parties or not m & 1 or len(held) < 2:
         raise ValueError(f"{spec.kind} held by parties mask {m}: two or more parties of {n_parties}, party 0 among "

@@ -175,12 +175,7 @@ class PartySession:
     async def submit(self, job: Job, inputs: dict[int, torch.Tensor], client: str = "") -> DryRun:
         """Check the job against its cached program and this party's private inputs, and
         start its offline phase (see the module docstring). `client`: who submitted it."""
-        if job.job_id in self._seen:
-            raise JobError(f"job id {job.job_id} was already used at party {self.pid}: job ids are never reused")
-        ahead = sum(1 for e in self.jobs.values() if e.client == client and not e.started)
-        if ahead >= MAX_AHEAD:
-            raise TooManyAhead(f"party {self.pid} holds {ahead} jobs of {client or 'this client'} submitted and not "
-                               f"yet run; the limit is {MAX_AHEAD}: run (or cancel) them before submitting more")
+        self._admit(job, client)
         loaded = self.programs.get(job.program)
         if loaded is None:
             raise JobError(f"party {self.pid} has no program {job.program}: load it first")
@@ -213,8 +208,9 @@ class PartySession:
         for nid, owner in job.owners.items():
             if owner in (self.pid, TO_CALLER) and nid not in encoded:
                 raise JobError(f"party {self.pid} owns input {nodes[nid].describe()} but was given no value for it")
-        self._seen.add(job.job_id)  # before the await below: a second submit of this id is refused
         dry = await self._plan_for(loaded, job)
+        self._admit(job, client)  # again: another submit may have come in during the await
+        self._seen.add(job.job_id)
         waits = {h: w for h in job.kept.values() if (w := self._writers.get(h)) is not None}
         writes = {h: _Write(job.job_id, nid, job.reproducible) for nid, h in job.keep.items()}
         self._writers.update(writes)
@@ -226,6 +222,15 @@ class PartySession:
         asyncio.get_running_loop().call_later(UNSTARTED_TTL_S, self._unstarted, job.job_id)
         return dry
 
+    def _admit(self, job: Job, client: str) -> None:
+        """Refuse a reused job id, and a client over MAX_AHEAD jobs submitted and not run."""
+        if job.job_id in self._seen:
+            raise JobError(f"job id {job.job_id} was already used at party {self.pid}: job ids are never reused")
+        ahead = sum(1 for e in self.jobs.values() if e.client == client and not e.started)
+        if ahead >= MAX_AHEAD:
+            raise TooManyAhead(f"party {self.pid} holds {ahead} jobs of {client or 'this client'} submitted and not "
+                               f"yet run; the limit is {MAX_AHEAD}: run (or cancel) them before submitting more")
+
     async def _plan_for(self, loaded: Loaded, job: Job) -> DryRun:
         """The program's plan for this job's owners: the loaded one unless some product is
         of two parties' inputs, else one made once per such set of owners and cached."""
@@ -233,7 +238,9 @@ class PartySession:
         if not owned:
             return loaded.dry
         dry = loaded.by_owners.get(owned)
-        if dry is None:
+        if dry is not None:
+            loaded.by_owners.move_to_end(owned)
+        else:
             dry = await asyncio.to_thread(_plan, loaded.program, self.pid, self.n_parties, dict(job.owners))
             loaded.by_owners[owned] = dry
             while len(loaded.by_owners) > MAX_OWNER_PLANS:
