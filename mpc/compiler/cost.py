@@ -6,7 +6,8 @@ Because it runs the very lowerings the parties run, the prediction is exact: rou
 the critical path, bytes each party sends (an Open to all costs its size once per peer;
 an Open to party k costs each other party its size once; an Open from some parties only
 costs only them) and the dealer's correction bytes. Each is also attributed to the node
-whose protocol caused it, and `explain` groups nodes into layers. A job adds one round for outputs opened to parties.
+whose protocol caused it, and `explain` groups nodes into layers. A job adds one round
+for outputs opened to parties.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _run(program: Program, pid: int, n_parties: int, cost: Cost, owners: dict[in
     def mask(node, request):
         return torch.empty(request.shape, dtype=torch.int64, device="meta")
 
-    gen = schedule.drive(program, starter(program, pid, n_parties, dry_run=True, extras={"owners": owners} if owners else None), randomness, mask)
+    start = starter(program, pid, n_parties, dry_run=True, extras={"owners": owners} if owners else None)
+    gen = schedule.drive(program, start, randomness, mask)
     rounds, reply = 0, None
     try:
         while True:

@@ -4,8 +4,8 @@ A program holds no party ids, so its lowering of `x * y` is a Beaver product of 
 values. A job says who owns each private input; when both operands of a `mul`, `matmul` or
 `conv2d` are private inputs of two different parties, the product needs no sharing of
 either: `arithmetic.owned_product` sends one masked value each way between the two owners
-and nothing else. An input then used by such products only is never shared at all (no input mask is
-expanded for it): its node yields a shape-only placeholder.
+and nothing else. An input then used by such products only is never shared at all (no
+input mask is expanded for it): its node yields a shape-only placeholder.
 
 The choice depends on the job's owners, so the parties' plan (correlations and rounds) is
 made per (program, `owned_products`) and cached (runtime.session); the cost model takes the

@@ -164,8 +164,8 @@ class DealerService:
                 if spec.kind in holders.OWNED and not (0 <= spec.param("oa") < self.n_parties
                                                             and 0 <= spec.param("ob") < self.n_parties
                                                             and spec.param("oa") != spec.param("ob")):
-                    raise ValueError(f"spec {k} ({spec.kind}) names owners {spec.param('oa')} and {spec.param('ob')}: two "
-                                     f"different parties of {self.n_parties} expected")
+                    raise ValueError(f"spec {k} ({spec.kind}) names owners {spec.param('oa')} and "
+                                     f"{spec.param('ob')}: two different parties of {self.n_parties} expected")
                 holders.check_members(spec, self.n_parties)
             total = sum(correlations.correction_nbytes(s) for s in specs)
             if request.reproduction_key and len(request.reproduction_key) != reproducible.KEY_BYTES:

@@ -170,7 +170,7 @@ def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor,
         z = torch.addcmul(c, u, v) if elementwise else c + op(u, v)
     elif pair:  # a share of zero
         shape = correlations.dependent_parts(triple)[0].shape
-        z = torch.empty(shape, dtype=torch.int64, device="meta") if ctx.dry_run else torch.zeros(shape, dtype=torch.int64)
+        z = torch.zeros(shape, dtype=torch.int64, device="meta" if ctx.dry_run else "cpu")
     else:
         z = parts[-1]
     if not scaled:
