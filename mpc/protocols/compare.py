@@ -22,16 +22,21 @@ party derives its share of EQ_j[c_j] from its share of LT_j alone, with no messa
 (one shift of the words; sending EQ_j and deriving LT_j, a suffix XOR, takes four).
   1. open c = z + 2^62 + r and d_w = w - alpha (round 1). With z' = z + 2^62 in [0, 2^63),
      z' = c - r mod 2^64, so bit 62 of z' is [z >= 0] = c_62 ^ r_62 ^ [c_lo < r_lo],
-     lo = bits 0..61 (in "eq" mode, c = z + r and [z == 0] = [c == r]).
+     lo = bits 0..61 (in "eq" mode, c = z + r and [z == 0] = [c == r]). A payload that is z
+     itself (ReLU, |x|, clamp, max) takes alpha = -(r + 2^62) ("eq": -r), so that d_w = c:
+     nothing more is opened: c already is z under a uniform mask, so a second opening of z
+     under another mask only cost bytes. The dealer shares alpha s = -(r + 2^62) s instead
+     of alpha s for a fresh alpha, and no party draws alpha.
   2. leaves, locally: g_j = LT_j[c_j], p_j = LT_j[c_j] ^ LT_j[c_j - 1] ("eq": EQ_j[c_j]).
   3. two tree levels, one round each (rounds 2 and 3): 16 leaves -> 4 groups -> root,
      each level a one-round 4-input AND from the masked openings (bits.eval_level).
   4. b = c_62 ^ r_62 ^ G_root ("ge") or P_root ("eq"), XOR-shared; open e = b ^ s (round 4).
   5. [b] = e + (1 - 2e)[s], and [b w] = e w + (1 - 2e)(d_w [s] + [alpha s]).
-Cost at N parties, per element: 4 rounds; each party sends (N-1) * (16 + 5 + 1/8) bytes
-(8 for c, 8 per payload element, 32 + 8 + 1 bits for the tree and e): 42 B at N = 3 for
-a ReLU. Dealer: 53 bytes to party 0 ("ge", 32 of them the LT tables; 47 for "eq") plus 8
-per payload element (85 for "ge" when the EQ tables were sent beside the LT tables).
+Cost at N parties, per element: 4 rounds; each party sends (N-1) * (8 + 5 + 1/8) bytes
+(8 for c, 32 + 8 + 1 bits for the tree and e) plus (N-1) * 8 per payload element other
+than z itself: 26.25 B at N = 3 for a ReLU (42.25 when its payload was opened apart).
+Dealer: 53 bytes to party 0 ("ge", 32 of them the LT tables; 47 for "eq") plus 8 per
+payload element (85 for "ge" when the EQ tables were sent beside the LT tables).
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ from mpc.protocols.base import Open, PartyContext, Randomness
 
 _CHUNKS = 16
 _GROUPS = 4
-_OFFSET = 1 << 62
 
 
 def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tuple[torch.Tensor, ...] = ()):
@@ -57,10 +61,12 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     for w in payloads:
         if tuple(w.shape[:len(shape)]) != shape:
             raise ValueError(f"payload of shape {tuple(w.shape)} does not extend the compared shape {shape}")
-    spec = correlations.compare_material(shape, lt_mode, [tuple(w.shape) for w in payloads])
+    own = bool(payloads) and payloads[0] is z  # relu, abs, clamp, max: b z rides on c itself
+    spec = correlations.compare_material(shape, lt_mode, [tuple(w.shape) for w in payloads], self_payload=own)
     material = yield Randomness(spec)
     r, m1, m2, s_bits, *rest = material
-    alphas, rest = rest[:len(payloads)], rest[len(payloads):]
+    n_alphas = len(payloads) - own
+    alphas, rest = rest[:n_alphas], rest[n_alphas:]
     if lt_mode == "lt":
         table, r62, prod1, prod2, s_arith, *alpha_s = rest
     else:
@@ -71,8 +77,10 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
     # Round 1: the masked value, and the payloads' Beaver-style openings.
     masked = z + r
     if lt_mode == "lt" and ctx.is_first:
-        masked += _OFFSET
-    c, *ds = yield Open((masked, *(w - a for w, a in zip(payloads, alphas))))
+        masked += correlations.compare_offset(lt_mode)
+    c, *ds = yield Open((masked, *(w - a for w, a in zip(payloads[own:], alphas))))
+    if own:
+        ds.insert(0, c)  # d = z - alpha = z + r + offset = c
     # Rounds 2 and 3: the carry tree.
     root = yield from _carry_tree(ctx, lt_mode, c, table, (m1, prod1), (m2, prod2))
     if lt_mode == "lt":

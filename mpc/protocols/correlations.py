@@ -109,10 +109,27 @@ def trunc_pair(shape, frac_bits: int, n_parties: int, square: bool = False, memb
     return Spec("trunc", (tuple(shape),), tuple(sorted(params)))
 
 
-def compare_material(shape, mode: str, payload_shapes=()) -> Spec:
+def compare_material(shape, mode: str, payload_shapes=(), self_payload: bool = False) -> Spec:
     """For compare.py: mask r, chunk tables, tree masks and products, and the bit s that
-    turns the XOR-shared result into arithmetic shares and products with the payloads."""
-    return Spec("cmp", (tuple(shape), *(tuple(p) for p in payload_shapes)), (("eq", int(mode == "eq")),))
+    turns the XOR-shared result into arithmetic shares and products with the payloads.
+    With `self_payload`, the first payload is the compared value itself: its mask is the
+    comparison's own, alpha = -(r + offset), so no party draws one (see compare.py)."""
+    payload_shapes = [tuple(p) for p in payload_shapes]
+    if self_payload and (not payload_shapes or payload_shapes[0] != tuple(shape)):
+        raise ValueError(f"a self payload has the compared shape {tuple(shape)}, got payloads {payload_shapes}")
+    params = (("eq", int(mode == "eq")),) + ((("self", 1),) if self_payload else ())
+    return Spec("cmp", (tuple(shape), *payload_shapes), params)
+
+
+def self_payload(spec: Spec) -> bool:
+    """Whether a comparison's first payload is the compared value (its mask is -(r + offset))."""
+    return dict(spec.params).get("self", 0) == 1
+
+
+def compare_offset(mode: str) -> int:
+    """What party 0 adds to the masked value of a comparison: 2^62 for a sign test ("lt"),
+    which moves the valid range [-2^62, 2^62) to [0, 2^63); nothing for a zero test."""
+    return 0 if mode == "eq" else 1 << 62
 
 
 def _combine(part: Part, values: list[torch.Tensor]) -> torch.Tensor:
@@ -165,7 +182,7 @@ def free_parts(spec: Spec, pid: int) -> list[Part]:
         mode, shape, n, payloads = _cmp_shapes(spec)
         nv = bitops.n_vars(mode)
         return [Part(shape), Part((nv, n * _GROUPS), bits=True), Part((nv, n), bits=True), Part((1, n), bits=True),
-                *(Part(p) for p in payloads)]
+                *(Part(p) for p in payloads[self_payload(spec):])]  # a self payload's mask is -(r + offset)
     if spec.kind == "square":
         return [Part(spec.shapes[0])]
     if spec.kind == "bilinear_train":
@@ -237,6 +254,8 @@ def _targets(spec: Spec, free: list[torch.Tensor]) -> list[torch.Tensor]:
     if spec.kind == "cmp":
         mode, shape, n, payloads = _cmp_shapes(spec)
         r, m1, m2, s, *alphas = free
+        if self_payload(spec):
+            alphas = [-(r + compare_offset(mode)), *alphas]
         flat = r.reshape(-1, 1)
         chunks = bitops.nibbles(r, top_bits=2 if mode == "lt" else 4)  # "lt" compares bits 0..61; 62 apart
         out = [_table_words(chunks, less=mode == "lt")]  # parties derive EQ from LT (compare.py)
