@@ -48,9 +48,17 @@ def _launch(args) -> int:
 def _bench(args) -> int:
     from mpc import bench
 
-    if args.latency and args.bandwidth is not None:
-        print("mpc bench: --latency and --bandwidth are separate runs: give one", file=sys.stderr)
+    modes = [flag for flag, on in (("--latency", args.latency), ("--bandwidth", args.bandwidth is not None),
+                                   ("--tls", args.tls)) if on]
+    if len(modes) > 1:
+        print(f"mpc bench: {' and '.join(modes)} are separate runs: give one", file=sys.stderr)
         return 2
+    if args.tls:
+        from mpc import bench_tls
+
+        args.reps = bench_tls.PAIRS if args.reps is None else args.reps
+        return bench_tls.command(args)
+    args.reps = 3 if args.reps is None else args.reps
     if args.bandwidth is not None:
         from mpc import bench_bandwidth
 
@@ -316,7 +324,11 @@ def main(argv=None) -> None:
                         "unshaped and at MBIT (100) Mbit/s, each process in a network namespace of its own (needs "
                         "root, ip and tc)")
     p.add_argument("--parties", type=int, default=3)
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
+    p.add_argument("--tls", action="store_true",
+                   help="instead: what mutual TLS costs, mul_1m and relu_100k (or --only) on a TLS and a plaintext "
+                        "cluster at once, alternating, with the AES-GCM floor")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions after one warm-up (median reported; default 3, with --tls 15 a side)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process, both sides")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--profile", action="store_true",
