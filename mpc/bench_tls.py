@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from mpc.bench import WORKLOADS, _inputs, machine_info, run_ours, write_json
+from mpc.bench import WORKLOADS, _inputs, machine_info, write_json
 from mpc.launcher import LocalCluster
 
 NAMES = ("mul_1m", "relu_100k")
@@ -62,25 +62,32 @@ def busiest_bytes(round_sizes: list[list[list[int]]]) -> int:
     return max(s + r for s, r in zip(sent, received))
 
 
-def _online(cluster: LocalCluster, name: str) -> float:
-    return run_ours(cluster, WORKLOADS[name], 1)["online_s"]
+def _run_once(cluster: LocalCluster, name: str, inputs) -> list:
+    """One run of the workload (inputs shared as `mpc bench` shares them); each party's JobStats."""
+    w = WORKLOADS[name]
+    w.secret(*(cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(inputs))).reveal()
+    stats = cluster.last_stats
+    cluster.collect()  # every run starts from the same store
+    return stats
 
 
-def _bytes_moved(cluster: LocalCluster, name: str) -> int:
+def _online(cluster: LocalCluster, name: str, inputs) -> float:
+    return max(s.online_s for s in _run_once(cluster, name, inputs))
+
+
+def _bytes_moved(cluster: LocalCluster, name: str, inputs) -> int:
     """busiest_bytes of one run, profiled for its per-round byte counts (an extra, untimed run)."""
     cluster.profiling = True
     try:
-        w = WORKLOADS[name]
-        w.secret(*(cluster.share(x, owner=i % cluster.n_parties) for i, x in enumerate(_inputs(w)))).reveal()
-        stats = cluster.last_stats
+        stats = _run_once(cluster, name, inputs)
     finally:
         cluster.profiling = False
-    cluster.collect()
     return busiest_bytes([s.round_sizes for s in stats])
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    # inclusive: quartiles between measured values (the default extrapolates past them)
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
     return q[0], q[2]
 
 
@@ -90,12 +97,13 @@ def run_tls_cost(names=NAMES, n_parties: int = 3, pairs: int = PAIRS, threads: i
     of each; see the module docstring for what each figure is."""
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        raise ValueError(f"unknown workload {', '.join(unknown)}; --tls takes the elementwise ones: "
+        raise ValueError(f"unknown workload {', '.join(unknown)}; --tls takes those of mpc bench's first table: "
                          f"{', '.join(WORKLOADS)}")
     if pairs < 1:
         raise ValueError(f"--reps must be at least 1, got {pairs}")
     progress("measuring AES-128-GCM in 16 KB records")
     rate = aes_gcm_rate()
+    inputs = {name: _inputs(WORKLOADS[name]) for name in names}
     times = {(name, tls): [] for name in names for tls in (True, False)}
     moved = {}
     n_sets = min(CLUSTER_SETS, pairs)
@@ -109,13 +117,13 @@ def run_tls_cost(names=NAMES, n_parties: int = 3, pairs: int = PAIRS, threads: i
             for name in names:
                 progress(f"warming up {name} on both")
                 for _, cluster in sides:
-                    run_ours(cluster, WORKLOADS[name], 1)
-                moved[name] = _bytes_moved(plain, name)
+                    _run_once(cluster, name, inputs[name])
+                moved[name] = _bytes_moved(plain, name, inputs[name])
             for k in range(done, done + share):
                 progress(f"repetition {k + 1} of {pairs}")
                 for name in names:
                     for tls, cluster in sides if k % 2 == 0 else sides[::-1]:
-                        times[(name, tls)].append(_online(cluster, name))
+                        times[(name, tls)].append(_online(cluster, name, inputs[name]))
         done += share
     rows = []
     for name in names:

@@ -56,6 +56,9 @@ def _bench(args) -> int:
     if args.tls:
         from mpc import bench_tls
 
+        if args.profile or args.scaling:
+            print("mpc bench: --tls times the workloads alone: no --profile or --scaling beside it", file=sys.stderr)
+            return 2
         args.reps = bench_tls.PAIRS if args.reps is None else args.reps
         return bench_tls.command(args)
     args.reps = 3 if args.reps is None else args.reps

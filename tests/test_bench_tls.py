@@ -31,6 +31,11 @@ def test_aes_gcm_rate_is_a_rate_of_whole_records():
     assert 1e7 < rate < 1e12  # bytes per second: at least 10 MB/s, below what memory could carry
 
 
+def test_quartiles_stay_within_the_measured_values():
+    assert bench_tls._quartiles([1.0, 1.2]) == pytest.approx((1.05, 1.15))
+    assert bench_tls._quartiles([2.0]) == (2.0, 2.0)
+
+
 @pytest.mark.slow
 def test_tls_bench_alternates_both_clusters_and_reports_the_runs_it_made(tmp_path, capsys):
     path = tmp_path / "tls.json"
@@ -57,7 +62,11 @@ def test_tls_bench_refuses_other_modes_and_unknown_workloads(capsys):
         cli_main(["bench", "--tls", "--latency"])
     assert info.value.code == 2
     assert "--latency and --tls are separate runs" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown workload mlp_infer; --tls takes the elementwise ones"):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench", "--tls", "--profile"])
+    assert info.value.code == 2
+    assert "no --profile or --scaling beside it" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown workload mlp_infer; --tls takes those of mpc bench's first table"):
         bench_tls.run_tls_cost(["mlp_infer"], progress=lambda m: None)
 
 

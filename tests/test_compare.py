@@ -10,7 +10,7 @@ from mpc.protocols import bits as bitops
 from mpc.protocols import compare as cmp
 from mpc.protocols import correlations as corr
 from mpc.protocols import streaming
-from mpc.protocols.base import Open, PartyContext, Randomness
+from mpc.protocols.base import Open, PartyContext, Randomness, Spec
 
 SEEDS = [bytes([p + 1]) * 16 for p in range(5)]
 
@@ -164,6 +164,13 @@ def test_a_payload_that_is_z_itself_is_not_opened_again(n_parties, mode):
 def test_a_self_payload_needs_the_compared_shape_and_saves_the_parties_its_mask():
     with pytest.raises(ValueError, match="self payload has the compared shape"):
         corr.compare_material((4,), "lt", [(4, 2)], self_payload=True)
+    # as the dealer rebuilds a request: refused (a ValueError the dealer reports), not broadcast
+    for shapes in (((4,), (4, 2)), ((3,), (3, 3)), ((2, 2), (2, 2, 2)), ((4,),)):
+        forged = Spec("cmp", shapes, (("eq", 0), ("self", 1)))
+        with pytest.raises(ValueError, match="self payload has the compared shape"):
+            corr.free_parts(forged, 1)
+        with pytest.raises(ValueError, match="self payload has the compared shape"):
+            corr.dealer_correction(forged, [PRG(derive_key(s, "corr", "t", 0)) for s in SEEDS[:3]])
     own = corr.compare_material((64,), "lt", [(64,)], self_payload=True)
     apart = corr.compare_material((64,), "lt", [(64,)])
     assert corr.correction_nbytes(own) == corr.correction_nbytes(apart) == 61 * 64

@@ -39,7 +39,9 @@ def kinds(n):
             corr.trunc_pair((n,), 12, 2),  # N even: party 0's rho has one bit more
             corr.trunc_pair((n,), 16, 3, square=True), corr.trunc_pair((n,), 40, 2, square=True),
             corr.compare_material((n,), "lt"), corr.compare_material((n,), "eq"),
-            corr.compare_material((n,), "lt", [(n,), (n, 3)]), corr.compare_material((1, n), "eq", [(1, n, 2)])]
+            corr.compare_material((n,), "lt", [(n,), (n, 3)]), corr.compare_material((1, n), "eq", [(1, n, 2)]),
+            corr.compare_material((n,), "lt", [(n,), (n, 3)], self_payload=True),
+            corr.compare_material((1, n), "eq", [(1, n)], self_payload=True)]
 
 
 # Sizes below a chunk, on it, and past it by less than a byte of packed bits; chunks of 8 to 64.

@@ -53,7 +53,9 @@ _GROUPS = 4
 
 def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tuple[torch.Tensor, ...] = ()):
     """Shares of b = [z >= 0] (mode "ge") or [z == 0] (mode "eq") as ring integers 0/1,
-    and of b * w for each payload w (shape of z, or of z with trailing dimensions)."""
+    and of b * w for each payload w (shape of z, or of z with trailing dimensions). A first
+    payload that is z itself (the very tensor) is not opened again; z elsewhere among the
+    payloads, or a tensor equal to z, is."""
     if mode not in ("ge", "eq"):
         raise ValueError(f"comparison mode must be 'ge' or 'eq', not {mode!r}")
     lt_mode = "eq" if mode == "eq" else "lt"

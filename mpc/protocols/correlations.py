@@ -169,6 +169,10 @@ _GROUPS = 4  # the first tree level combines 4 groups of 4 chunks
 def _cmp_shapes(spec: Spec):
     shape, *payloads = spec.shapes
     mode = "eq" if spec.param("eq") else "lt"
+    if self_payload(spec) and (not payloads or tuple(payloads[0]) != tuple(shape)):
+        # a request from outside (the dealer's): refused here like compare_material refuses it
+        raise ValueError(f"cmp: a self payload has the compared shape {tuple(shape)}, got payloads "
+                         f"{[tuple(p) for p in payloads]}")
     return mode, shape, math.prod(shape), payloads
 
 

@@ -84,7 +84,7 @@ def max_(ctx: PartyContext, x: torch.Tensor, dim: int, keepdim: bool, with_argma
     both products riding on the step's comparison. Returns (max, one-hot or None); the
     one-hot is fixed-point, or with `exact` a 0/1 ring integer (a product with it then
     needs no truncation: the max-pool gradient). Rounds 4 * ceil(log2 n); bytes per
-    level 26 (+ 8 n for the one-hot) per pair at N = 3."""
+    level 26 (+ 16 n for the one-hot) per pair at N = 3."""
     n = x.shape[dim]
     if n == 0:
         raise ValueError("max over an empty dimension")
