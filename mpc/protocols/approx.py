@@ -204,8 +204,8 @@ def sigmoid(ctx: PartyContext, x: torch.Tensor):
     f, s = ctx.frac_bits, _RECIP_SCALE
     sixteen = _const(ctx, x, 16.0, f)
     z = torch.stack([x, x - sixteen, -sixteen - x])
-    w = torch.stack([x, sixteen - x, -sixteen - x])
-    b, (bw,) = yield from compare(ctx, z, "ge", (w,))
+    b, (bw,) = yield from compare(ctx, z, "ge", (z,))  # z itself: not opened again (compare.py)
+    bw[1].neg_()  # the payloads (x, 16 - x, -16 - x): row 1 is -z[1]
     clamped = x + bw[1] + bw[2]
     a = 2 * (bw[0] + bw[1]) - clamped  # b x + [x >= 16](16 - x) = b * clamped
     t = yield from exp_neg16(ctx, -a)

@@ -10,8 +10,9 @@ factor 2^8 are found with one batched comparison, since the iterations tolerate 
 interval of that width:
 
   1. one comparison (4 rounds) of x against every public threshold t_k = low 2^(8k),
-     k = k_min + 1 .. k_max (and 2^-f, below which x counts as 0), with x as payload: bits
-     b_k = [x >= t_k] and products b_k x, no round of their own;
+     k = k_min + 1 .. k_max (and 2^-f, below which x counts as 0), with z_k = x - t_k as
+     its own payload: bits b_k = [x >= t_k] and products b_k x = b_k z_k + t_k b_k, no
+     round and no opening of their own;
   2. the band of x as a one-hot o_k = b_k - b_(k+1) (b_(k_min) = 1, b_(k_max + 1) = 0) and
      x o_k, both linear in what step 1 gave; x' = x 2^(-8k) = sum_k x o_k 2^(8 (k_max - k))
      / 2^(8 k_max): public integer factors and one truncation (1 round), x' in
@@ -48,8 +49,11 @@ def _bands(ctx: PartyContext, x: torch.Tensor, low: float, k_min: int, k_max: in
     units = [1] + [round(low * 2.0 ** (BAND_BITS * k + f)) for k in range(k_min + 1, k_max + 1)]
     thresholds = torch.stack([ctx.public(torch.full_like(x, u)) for u in units])
     z = x.unsqueeze(0) - thresholds
-    b, (bx,) = yield from compare(ctx, z, "ge", (x.unsqueeze(0).expand(z.shape).contiguous(),))
+    # b x = b z + b t: z rides on the comparison's own opening, and t is public (shares of b
+    # times the ring integer t are shares of b t), so x need not be opened beside z
+    b, (bz,) = yield from compare(ctx, z, "ge", (z,))
     b = b.view(z.shape)
+    bx = bz + b * torch.tensor(units, dtype=torch.int64, device=x.device).view((-1,) + (1,) * x.dim())
     one, zero = ctx.public(torch.ones_like(x)).unsqueeze(0), torch.zeros_like(x).unsqueeze(0)
     onehot = torch.cat([one, b]) - torch.cat([b, zero])  # [x <= 0], then bands k_min .. k_max
     x_band = (torch.cat([x.unsqueeze(0), bx]) - torch.cat([bx, zero]))[1:]  # x o_k, k = k_min .. k_max
