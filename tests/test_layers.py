@@ -12,7 +12,7 @@ LAYERS = [  # lowest first
     ["mpc.runtime", "mpc.data_files"],
     ["mpc.net"],
     ["parties"],
-    ["mpc.api", "mpc.lifetimes", "mpc.api_functions", "mpc.api_methods", "mpc.torch_api", "mpc.inference", "mpc.training", "mpc.models", "mpc.model_files", "mpc.bench_models", "mpc.bench_profile", "mpc.bench_train", "mpc.bench_network", "mpc.bench_bandwidth", "mpc.netns", "mpc.cluster_processes", "mpc.client", "mpc.remote", "mpc.status", "mpc.launcher", "mpc.cli", "mpc.bench", "mpc.reference", "mpc.demo", "mpc.jobfile", "mpc.plain_training", "mpc.train_jobs", "mpc.train_report", "mpc.checkpoints"],
+    ["mpc.api", "mpc.lifetimes", "mpc.api_functions", "mpc.api_methods", "mpc.torch_api", "mpc.inference", "mpc.training", "mpc.models", "mpc.model_files", "mpc.bench_models", "mpc.bench_profile", "mpc.bench_train", "mpc.bench_network", "mpc.bench_bandwidth", "mpc.bench_tls", "mpc.netns", "mpc.cluster_processes", "mpc.client", "mpc.remote", "mpc.status", "mpc.launcher", "mpc.cli", "mpc.bench", "mpc.reference", "mpc.demo", "mpc.jobfile", "mpc.plain_training", "mpc.train_jobs", "mpc.train_report", "mpc.checkpoints"],
 ]
 
 
