@@ -159,7 +159,9 @@ def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor,
     pair = ctx.n_parties >= 3 and 0 in (owner_x, owner_y)
     triple = holders.owned_triple(spec, owner_x, owner_y, pair=pair)
     parts = yield Randomness(triple)
-    e_mine = x - parts[0] if ctx.pid == owner_x else x
+    # i's mask a is not read again: e = x - a is written over it (fresh memory costs more
+    # here than the subtraction); j's b is, in op(e, b)
+    e_mine = torch.sub(x, parts[0], out=parts[0]) if ctx.pid == owner_x else x
     f_mine = y - parts[0] if ctx.pid == owner_y else y
     (e,), (f,) = yield [Open((e_mine,), to=owner_y, senders=(owner_x,)),
                         Open((f_mine,), to=owner_x, senders=(owner_y,))]
@@ -167,7 +169,7 @@ def owned_product(ctx: PartyContext, spec, op, x: torch.Tensor, y: torch.Tensor,
         c = parts[-1]
         elementwise = op is torch.mul and c.shape == torch.broadcast_shapes(x.shape, y.shape)
         u, v = (x, f) if ctx.pid == owner_x else (e, parts[0])
-        z = torch.addcmul(c, u, v) if elementwise else c + op(u, v)
+        z = c.addcmul_(u, v) if elementwise else c.add_(op(u, v))  # c is this product's own
     elif pair:  # a share of zero
         shape = correlations.dependent_parts(triple)[0].shape
         z = torch.zeros(shape, dtype=torch.int64, device="meta" if ctx.dry_run else "cpu")
