@@ -78,8 +78,9 @@ def compare(ctx: PartyContext, z: torch.Tensor, mode: str = "ge", payloads: tupl
 
     # Round 1: the masked value, and the payloads' Beaver-style openings.
     masked = z + r
-    if lt_mode == "lt" and ctx.is_first:
-        masked += correlations.compare_offset(lt_mode)
+    offset = correlations.compare_offset(lt_mode)
+    if offset and ctx.is_first:
+        masked += offset
     c, *ds = yield Open((masked, *(w - a for w, a in zip(payloads[own:], alphas))))
     if own:
         ds.insert(0, c)  # d = z - alpha = z + r + offset = c

@@ -114,11 +114,10 @@ def compare_material(shape, mode: str, payload_shapes=(), self_payload: bool = F
     turns the XOR-shared result into arithmetic shares and products with the payloads.
     With `self_payload`, the first payload is the compared value itself: its mask is the
     comparison's own, alpha = -(r + offset), so no party draws one (see compare.py)."""
-    payload_shapes = [tuple(p) for p in payload_shapes]
-    if self_payload and (not payload_shapes or payload_shapes[0] != tuple(shape)):
-        raise ValueError(f"a self payload has the compared shape {tuple(shape)}, got payloads {payload_shapes}")
     params = (("eq", int(mode == "eq")),) + ((("self", 1),) if self_payload else ())
-    return Spec("cmp", (tuple(shape), *payload_shapes), params)
+    spec = Spec("cmp", (tuple(shape), *(tuple(p) for p in payload_shapes)), params)
+    _cmp_shapes(spec)  # a self payload must have the compared shape
+    return spec
 
 
 def self_payload(spec: Spec) -> bool:
@@ -170,7 +169,7 @@ def _cmp_shapes(spec: Spec):
     shape, *payloads = spec.shapes
     mode = "eq" if spec.param("eq") else "lt"
     if self_payload(spec) and (not payloads or tuple(payloads[0]) != tuple(shape)):
-        # a request from outside (the dealer's): refused here like compare_material refuses it
+        # refused for compare_material's callers and for a request the dealer rebuilds alike
         raise ValueError(f"cmp: a self payload has the compared shape {tuple(shape)}, got payloads "
                          f"{[tuple(p) for p in payloads]}")
     return mode, shape, math.prod(shape), payloads
